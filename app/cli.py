@@ -1,0 +1,121 @@
+"""QuantDesk without a screen: the same capabilities as the GUI, for scripts and terminals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.core import capacity
+from app.core.gguf_info import GGUFError, ModelInfo, read_model_info
+from app.core.hardware import HardwareProfile, advice
+from app.core.units import format_bytes, format_params
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _hw_text(p: HardwareProfile) -> str:
+    lines = [
+        f"OS:        {p.os} {p.os_version}",
+        f"CPU:       {p.cpu.model} ({p.cpu.arch}), {p.cpu.physical_cores} cores / "
+        f"{p.cpu.logical_cores} threads",
+        f"Features:  {' '.join(p.cpu.features) or 'none detected'}",
+        f"RAM:       {format_bytes(p.ram_available)} free of {format_bytes(p.ram_total)}",
+    ]
+    if p.apple:
+        lines.append(f"Apple:     {p.apple.chip}, {format_bytes(p.apple.unified_memory)} unified, "
+                     f"GPU may use {format_bytes(p.apple.gpu_usable_memory)}")
+    for g in p.nvml:
+        lines.append(f"NVIDIA:    {g.name}, {format_bytes(g.memory_free)} free of "
+                     f"{format_bytes(g.memory_total)}, driver {g.driver}, "
+                     f"compute {g.compute_capability or '?'}")
+    if p.llama:
+        lines.append(f"llama.cpp: {p.llama.version}, backends: {', '.join(p.llama.backends)}")
+        for d in p.llama.devices:
+            lines.append(f"  device {d.name} [{d.kind}, {d.backend}]: {d.description}; "
+                         f"{format_bytes(d.memory_free)} free of {format_bytes(d.memory_total)}")
+    lines.append(capacity.largest_model(p).sentence())
+    lines += [f"Note:      {n}" for n in p.notes]
+    lines += [f"Advice:    {a}" for a in advice(p)]
+    return "\n".join(lines)
+
+
+def cmd_hw(args: argparse.Namespace) -> int:
+    from app.engine.probe import full_profile
+
+    profile = full_profile()
+    if args.json:
+        data = profile.to_json()
+        data["capacity"] = capacity.largest_model(profile).sentence()
+        _print_json(data)
+    else:
+        print(_hw_text(profile))
+    return 0
+
+
+def _inspect_text(m: ModelInfo) -> str:
+    lines = [
+        f"File:          {m.path}" + (f" ({m.split_count} parts)" if m.split_count > 1 else ""),
+        f"Name:          {m.name or '-'}",
+        f"Architecture:  {m.architecture}",
+        f"Parameters:    {format_params(m.n_params)} ({m.n_params:,})",
+        f"Type:          {m.file_type}, {m.bits_per_weight:.2f} bits per weight",
+        f"Size:          {format_bytes(m.file_size)}",
+        f"Layers:        {m.n_layers}, embedding {m.n_embd}, feed-forward {m.n_ff}",
+        f"Heads:         {m.n_head} (KV {m.n_head_kv}), head dims K {m.head_dim_k} / "
+        f"V {m.head_dim_v}",
+        f"Context:       {m.n_ctx_train} (trained)",
+        f"Vocabulary:    {m.n_vocab}",
+        f"Chat template: {'yes' if m.has_chat_template else 'no'}",
+    ]
+    if m.sliding_window:
+        lines.append(f"Sliding window: {m.sliding_window} (pattern {m.sliding_window_pattern})")
+    lines.append("Tensor types:")
+    for t in m.tensor_types:
+        lines.append(f"  {t.type_name:<8} {t.count:>5} tensors  {format_bytes(t.n_bytes):>10}")
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        info = read_model_info(Path(args.file))
+    except GGUFError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(info.to_json())
+    else:
+        print(_inspect_text(info))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="quantdesk",
+        description="Run, quantize and compare quantized LLMs locally. "
+                    "With no command, the desktop app opens.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    hw = sub.add_parser("hw", help="show this machine's CPU, memory and GPUs (llama.cpp's view)")
+    hw.add_argument("--json", action="store_true", help="print JSON")
+    hw.set_defaults(func=cmd_hw)
+
+    inspect = sub.add_parser("inspect", help="describe a GGUF model file without loading it")
+    inspect.add_argument("file", help="path to a .gguf file (the first part of a split model)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run one CLI command; return the process exit code."""
+    args = build_parser().parse_args(list(argv))
+    return int(args.func(args))

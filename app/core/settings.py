@@ -1,0 +1,90 @@
+"""The one settings object, stored as versioned JSON under the data folder.
+
+A missing file gives defaults. A file that cannot be read (corrupt JSON, wrong types) is kept
+aside as ``settings.json.broken`` and defaults are used, so nothing the user had is lost and the
+app still starts. Older schema versions are migrated forward on load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from app.core import paths
+from app.core.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Settings:
+    """User preferences. Add a field with a default; bump SCHEMA_VERSION only to migrate."""
+
+    schema_version: int = SCHEMA_VERSION
+    default_model: str | None = None
+    model_folders: list[str] = field(default_factory=list)
+    n_ctx: int = 4096
+    n_gpu_layers: str = "auto"
+    threads: int | None = None
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 1024
+
+
+def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    version = int(raw.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        log.warning("settings written by a newer QuantDesk (schema %s); unknown keys kept aside",
+                    version)
+    # Version 1 is the first schema: nothing to migrate yet. Later versions add steps here.
+    raw["schema_version"] = SCHEMA_VERSION
+    return raw
+
+
+def _from_dict(raw: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for name in known:
+        if name not in raw:
+            continue
+        value, default = raw[name], getattr(defaults, name)
+        if default is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int):
+                value = float(value)
+            else:
+                raise TypeError(f"setting {name!r} should be {type(default).__name__}")
+        values[name] = value
+    return Settings(**values)
+
+
+def load(path: Path | None = None) -> Settings:
+    """Read settings; never raises for a bad file (it is set aside and defaults are used)."""
+    path = path or paths.settings_path()
+    if not path.exists():
+        return Settings()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError("settings file does not hold an object")
+        return _from_dict(_migrate(raw))
+    except (OSError, ValueError, TypeError) as exc:
+        broken = path.with_name(path.name + ".broken")
+        log.error("could not read %s (%s); kept it as %s and started from defaults",
+                  path, exc, broken)
+        path.replace(broken)
+        return Settings()
+
+
+def save(settings: Settings, path: Path | None = None) -> None:
+    """Write settings atomically."""
+    path = path or paths.settings_path()
+    write_text_atomic(path, json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")

