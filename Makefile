@@ -14,12 +14,13 @@ DEV_STAMP := $(VENV)/.stamp-dev
 .PHONY: run test lint typecheck contracts pytest system-deps clean
 
 run: $(RUN_STAMP)
+	@sh packaging/linux/system-deps.sh gui
 	$(BIN)/quantdesk
 
 test: $(DEV_STAMP) lint typecheck contracts pytest
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check app tests bench packaging
+	$(BIN)/ruff check .
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy

@@ -11,6 +11,19 @@ check libxkbcommon.so.0 libxkbcommon0
 check libfontconfig.so.1 libfontconfig1
 check libdbus-1.so.3 libdbus-1-3
 check libglib-2.0.so.0 libglib2.0-0
+# A real window (X11) needs the xcb platform plugin's libraries too: `make run` asks for them.
+if [ "${1:-}" = "gui" ]; then
+    check libxcb-cursor.so.0 libxcb-cursor0
+    check libxcb-icccm.so.4 libxcb-icccm4
+    check libxcb-image.so.0 libxcb-image0
+    check libxcb-keysyms.so.1 libxcb-keysyms1
+    check libxcb-randr.so.0 libxcb-randr0
+    check libxcb-render-util.so.0 libxcb-render-util0
+    check libxcb-shape.so.0 libxcb-shape0
+    check libxcb-xinerama.so.0 libxcb-xinerama0
+    check libxcb-xkb.so.1 libxcb-xkb1
+    check libxkbcommon-x11.so.0 libxkbcommon-x11-0
+fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing system libraries Qt needs:$missing"

@@ -113,7 +113,9 @@ class HardwarePage(QWidget):
         def section(title: str, rows: list[tuple[str, str]]) -> None:
             item = QTreeWidgetItem([title, ""])
             for key, value in rows:
-                item.addChild(QTreeWidgetItem([key, value]))
+                child = QTreeWidgetItem([key, value])
+                child.setToolTip(1, value)  # long values (build features) are elided
+                item.addChild(child)
             tree.addTopLevelItem(item)
             item.setExpanded(True)
 
