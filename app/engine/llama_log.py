@@ -19,7 +19,7 @@ _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERR
 _recent: deque[str] = deque(maxlen=60)
 _pending = ""
 _last_level = logging.INFO
-_listeners: list[Callable[[str], None]] = []
+_listeners: list[Callable[[int, str], None]] = []
 _callback: object | None = None  # the ctypes callback must outlive the call that set it
 
 
@@ -28,12 +28,12 @@ def recent_lines(n: int = 20) -> list[str]:
     return list(_recent)[-n:]
 
 
-def add_listener(listener: Callable[[str], None]) -> None:
-    """Call ``listener`` with every complete log line (used for progress parsing)."""
+def add_listener(listener: Callable[[int, str], None]) -> None:
+    """Call ``listener(level, line)`` for every complete log line (``logging`` levels)."""
     _listeners.append(listener)
 
 
-def remove_listener(listener: Callable[[str], None]) -> None:
+def remove_listener(listener: Callable[[int, str], None]) -> None:
     """Stop calling ``listener``."""
     if listener in _listeners:
         _listeners.remove(listener)
@@ -53,7 +53,7 @@ def _on_log(level: int, text: bytes | None, _user: ctypes.c_void_p) -> None:
         _recent.append(line)
         log.log(_last_level, "%s", line)
         for listener in list(_listeners):
-            listener(line)
+            listener(_last_level, line)
 
 
 def install() -> None:

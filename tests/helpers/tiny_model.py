@@ -3,8 +3,9 @@
 The vocabulary is SentencePiece-style with 256 byte tokens, so any text tokenizes. The weights
 are random, with one deliberate structure: dimension 0 of the residual stream is a positive
 constant that no layer writes to, and the output rows of the control tokens (BOS, EOS, the
-ChatML markers) point against it. So the model never samples a control token, and generation
-runs to ``max_tokens``: tests of streaming and stopping get long replies on demand.
+ChatML markers) and of every byte outside printable ASCII point against it. So the model never
+samples a control token and always writes valid text, and generation runs to ``max_tokens``:
+tests of streaming and stopping get long replies on demand.
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def write_tiny_llama(
     embd[:, 0] = 4.0  # the constant, positive residual dimension
     output = mat(n_vocab, n_embd, 1.0)
     output[:, 0] = 0.0
-    output[: len(CONTROL_TOKENS)] = 0.0
-    output[: len(CONTROL_TOKENS), 0] = -50.0  # control tokens: always far below the rest
+    n_control = len(CONTROL_TOKENS)
+    printable = [n_control + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]
+    banned = np.setdiff1d(np.arange(n_vocab), printable)
+    output[banned] = 0.0
+    output[banned, 0] = -50.0  # control tokens and non-text bytes: always far below the rest
 
     writer.add_tensor("token_embd.weight", embd.astype(mat_dtype))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))

@@ -1,0 +1,255 @@
+"""SQLite storage for conversations and messages (WAL, versioned schema, migrations).
+
+A message is written once it is complete; a reply that was stopped, or whose engine died, is
+written too, with ``status`` saying so. Every write is its own transaction, so a crash loses at
+most the reply being generated at that moment, never anything already shown as saved.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.core import paths
+
+# Each entry moves the schema from version i to i+1. Never edit a shipped step: append one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        model_path TEXT,
+        sampling_json TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'complete'
+            CHECK (status IN ('complete', 'stopped', 'partial')),
+        error TEXT,
+        model TEXT,
+        sampling_json TEXT,
+        metrics_json TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+STATUS_COMPLETE = "complete"
+STATUS_STOPPED = "stopped"  # the user pressed Stop: the reply is what was generated until then
+STATUS_PARTIAL = "partial"  # the engine failed or died mid-reply
+
+
+class StorageError(Exception):
+    """The database could not be opened or written; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation's header."""
+
+    id: int
+    title: str
+    system_prompt: str
+    model_path: str | None
+    sampling: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stored message."""
+
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    status: str
+    error: str | None
+    model: str | None
+    sampling: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    created_at: float
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def _unjson(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else None
+
+
+class Storage:
+    """The app's database. One instance per thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or paths.database_path()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"The database {self.path} cannot be opened ({exc}). Your conversations are in "
+                "that file: move it aside (do not delete it) and restart QuantDesk."
+            ) from None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"The database {self.path} was written by a newer QuantDesk "
+                               f"(schema {version}); update QuantDesk to open it.")
+        for step in range(version, SCHEMA_VERSION):
+            with self._transaction() as db:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {step + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- conversations ------------------------------------------------------------------------
+
+    def create_conversation(self, title: str = "New chat", system_prompt: str = "",
+                            model_path: str | None = None,
+                            sampling: dict[str, Any] | None = None) -> Conversation:
+        """Add an empty conversation."""
+        now = time.time()
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO conversations (title, system_prompt, model_path, sampling_json, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (title, system_prompt, model_path, _json(sampling), now, now))
+        return self.conversation(int(cur.lastrowid or 0))
+
+    def conversation(self, conversation_id: int) -> Conversation:
+        """One conversation; KeyError if it does not exist."""
+        row = self._db.execute("SELECT * FROM conversations WHERE id = ?",
+                               (conversation_id,)).fetchone()
+        if row is None:
+            raise KeyError(conversation_id)
+        return self._conversation(row)
+
+    @staticmethod
+    def _conversation(row: sqlite3.Row) -> Conversation:
+        return Conversation(row["id"], row["title"], row["system_prompt"], row["model_path"],
+                            _unjson(row["sampling_json"]), row["created_at"], row["updated_at"])
+
+    def conversations(self, search: str = "") -> list[Conversation]:
+        """All conversations, most recently updated first; ``search`` matches title or text."""
+        if search:
+            pattern = f"%{search}%"
+            rows = self._db.execute(
+                "SELECT * FROM conversations c WHERE c.title LIKE ? OR EXISTS ("
+                "SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ?) "
+                "ORDER BY updated_at DESC, id DESC", (pattern, pattern)).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM conversations ORDER BY updated_at DESC, id DESC").fetchall()
+        return [self._conversation(r) for r in rows]
+
+    def update_conversation(self, conversation_id: int, *, title: str | None = None,
+                            system_prompt: str | None = None, model_path: str | None = None,
+                            sampling: dict[str, Any] | None = None) -> None:
+        """Change a conversation's title, system prompt, model or sampling."""
+        sets: list[str] = ["updated_at = ?"]
+        values: list[object] = [time.time()]
+        for column, value in (("title", title), ("system_prompt", system_prompt),
+                              ("model_path", model_path), ("sampling_json", _json(sampling))):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                values.append(value)
+        with self._transaction() as db:
+            db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
+                       (*values, conversation_id))
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Remove a conversation and its messages."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def add_message(self, conversation_id: int, role: str, content: str, *,
+                    status: str = STATUS_COMPLETE, error: str | None = None,
+                    model: str | None = None, sampling: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> Message:
+        """Append a finished (or stopped, or partial) message."""
+        now = time.time()
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, status, error, model, "
+                "sampling_json, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, status, error, model, _json(sampling),
+                 _json(metrics), now))
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                       (now, conversation_id))
+        return self.message(int(cur.lastrowid or 0))
+
+    def message(self, message_id: int) -> Message:
+        """One message; KeyError if it does not exist."""
+        row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        return self._message(row)
+
+    @staticmethod
+    def _message(row: sqlite3.Row) -> Message:
+        return Message(row["id"], row["conversation_id"], row["role"], row["content"],
+                       row["status"], row["error"], row["model"], _unjson(row["sampling_json"]),
+                       _unjson(row["metrics_json"]), row["created_at"])
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        """A conversation's messages in order."""
+        rows = self._db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id",
+                                (conversation_id,)).fetchall()
+        return [self._message(r) for r in rows]
+
+    def edit_message(self, message_id: int, content: str) -> None:
+        """Replace a message's text."""
+        with self._transaction() as db:
+            db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+
+    def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
+        """Delete ``message_id`` and every later message of the conversation."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                       (conversation_id, message_id))

@@ -1,0 +1,267 @@
+"""The parent's handle on a model-host child process.
+
+``ModelHost`` starts the child (spawn), sends requests and hands back events. It refuses a chat
+while another reply runs (``EngineBusy``) so replies never interleave, and turns a dead child
+into a ``Crashed`` event carrying the exit code or signal and llama.cpp's last log lines.
+
+Callers either poll events themselves (the Qt bridge does, on a thread) or use the synchronous
+helpers ``load_sync`` and ``chat_stream`` (the CLI and benchmarks do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from app.engine import host_child
+from app.engine.child import describe_exit
+from app.engine.protocol import (
+    Chat,
+    ChatMessage,
+    Event,
+    Failed,
+    Load,
+    Loaded,
+    LoadProgress,
+    LoadSettings,
+    LogLine,
+    ReplyDone,
+    Request,
+    Sampling,
+    Shutdown,
+    Token,
+    Unload,
+    Unloaded,
+)
+
+log = logging.getLogger(__name__)
+_llama_log = logging.getLogger("quantdesk.engine.child")
+_CTX = mp.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """The child died. ``message`` says how, in words; ``log_tail`` is what it said last."""
+
+    exitcode: int | None
+    message: str
+    log_tail: tuple[str, ...]
+
+
+class EngineError(Exception):
+    """A request failed; the message is for the user."""
+
+    def __init__(self, message: str, log_tail: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.log_tail = tuple(log_tail)
+
+
+class EngineCrashed(EngineError):
+    """The engine process died."""
+
+    def __init__(self, crash: Crashed) -> None:
+        super().__init__(crash.message, crash.log_tail)
+        self.exitcode = crash.exitcode
+
+
+class EngineBusy(EngineError):
+    """A reply is still being generated."""
+
+
+HostEvent = Event | Crashed
+
+
+class ModelHost:
+    """One child process that owns (at most) one loaded model."""
+
+    def __init__(self) -> None:
+        self._proc: mp.process.BaseProcess | None = None
+        self._requests: mp.connection.Connection | None = None
+        self._events: mp.connection.Connection | None = None
+        self._stop = _CTX.Value("q", -1, lock=False)
+        self._ids = itertools.count(1)
+        self._crash_reported = False
+        self.active_request: int | None = None
+        self.loaded: Loaded | None = None
+        self.log_tail: deque[str] = deque(maxlen=40)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child process is running."""
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (for tests and diagnostics)."""
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        """Start the child if it is not running."""
+        if self.alive:
+            return
+        req_recv, req_send = _CTX.Pipe(duplex=False)
+        ev_recv, ev_send = _CTX.Pipe(duplex=False)
+        self._proc = _CTX.Process(target=host_child.serve, args=(req_recv, ev_send, self._stop),
+                                  name="quantdesk-model-host", daemon=True)
+        self._proc.start()
+        req_recv.close()
+        ev_send.close()
+        self._requests, self._events = req_send, ev_recv
+        self._crash_reported = False
+        self.active_request = None
+        self.loaded = None
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask the child to exit; kill it if it does not within ``timeout``."""
+        if self._proc is None:
+            return
+        if self.alive:
+            self.stop()
+            self._send(Shutdown())
+            self._proc.join(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """End the child at once (used to cancel and in tests of crash handling)."""
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(5)
+        for conn in (self._requests, self._events):
+            if conn is not None:
+                conn.close()
+        self._proc = self._requests = self._events = None
+        self.active_request = None
+        self.loaded = None
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _send(self, request: Request) -> None:
+        assert self._requests is not None
+        with contextlib.suppress(OSError):  # a dead child: poll() reports how it died
+            self._requests.send(request)
+
+    def load(self, settings: LoadSettings) -> None:
+        """Load a model (unloading the current one); events: LoadProgress…, Loaded or Failed."""
+        if self.active_request is not None:
+            raise EngineBusy("A reply is being generated; stop it before switching models.")
+        self.start()
+        self.loaded = None
+        self._send(Load(settings))
+
+    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None) -> int:
+        """Start a reply; returns its request id. Events: Token…, then ReplyDone or Failed."""
+        if self.active_request is not None:
+            raise EngineBusy("A reply is already being generated; wait for it or stop it.")
+        if not self.alive:
+            raise EngineError("The engine is not running: load a model first.")
+        request_id = next(self._ids)
+        self.active_request = request_id
+        self._send(Chat(request_id, tuple(messages), sampling or Sampling()))
+        return request_id
+
+    def stop(self) -> None:
+        """Stop the running reply after the current token (no-op when idle)."""
+        if self.active_request is not None:
+            self._stop.value = self.active_request
+
+    def unload(self) -> None:
+        """Free the model but keep the process; event: Unloaded."""
+        if self.alive:
+            self.stop()
+            self._send(Unload())
+
+    # --- events -------------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.1) -> HostEvent | None:
+        """The next event, None if none came within ``timeout``, or Crashed once if it died."""
+        if self._events is None or self._proc is None:
+            return None
+        try:
+            ready = self._events.poll(timeout)
+            event: HostEvent | None = self._events.recv() if ready else None
+        except (EOFError, OSError):
+            event = None
+            ready = False
+        if event is None:
+            if self._proc.is_alive() or ready:
+                return None
+            return self._crashed()
+        self._track(event)
+        return event
+
+    def _crashed(self) -> Crashed | None:
+        if self._crash_reported:
+            return None
+        self._crash_reported = True
+        assert self._proc is not None
+        self._proc.join(1)
+        code = self._proc.exitcode
+        crash = Crashed(code, f"The engine stopped unexpectedly: {describe_exit(code)}.",
+                        tuple(self.log_tail))
+        log.error("%s Last log lines:\n%s", crash.message, "\n".join(crash.log_tail))
+        self.active_request = None
+        self.loaded = None
+        return crash
+
+    def _track(self, event: HostEvent) -> None:
+        if isinstance(event, LogLine):
+            self.log_tail.append(event.text)
+            _llama_log.log(event.level, "%s", event.text)
+        elif isinstance(event, Loaded):
+            self.loaded = event
+        elif isinstance(event, (ReplyDone, Failed)) and (
+                getattr(event, "request_id", None) == self.active_request):
+            self.active_request = None
+        elif isinstance(event, Unloaded):
+            self.loaded = None
+
+    def _next(self, timeout: float) -> HostEvent:
+        """Wait for the next event other than a log line; raise EngineCrashed on death."""
+        waited = 0.0
+        while True:
+            event = self.poll(0.1)
+            if isinstance(event, Crashed):
+                raise EngineCrashed(event)
+            if event is not None and not isinstance(event, LogLine):
+                return event
+            waited += 0.1 if event is None else 0.0
+            if waited > timeout:
+                raise EngineError(f"The engine did not answer within {timeout:.0f} s.")
+
+    # --- synchronous helpers ------------------------------------------------------------------
+
+    def load_sync(self, settings: LoadSettings, timeout: float = 600.0,
+                  on_progress: Callable[[float], None] | None = None) -> Loaded:
+        """Load and wait; raise EngineError with llama.cpp's reason on failure."""
+        self.load(settings)
+        while True:
+            event = self._next(timeout)
+            if isinstance(event, LoadProgress) and on_progress:
+                on_progress(event.fraction)
+            elif isinstance(event, Loaded):
+                return event
+            elif isinstance(event, Failed):
+                raise EngineError(event.message, event.log_tail)
+
+    def chat_stream(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
+                    timeout: float = 600.0) -> Iterator[Token | ReplyDone]:
+        """Yield Token events and finally the ReplyDone; raise EngineError on failure."""
+        request_id = self.chat(messages, sampling)
+        while True:
+            event = self._next(timeout)
+            if isinstance(event, Token) and event.request_id == request_id:
+                yield event
+            elif isinstance(event, ReplyDone) and event.request_id == request_id:
+                yield event
+                return
+            elif isinstance(event, Failed):
+                raise EngineError(event.message, event.log_tail)

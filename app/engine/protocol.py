@@ -1,0 +1,145 @@
+"""The model host's message protocol: requests in, events out. Plain picklable dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# --- requests (parent -> child) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How to load a model. ``n_gpu_layers``: 0 = CPU only, -1 = all layers on the GPU."""
+
+    path: str
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    type_k: str | None = None  # KV cache type: "f16" (default), "q8_0", "q4_0"
+    type_v: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings for one reply."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 1024
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation."""
+
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Load:
+    settings: LoadSettings
+
+
+@dataclass(frozen=True)
+class Chat:
+    request_id: int
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Unload:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Request = Load | Chat | Unload | Shutdown
+
+# --- events (child -> parent) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line llama.cpp (or the child) logged; the parent re-logs it and keeps the last ones."""
+
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    path: str
+    n_ctx: int
+    n_ctx_train: int
+    n_gpu_layers: int
+    load_seconds: float
+    rss_bytes: int
+    gpu_bytes: int | None
+    template_source: str  # "model" or "fallback"
+
+
+@dataclass(frozen=True)
+class ReplyMetrics:
+    """What one reply cost. Speeds come from llama.cpp's own timers (prompt: batched decode of
+    the prompt tokens not already cached; generation: one-token decodes). ``generated_tokens``
+    counts the tokens sampled for the reply, its end-of-turn token included."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_seconds: float
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+    total_seconds: float
+    peak_rss_bytes: int
+    gpu_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    request_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """The end of a reply. ``finish_reason``: 'stop' (end of turn), 'length' or 'stopped'."""
+
+    request_id: int
+    text: str
+    finish_reason: str
+    metrics: ReplyMetrics
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request failed; the child is still alive and usable (unless the load failed)."""
+
+    request_id: int | None
+    message: str
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    pass
+
+
+Event = LogLine | LoadProgress | Loaded | Token | ReplyDone | Failed | Unloaded
