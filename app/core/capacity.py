@@ -54,3 +54,16 @@ def largest_model(profile: HardwareProfile, quant: str = quant_types.DEFAULT_NAM
         # Unified memory: the GPU's share is the limit, and it is the fast path.
         return Capacity(_params_for(gpu_free, bpw), "GPU", gpu_free, quant)
     return Capacity(_params_for(ram_budget, bpw), "RAM", ram_budget, quant)
+
+
+def auto_gpu_layers(profile: HardwareProfile | None, model_bytes: int, n_layers: int) -> int:
+    """GPU layers for the 'auto' load setting: all when the model fits the GPU's free memory
+    with a fifth to spare for the KV cache and buffers, a proportional share when it does not,
+    0 without a GPU. -1 means "all layers"."""
+    if profile is None or not profile.gpus or n_layers <= 0:
+        return 0
+    free = sum(d.memory_free or 0 for d in profile.gpus) - FIXED_OVERHEAD
+    need = model_bytes * OVERHEAD_FACTOR
+    if free >= need:
+        return -1
+    return max(0, int(n_layers * free / need))

@@ -181,6 +181,12 @@ class ModelHost:
 
     # --- events -------------------------------------------------------------------------------
 
+    def wait_handles(self) -> list[object]:
+        """What to wait on (``multiprocessing.connection.wait``) for the next event or a death."""
+        if self._events is None or self._proc is None:
+            return []
+        return [self._events, self._proc.sentinel]
+
     def poll(self, timeout: float = 0.1) -> HostEvent | None:
         """The next event, None if none came within ``timeout``, or Crashed once if it died."""
         if self._events is None or self._proc is None:

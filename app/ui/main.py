@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import __version__
 from app.core import logsetup
+from app.core import settings as settings_store
 from app.core.embedded import embedded_model_path
 from app.core.resources import resource
+from app.core.storage import Storage, StorageError
 from app.engine.probe import full_profile
+from app.jobs.engine_client import EngineClient
 from app.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 
 
+def open_storage() -> Storage:
+    """The database; if it cannot be opened, say so and keep this session's chats in memory."""
+    try:
+        return Storage()
+    except StorageError as exc:
+        log.error("%s", exc)
+        QMessageBox.warning(None, "QuantDesk", f"{exc}\n\nThis session's chats will not be "
+                            "kept until the database is fixed.")
+        return Storage(Path(":memory:"))
+
+
 def create_window() -> MainWindow:
-    """The main window wired to the real probe and the embedded model (QApplication must exist)."""
-    return MainWindow(probe=full_profile, embedded_model=embedded_model_path())
+    """The main window wired to the real probe, storage, engine and the embedded model."""
+    return MainWindow(probe=full_profile, embedded_model=embedded_model_path(),
+                      store=open_storage(), engine=EngineClient(),
+                      settings=settings_store.load())
 
 
 def run() -> int:

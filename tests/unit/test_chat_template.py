@@ -42,7 +42,8 @@ def test_immutable_sandbox_blocks_mutation() -> None:
 
 
 def test_raise_exception_from_template() -> None:
-    template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+    template = ("{% if messages[0]['role'] == 'system' %}"
+                "{{ raise_exception('no system') }}{% endif %}")
     with pytest.raises(TemplateError, match="refused the conversation: no system"):
         render(template, MESSAGES)
 

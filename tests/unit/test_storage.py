@@ -104,3 +104,12 @@ def test_corrupt_database_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="move it aside"):
         Storage(path)
     assert path.read_bytes().startswith(b"this is not sqlite")  # nothing overwritten
+
+
+def test_ids_are_never_reused_after_a_delete() -> None:
+    store = Storage()
+    conv = store.create_conversation()
+    store.add_message(conv.id, "user", "q")
+    reply = store.add_message(conv.id, "assistant", "a")
+    store.delete_messages_from(conv.id, reply.id)
+    assert store.add_message(conv.id, "assistant", "b").id > reply.id

@@ -1,0 +1,1 @@
+"""The chat page: conversations, messages, the composer and the model bar."""

@@ -1,0 +1,156 @@
+"""One message in the conversation view: text (Markdown), code blocks with Copy, actions."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.markdown_blocks import split_blocks
+
+ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
+
+
+def _copy(text: str) -> None:
+    QGuiApplication.clipboard().setText(text)
+
+
+class CodeBlock(QFrame):
+    """A monospace code block with its language and a Copy button."""
+
+    def __init__(self, code: str, language: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("CodeBlock")
+        self.code = code
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 4, 8, 8)
+        header = QHBoxLayout()
+        header.addWidget(QLabel(language or "code"))
+        header.addStretch()
+        self.copy_button = QPushButton("Copy code")
+        self.copy_button.setFlat(True)
+        self.copy_button.clicked.connect(lambda: _copy(self.code))
+        header.addWidget(self.copy_button)
+        layout.addLayout(header)
+        body = QLabel(code)
+        body.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        body.setTextFormat(Qt.TextFormat.PlainText)
+        body.setWordWrap(True)
+        layout.addWidget(body)
+
+
+class MessageWidget(QFrame):
+    """A message bubble. While a reply streams, its text is shown as it grows."""
+
+    edit_requested = Signal(int)  # message id
+    regenerate_requested = Signal()
+
+    def __init__(self, role: str, text: str = "", message_id: int | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.role = role
+        self.text = text
+        self.message_id = message_id
+        self.setObjectName("UserMessage" if role == "user" else "AssistantMessage")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(14, 10, 14, 10)
+        top = QHBoxLayout()
+        self.role_label = QLabel(f"<b>{ROLE_NAMES.get(role, role)}</b>")
+        top.addWidget(self.role_label)
+        top.addStretch()
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setFlat(True)
+        self.copy_button.clicked.connect(lambda: _copy(self.text))
+        top.addWidget(self.copy_button)
+        self.edit_button = QPushButton("Edit")
+        self.edit_button.setFlat(True)
+        self.edit_button.setVisible(role == "user")
+        self.edit_button.clicked.connect(self._edit)
+        top.addWidget(self.edit_button)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setFlat(True)
+        self.regenerate_button.hide()
+        self.regenerate_button.clicked.connect(self.regenerate_requested)
+        top.addWidget(self.regenerate_button)
+        layout.addLayout(top)
+
+        self.body = QVBoxLayout()
+        layout.addLayout(self.body)
+        self.status_label = QLabel()
+        self.status_label.setObjectName("Warning")
+        self.status_label.setWordWrap(True)
+        self.status_label.hide()
+        layout.addWidget(self.status_label)
+        self.meta_label = QLabel()
+        self.meta_label.setObjectName("Muted")
+        self.meta_label.hide()
+        layout.addWidget(self.meta_label)
+        self.code_blocks: list[CodeBlock] = []
+        self._streaming_label: QLabel | None = None
+        self.layout_text()
+
+    def _edit(self) -> None:
+        if self.message_id is not None:
+            self.edit_requested.emit(self.message_id)
+
+    def _clear_body(self) -> None:
+        while self.body.count():
+            item = self.body.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
+        self.code_blocks = []
+        self._streaming_label = None
+
+    def layout_text(self) -> None:
+        """Lay the text out as prose and code blocks (after the reply has ended)."""
+        self._clear_body()
+        for block in split_blocks(self.text):
+            if block.kind == "code":
+                code = CodeBlock(block.text, block.language)
+                self.code_blocks.append(code)
+                self.body.addWidget(code)
+            else:
+                label = QLabel()
+                label.setTextFormat(Qt.TextFormat.MarkdownText)
+                label.setText(block.text)
+                label.setWordWrap(True)
+                label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+                label.setOpenExternalLinks(True)
+                self.body.addWidget(label)
+
+    def show_streaming(self, text: str) -> None:
+        """Show a growing reply cheaply: one Markdown label, updated in place."""
+        self.text = text
+        if self._streaming_label is None:
+            self._clear_body()
+            self._streaming_label = QLabel()
+            self._streaming_label.setTextFormat(Qt.TextFormat.MarkdownText)
+            self._streaming_label.setWordWrap(True)
+            self.body.addWidget(self._streaming_label)
+        self._streaming_label.setText(text + " ▍")
+
+    def finish(self, text: str, meta: str = "", status: str = "") -> None:
+        """The reply has ended: final layout, metrics line and status (stopped, error)."""
+        self.text = text
+        self.layout_text()
+        self.set_meta(meta)
+        self.set_status(status)
+
+    def set_meta(self, meta: str) -> None:
+        """The line under a reply: tokens, time to first token, speed, model."""
+        self.meta_label.setText(meta)
+        self.meta_label.setVisible(bool(meta))
+
+    def set_status(self, status: str) -> None:
+        """A warning under the message ('Stopped', 'The engine stopped…')."""
+        self.status_label.setText(status)
+        self.status_label.setVisible(bool(status))

@@ -1,0 +1,143 @@
+"""The model picker above the chat, with load settings and load progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+_OPEN = "__open__"
+
+
+@dataclass(frozen=True)
+class LoadChoice:
+    """What the user chose for loading: context length, GPU layers ('auto' or a number),
+    threads (None: llama.cpp's default)."""
+
+    n_ctx: int
+    gpu_layers: str
+    threads: int | None
+
+
+class LoadSettingsDialog(QDialog):
+    """Context length, GPU layers (with "auto"), threads."""
+
+    def __init__(self, choice: LoadChoice, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Load settings")
+        form = QFormLayout(self)
+        self.n_ctx = QSpinBox()
+        self.n_ctx.setRange(256, 1_048_576)
+        self.n_ctx.setSingleStep(1024)
+        self.n_ctx.setValue(choice.n_ctx)
+        form.addRow("Context length", self.n_ctx)
+        self.gpu_layers = QSpinBox()
+        self.gpu_layers.setRange(-2, 999)
+        self.gpu_layers.setSpecialValueText("auto")  # shown for the minimum, -2
+        self.gpu_layers.setToolTip("auto: as many layers as fit the GPU; -1: all; 0: CPU only")
+        self.gpu_layers.setValue(-2 if choice.gpu_layers == "auto" else int(choice.gpu_layers))
+        form.addRow("GPU layers", self.gpu_layers)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 512)
+        self.threads.setSpecialValueText("auto")
+        self.threads.setValue(choice.threads or 0)
+        form.addRow("Threads", self.threads)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def choice(self) -> LoadChoice:
+        """The settings as edited."""
+        layers = self.gpu_layers.value()
+        return LoadChoice(self.n_ctx.value(), "auto" if layers == -2 else str(layers),
+                          self.threads.value() or None)
+
+
+class ModelBar(QWidget):
+    """Pick a model (known ones, or any GGUF file) and see it load."""
+
+    model_chosen = Signal(str)
+    settings_changed = Signal(object)  # LoadChoice
+
+    def __init__(self, choice: LoadChoice, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.choice = choice
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.addWidget(QLabel("Model"))
+        self.picker = QComboBox()
+        self.picker.setMinimumWidth(320)
+        self.picker.addItem("Open a GGUF file…", _OPEN)
+        self.picker.activated.connect(self._activated)
+        layout.addWidget(self.picker, 1)
+        self.settings_button = QPushButton("Load settings…")
+        self.settings_button.clicked.connect(self._edit_settings)
+        layout.addWidget(self.settings_button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setFixedWidth(120)
+        self.progress.hide()
+        layout.addWidget(self.progress)
+        self.status = QLabel("No model loaded")
+        self.status.setObjectName("Muted")
+        layout.addWidget(self.status)
+
+    def add_model(self, path: Path, label: str | None = None) -> None:
+        """List a model (once) above the 'Open…' entry."""
+        if self.picker.findData(str(path)) >= 0:
+            return
+        self.picker.insertItem(self.picker.count() - 1, label or path.name, str(path))
+
+    def select(self, path: Path) -> None:
+        """Show ``path`` as the chosen model (adding it if needed)."""
+        self.add_model(path)
+        self.picker.setCurrentIndex(self.picker.findData(str(path)))
+
+    def current_path(self) -> str | None:
+        """The chosen model's path."""
+        data = self.picker.currentData()
+        return None if data in (None, _OPEN) else str(data)
+
+    def _activated(self, index: int) -> None:
+        data = self.picker.itemData(index)
+        if data == _OPEN:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "",
+                                                  "GGUF models (*.gguf)")
+            if not path:
+                return
+            self.select(Path(path))
+            data = path
+        self.model_chosen.emit(str(data))
+
+    def _edit_settings(self) -> None:
+        dialog = LoadSettingsDialog(self.choice, self)
+        if dialog.exec() == QDialog.DialogCode.Accepted:
+            self.choice = dialog.choice()
+            self.settings_changed.emit(self.choice)
+
+    def show_progress(self, fraction: float) -> None:
+        """Loading: show the bar."""
+        self.progress.show()
+        self.progress.setValue(int(fraction * 100))
+        self.status.setText("Loading…")
+
+    def show_status(self, text: str) -> None:
+        """Idle: hide the bar, show a line of status."""
+        self.progress.hide()
+        self.status.setText(text)

@@ -1,0 +1,228 @@
+"""Chat flows on the tiny model: streaming, stop, regenerate, edit, crash, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+from pytestqt.qtbot import QtBot
+
+from app.core import hardware, storage
+from app.core.settings import Settings
+from app.core.storage import Storage
+from app.jobs.engine_client import EngineClient
+from app.ui.chat.chat_page import ChatPage
+from app.ui.main_window import MainWindow
+
+MakePage = Callable[..., ChatPage]
+
+
+@pytest.fixture
+def make_page(qtbot: QtBot, store: Storage, engines: list[EngineClient],
+              tiny_model: Path) -> MakePage:
+    def make(max_tokens: int = 64, model: Path | None = tiny_model) -> ChatPage:
+        engine = EngineClient()
+        engines.append(engine)
+        settings = Settings(max_tokens=max_tokens, n_ctx=2048)
+        page = ChatPage(store, engine, settings, model)
+        qtbot.addWidget(page)
+        if model is not None:
+            qtbot.waitUntil(lambda: engine.current is not None, timeout=20_000)
+        return page
+
+    return make
+
+
+def _send(qtbot: QtBot, page: ChatPage, text: str, timeout: int = 20_000) -> storage.Message:
+    with qtbot.waitSignal(page.reply_finished, timeout=timeout) as blocker:
+        page.send(text)
+    return blocker.args[0]
+
+
+def test_send_streams_tokens_and_saves_the_reply(qtbot: QtBot, make_page: MakePage,
+                                                 store: Storage) -> None:
+    page = make_page(max_tokens=200)
+    growth: list[int] = []
+    page.engine.token.connect(lambda _rid, _t: growth.append(len(page._pending.text)
+                                                             if page._pending else -1))
+    reply = _send(qtbot, page, "Hello there")
+    assert len(growth) > 10 and growth == sorted(growth)  # tokens arrived one by one
+    assert reply.role == "assistant" and reply.status == storage.STATUS_COMPLETE
+    assert reply.metrics is not None and reply.metrics["generated_tokens"] == 200
+    widgets = page.message_widgets()
+    assert [w.role for w in widgets] == ["user", "assistant"]
+    assert widgets[1].text == reply.content and reply.content
+    assert "200 tokens" in widgets[1].meta_label.text()
+    assert "tok/s" in widgets[1].meta_label.text()
+    assert "tiny-llama" in widgets[1].meta_label.text()
+    assert widgets[1].regenerate_button.isVisibleTo(widgets[1])
+    conv = store.conversations()[0]
+    assert conv.title == "Hello there"
+    assert [m.content for m in store.messages(conv.id)] == ["Hello there", reply.content]
+
+
+def test_stop_mid_reply_keeps_what_was_generated(qtbot: QtBot, make_page: MakePage,
+                                                 store: Storage) -> None:
+    page = make_page(max_tokens=1900)
+    page.engine.token.connect(lambda _rid, _t: page.stop())
+    reply = _send(qtbot, page, "Tell me a long story")
+    assert reply.status == storage.STATUS_STOPPED
+    assert reply.metrics is not None and reply.metrics["generated_tokens"] < 1900
+    assert store.message(reply.id).content == reply.content
+    assert page.message_widgets()[-1].status_label.text() == "Stopped."
+    assert page.send_button.isEnabled() and not page.stop_button.isEnabled()
+
+
+def test_escape_in_the_composer_stops(qtbot: QtBot, make_page: MakePage) -> None:
+    page = make_page(max_tokens=1900)
+    page.engine.token.connect(lambda _rid, _t: qtbot.keyClick(page.composer, Qt.Key.Key_Escape))
+    reply = _send(qtbot, page, "Go on and on")
+    assert reply.status == storage.STATUS_STOPPED
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(qtbot: QtBot, make_page: MakePage) -> None:
+    page = make_page(max_tokens=8)
+    qtbot.keyClicks(page.composer, "first line")
+    qtbot.keyClick(page.composer, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(page.composer, "second line")
+    assert page.composer.toPlainText() == "first line\nsecond line"
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000):
+        qtbot.keyClick(page.composer, Qt.Key.Key_Return)
+    assert page.composer.toPlainText() == ""
+    assert page.message_widgets()[0].text == "first line\nsecond line"
+
+
+def test_regenerate_replaces_the_last_reply(qtbot: QtBot, make_page: MakePage,
+                                            store: Storage) -> None:
+    page = make_page(max_tokens=16)
+    first = _send(qtbot, page, "Hi")
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+        page.message_widgets()[-1].regenerate_button.click()
+    second = blocker.args[0]
+    assert second.id != first.id
+    conv = store.conversations()[0]
+    assert [(m.role, m.id) for m in store.messages(conv.id)][1:] == [("assistant", second.id)]
+    assert [w.role for w in page.message_widgets()] == ["user", "assistant"]
+
+
+def test_edit_and_resend_drops_later_messages(qtbot: QtBot, make_page: MakePage,
+                                              store: Storage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "first question")
+    _send(qtbot, page, "second question")
+    conv_id = store.conversations()[0].id
+    first_user = store.messages(conv_id)[0]
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000):
+        page.edit_and_resend(first_user.id, "first question, edited")
+    msgs = store.messages(conv_id)
+    assert (msgs[0].role, msgs[0].content) == ("user", "first question, edited")
+    assert [m.role for m in msgs] == ["user", "assistant"]
+    assert len(page.message_widgets()) == 2
+
+
+def test_system_prompt_and_sampling_are_per_conversation(qtbot: QtBot, make_page: MakePage,
+                                                         store: Storage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "hello")
+    conv_id = store.conversations()[0].id
+    store.update_conversation(conv_id, system_prompt="Be terse.",
+                              sampling={"temperature": 0.0, "max_tokens": 5, "seed": 3})
+    assert page._history()[0].role == "system"
+    reply = _send(qtbot, page, "again")
+    assert reply.metrics is not None and reply.metrics["generated_tokens"] == 5
+    assert reply.sampling is not None and reply.sampling["temperature"] == 0.0
+
+
+def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_page: MakePage,
+                                                          store: Storage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "before the crash")
+    page.settings.max_tokens = 1900
+    killed: list[bool] = []
+
+    def kill_once(_rid: int, _text: str) -> None:
+        pid = page.engine.pid()
+        if not killed and pid is not None:
+            killed.append(True)
+            os.kill(pid, signal.SIGKILL)
+
+    page.engine.token.connect(kill_once)
+    with qtbot.waitSignal(page.engine_error, timeout=20_000) as blocker:
+        page.send("this reply dies")
+    assert "SIGKILL" in blocker.args[0]
+    assert page.banner.isVisibleTo(page) and page.reload_button.isVisibleTo(page)
+    conv_id = store.conversations()[0].id
+    msgs = store.messages(conv_id)
+    assert [m.content for m in msgs[:3]] == ["before the crash", msgs[1].content,
+                                             "this reply dies"]
+    assert msgs[-1].role == "assistant" and msgs[-1].status == storage.STATUS_PARTIAL
+    assert "SIGKILL" in (msgs[-1].error or "")
+    assert "Incomplete" in page.message_widgets()[-1].status_label.text()
+    # Reload brings the engine back and the chat goes on.
+    with qtbot.waitSignal(page.model_loaded, timeout=20_000):
+        page.reload_button.click()
+    page.settings.max_tokens = 4
+    reply = _send(qtbot, page, "after the crash")
+    assert reply.status == storage.STATUS_COMPLETE
+
+
+def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePage,
+                                                store: Storage) -> None:
+    page = make_page(max_tokens=4)
+    _send(qtbot, page, "about llamas")
+    page.new_conversation()
+    assert page.message_widgets() == []
+    _send(qtbot, page, "about quantization")
+    convs = store.conversations()
+    assert len(convs) == 2 and page.conversations.ids() == [c.id for c in convs]
+    page.conversations.search.setText("llamas")
+    assert page.conversations.ids() == [convs[1].id]
+    page.conversations.search.setText("")
+    page.conversations.rename(convs[0].id, "Quant notes")
+    assert store.conversation(convs[0].id).title == "Quant notes"
+    assert page.conversations.list.item(0).text() == "Quant notes"
+    page.conversations.delete(convs[0].id, confirm=False)
+    assert page.conversations.ids() == [convs[1].id]
+    assert page.message_widgets() == []  # the open conversation was the deleted one
+    page.open_conversation(convs[1].id)
+    assert page.message_widgets()[0].text == "about llamas"
+
+
+def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(model=None)
+    conv = store.create_conversation("code")
+    store.add_message(conv.id, "user", "show code")
+    store.add_message(conv.id, "assistant",
+                      "Here:\n```python\nprint('hi')\n```\nand\n```\nls -l\n```")
+    page.open_conversation(conv.id)
+    reply = page.message_widgets()[-1]
+    assert [c.code for c in reply.code_blocks] == ["print('hi')", "ls -l"]
+    reply.code_blocks[0].copy_button.click()
+    assert QGuiApplication.clipboard().text() == "print('hi')"
+
+
+def test_restart_finds_the_conversation_intact(qtbot: QtBot, engines: list[EngineClient],
+                                               tiny_model: Path) -> None:
+    def window() -> MainWindow:
+        engine = EngineClient()
+        engines.append(engine)
+        w = MainWindow(probe=hardware.probe,
+                       embedded_model=tiny_model, store=Storage(), engine=engine,
+                       settings=Settings(max_tokens=12), save_settings=False)
+        qtbot.addWidget(w)
+        qtbot.waitUntil(lambda: engine.current is not None, timeout=20_000)
+        return w
+
+    first = window()
+    _send(qtbot, first.chat_page, "remember me")
+    shown = [w.text for w in first.chat_page.message_widgets()]
+    first.close()
+
+    second = window()
+    assert [w.text for w in second.chat_page.message_widgets()] == shown
+    assert second.chat_page.conversations.list.item(0).text() == "remember me"
