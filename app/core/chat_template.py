@@ -24,12 +24,6 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# End-of-turn markers of common templates: if a template uses one, generation stops at it even
-# when the GGUF does not mark the token as end-of-generation.
-_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>",
-                "</s>", "<|end_of_text|>", "[/INST]")
-
-
 class TemplateError(Exception):
     """The chat template could not be rendered; the message says why."""
 
@@ -87,8 +81,3 @@ def render(
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise TemplateError(f"the model's chat template failed: {exc}") from None
 
-
-def stop_markers(template: str | None) -> tuple[str, ...]:
-    """End-of-turn strings the template uses (ChatML's when there is no template)."""
-    source = template if template and template.strip() else CHATML
-    return tuple(m for m in _END_MARKERS if m in source)

@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+import psutil
+
 from app.core import chat_template
 from app.engine import llama_log, process_stats
 from app.engine.protocol import (
@@ -132,11 +134,23 @@ class _Host:
         self.bos_text = ""
         self.eos_text = ""
         self.gpu_baseline: int | None = None
+        self._eog_tokens: list[int] | None = None
+
+    def eog_tokens(self) -> list[int]:
+        """Every token llama.cpp treats as end of generation (computed once per model)."""
+        if self._eog_tokens is None:
+            import llama_cpp
+
+            vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+            self._eog_tokens = [t for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
+                                if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return self._eog_tokens
 
     def unload(self) -> None:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+            self._eog_tokens = None
             gc.collect()
 
     def load(self, settings: LoadSettings) -> None:
@@ -146,6 +160,9 @@ class _Host:
         self.gpu_baseline = _gpu_used_bytes() if settings.n_gpu_layers != 0 else None
         start = time.perf_counter()
         kwargs: dict[str, Any] = {}
+        # llama.cpp's own tools default to one thread per physical core; llama-cpp-python's
+        # default (half the logical CPUs) leaves cores idle on machines without SMT.
+        threads = settings.n_threads or psutil.cpu_count(logical=False) or 1
         if settings.type_k:
             kwargs["type_k"] = _KV_TYPES[settings.type_k]
         if settings.type_v:
@@ -156,8 +173,8 @@ class _Host:
                     model_path=settings.path,
                     n_ctx=settings.n_ctx,
                     n_gpu_layers=settings.n_gpu_layers,
-                    n_threads=settings.n_threads,
-                    n_threads_batch=settings.n_threads,
+                    n_threads=threads,
+                    n_threads_batch=threads,
                     n_batch=settings.n_batch,
                     n_ubatch=settings.n_ubatch,
                     flash_attn=settings.flash_attn,
@@ -246,8 +263,13 @@ class _Host:
                 min_p=s.min_p,
                 repeat_penalty=s.repeat_penalty,
                 seed=s.seed,
-                stop=list(s.stop + chat_template.stop_markers(self.template)) or None,
+                # Only the user's stop strings: llama.cpp already ends on the template's
+                # end-of-turn tokens (it marks them end-of-generation), and every stop string
+                # makes llama-cpp-python scan and hold back text on each token.
+                stop=list(s.stop) or None,
                 stopping_criteria=StoppingCriteriaList([stop_now]),
+                logit_bias={t: float("-inf") for t in self.eog_tokens()} if s.ignore_eos
+                else None,
                 stream=True,
             )
             for chunk in stream:

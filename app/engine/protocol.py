@@ -34,6 +34,7 @@ class Sampling:
     max_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
 
 @dataclass(frozen=True)

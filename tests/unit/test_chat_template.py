@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.chat_template import CHATML, Message, TemplateError, render, stop_markers
+from app.core.chat_template import CHATML, Message, TemplateError, render
 from app.core.gguf_info import read_model_info
 
 MESSAGES = [Message("system", "Be brief."), Message("user", "Hi")]
@@ -17,7 +17,6 @@ def test_smollm2_template_renders_chatml(smollm2: Path) -> None:
     prompt = render(template, MESSAGES)
     assert prompt == ("<|im_start|>system\nBe brief.<|im_end|>\n"
                       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert stop_markers(template) == ("<|im_end|>",)
 
 
 def test_missing_template_falls_back_to_chatml() -> None:

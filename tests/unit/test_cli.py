@@ -56,3 +56,33 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = _run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_chat_json_with_the_embedded_model(smollm2: Path) -> None:
+    result = _run("chat", str(smollm2), "--system", "You are a helpful assistant.",
+                  "--prompt", "What is the capital of France? Answer in one short sentence.",
+                  "--temperature", "0", "--max-tokens", "48", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "Paris" in data["reply"]
+    assert data["finish_reason"] == "stop"
+    m = data["metrics"]
+    assert 0 < m["generated_tokens"] < 48
+    assert m["prompt_tokens"] > 5 and m["generation_tokens_per_second"] > 0
+    assert m["peak_rss_bytes"] > 50 * 1024**2
+
+
+def test_chat_streams_text_and_prints_metrics(tiny_model: Path) -> None:
+    result = _run("chat", str(tiny_model), "--prompt", "hi", "--max-tokens", "10")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "10 tokens" in result.stderr and "length" in result.stderr
+
+
+def test_chat_with_a_broken_model_fails_cleanly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 100)
+    result = _run("chat", str(bad), "--prompt", "hi")
+    assert result.returncode == 3
+    assert "could not be loaded" in result.stderr
+    assert "Traceback" not in result.stderr

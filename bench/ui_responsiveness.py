@@ -1,0 +1,119 @@
+"""Does the UI stay responsive while a reply streams at full speed?
+
+A 5 ms heartbeat QTimer runs in the GUI process while the chat page streams a long reply; the
+stall is how late each beat fires beyond its interval. Run on the tiny model (thousands of
+tokens a second: the worst case for the UI) and on SmolLM2 (a real model's pace), each in a
+fresh process. Target: the maximum stall stays under 50 ms. Also shown: the GUI process's CPU
+use while streaming (on a small machine it competes with llama.cpp's threads).
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.ui_responsiveness
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Every run (each in its own process) gets an empty data folder: no earlier conversation is
+# reopened and carried into the prompt.
+os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-bench-")
+
+from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtWidgets import QApplication
+
+from app.core.embedded import embedded_model_path
+from app.core.settings import Settings
+from app.core.storage import Storage
+from app.jobs.engine_client import EngineClient
+from app.ui.chat.chat_page import ChatPage
+from tests.helpers.tiny_model import write_tiny_llama
+
+BEAT_MS = 5
+
+
+def wait_for(condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        time.sleep(0.005)
+
+
+def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, float]:
+    engine = EngineClient()
+    page = ChatPage(Storage(), engine, Settings(max_tokens=max_tokens, n_ctx=4096), model)
+    page.resize(1000, 700)
+    page.show()
+    wait_for(lambda: engine.current is not None, 60)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(BEAT_MS)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    done: list[object] = []
+    page.reply_finished.connect(done.append)
+    timer.start()
+    tokens: list[int] = []
+    engine.token.connect(lambda *_: tokens.append(1))
+    cpu_before = psutil.Process().cpu_times()
+    start = time.perf_counter()
+    page.send("Write a long essay about rivers, mountains and the sea.")
+    wait_for(lambda: bool(done), 300)
+    elapsed = time.perf_counter() - start
+    cpu_after = psutil.Process().cpu_times()
+    timer.stop()
+    gaps = [(b - a) * 1000 - BEAT_MS for a, b in itertools.pairwise(beats)]
+    page.shutdown()
+    page.close()
+    metrics = done[0].metrics or {}  # type: ignore[attr-defined]
+    return {"tokens": len(tokens), "seconds": elapsed, "tok/s": len(tokens) / elapsed,
+            "decode": metrics.get("generation_tokens_per_second", 0.0),
+            "gui_cpu": (cpu_after.user + cpu_after.system - cpu_before.user
+                        - cpu_before.system) / elapsed,
+            "max_stall_ms": max(gaps), "p99_stall_ms": statistics.quantiles(gaps, n=100)[98],
+            "median_stall_ms": statistics.median(gaps)}
+
+
+def child(model: str, max_tokens: int) -> None:
+    """Measure one model in this (fresh) process and print the result as JSON."""
+    app = QApplication.instance() or QApplication([])
+    if model == "tiny":
+        path = write_tiny_llama(Path(tempfile.mkdtemp()) / "tiny.gguf", n_ctx=4096)
+    else:
+        path = Path(model)
+    print(json.dumps(measure(app, path, max_tokens)), flush=True)
+    os._exit(0)  # skip interpreter teardown: nothing left to save
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+    runs = [("tiny (random weights)", "tiny", 3000)]
+    smol = embedded_model_path()
+    if smol is not None:
+        runs.append(("SmolLM2-135M Q4_1", str(smol), 400))
+    rows = []
+    for name, model, max_tokens in runs:
+        out = subprocess.run([sys.executable, "-m", "bench.ui_responsiveness", "--child", model,
+                              str(max_tokens)], capture_output=True, text=True, check=True)
+        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
+    print(f"heartbeat every {BEAT_MS} ms while a reply streams; stall = lateness of a beat")
+    print("| model | tokens | tok/s seen by the UI | llama.cpp decode tok/s | GUI CPU "
+          "| median stall ms | p99 stall ms | max stall ms |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r['tokens']:.0f} | {r['tok/s']:.0f} | {r['decode']:.0f} "
+              f"| {r['gui_cpu']:.0%} | {r['median_stall_ms']:.1f} | {r['p99_stall_ms']:.1f} "
+              f"| {r['max_stall_ms']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
