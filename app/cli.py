@@ -146,6 +146,36 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from app.core import memory
+    from app.engine.probe import full_profile
+
+    try:
+        info = read_model_info(Path(args.model))
+    except GGUFError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    layers = None if args.gpu_layers == "auto" else int(args.gpu_layers)
+    fit = memory.plan(info, full_profile(), n_ctx=args.ctx, n_gpu_layers=layers,
+                      kv_type=args.kv_type)
+    if args.json:
+        _print_json(fit.to_json())
+        return 0
+    est = fit.estimate
+    print(f"{info.path.name}: {fit.badge} (context {fit.n_ctx:,}, GPU layers "
+          f"{fit.n_gpu_layers}/{info.n_layers + 1})")
+    for device in (est.cpu, est.gpu):
+        if device is None:
+            continue
+        print(f"  {device.device:<6} weights {format_bytes(device.weights + device.repacked)}, "
+              f"KV cache {format_bytes(device.kv_cache)}, compute {format_bytes(device.compute)}, "
+              f"other {format_bytes(device.output + device.overhead)} = "
+              f"{format_bytes(device.total)}")
+    for line in fit.explanation:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -163,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="path to a .gguf file (the first part of a split model)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(func=cmd_inspect)
+
+    fit = sub.add_parser("fit", help="memory needed by a model here, and how to load it")
+    fit.add_argument("model", help="GGUF file")
+    fit.add_argument("--ctx", type=int, help="context length (default: min(trained, 4096))")
+    fit.add_argument("--gpu-layers", default="auto",
+                     help="'auto' (as many as fit), -1 (all) or a number")
+    fit.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "q4_0", "f32"],
+                     help="KV cache type")
+    fit.add_argument("--json", action="store_true", help="print JSON")
+    fit.set_defaults(func=cmd_fit)
 
     chat = sub.add_parser("chat", help="one exchange with a model, through the engine process")
     chat.add_argument("model", nargs="?", help="GGUF file (default: the embedded model)")

@@ -10,6 +10,7 @@ A file that is not GGUF, is truncated, or whose header makes impossible claims r
 
 from __future__ import annotations
 
+import math
 import mmap
 import re
 import struct
@@ -45,6 +46,24 @@ class TensorTypeTotal:
 
 
 @dataclass(frozen=True)
+class TensorInfo:
+    """One tensor: name, ggml type, shape (ggml order: ne0 is the row length) and bytes."""
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    n_bytes: int
+
+    @property
+    def layer(self) -> int | None:
+        """The block index for ``blk.N.*`` tensors, else None."""
+        if not self.name.startswith("blk."):
+            return None
+        index = self.name.split(".", 2)[1]
+        return int(index) if index.isdigit() else None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a GGUF model is: dimensions, type, tensors. Sizes cover all split parts."""
 
@@ -75,6 +94,7 @@ class ModelInfo:
     split_files: tuple[Path, ...] = ()
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     @property
     def bits_per_weight(self) -> float:
@@ -179,17 +199,9 @@ class _HeaderReader:
 
 
 @dataclass(frozen=True)
-class _Tensor:
-    name: str
-    type_name: str
-    n_elements: int
-    n_bytes: int
-
-
-@dataclass(frozen=True)
 class _Parsed:
     metadata: dict[str, Any]
-    tensors: tuple[_Tensor, ...]
+    tensors: tuple[TensorInfo, ...]
 
 
 def _parse(path: Path) -> _Parsed:
@@ -272,7 +284,7 @@ def _parse_mapped(path: Path, data: mmap.mmap, size: int) -> _Parsed:
                 f"{path.name} is truncated: its tensors need {end:,} bytes but it has only "
                 f"{size:,}. It was probably cut off while downloading or copying; get it again."
             )
-        tensors.append(_Tensor(name, qtype.name, n_elements, n_bytes))
+        tensors.append(TensorInfo(name, qtype.name, tuple(int(d) for d in dims), n_bytes))
     return _Parsed(metadata, tuple(tensors))
 
 
@@ -345,7 +357,7 @@ def read_model_info(path: Path | str) -> ModelInfo:
             entry = totals.setdefault(t.type_name, [0, 0, 0])
             entry[0] += 1
             entry[1] += t.n_bytes
-            entry[2] += t.n_elements
+            entry[2] += math.prod(t.shape)
     tensor_types = tuple(
         TensorTypeTotal(name, c, b, e)
         for name, (c, b, e) in sorted(totals.items(), key=lambda kv: -kv[1][1])
@@ -384,4 +396,5 @@ def read_model_info(path: Path | str) -> ModelInfo:
         split_files=parts if split_count > 1 else (),
         bos_token_id=_int(meta, "tokenizer.ggml.bos_token_id"),
         eos_token_id=_int(meta, "tokenizer.ggml.eos_token_id"),
+        tensors=tuple(t for one in parsed for t in one.tensors),
     )

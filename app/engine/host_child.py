@@ -158,6 +158,7 @@ class _Host:
 
         self.unload()
         self.gpu_baseline = _gpu_used_bytes() if settings.n_gpu_layers != 0 else None
+        rss_before = process_stats.rss_bytes()
         start = time.perf_counter()
         kwargs: dict[str, Any] = {}
         # llama.cpp's own tools default to one thread per physical core; llama-cpp-python's
@@ -205,6 +206,7 @@ class _Host:
             gpu_bytes=(gpu_now - self.gpu_baseline) if gpu_now is not None
             and self.gpu_baseline is not None else None,
             template_source="model" if self.template else "fallback",
+            rss_before_bytes=rss_before,
         ))
 
     def chat(self, req: Chat) -> None:

@@ -94,6 +94,7 @@ class Loaded:
     load_seconds: float
     rss_bytes: int
     gpu_bytes: int | None
+    rss_before_bytes: int  # the child's RSS just before loading: the bare engine process
     template_source: str  # "model" or "fallback"
 
 

@@ -86,3 +86,22 @@ def test_chat_with_a_broken_model_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "could not be loaded" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fit_json_for_the_embedded_model(smollm2: Path) -> None:
+    result = _run("fit", str(smollm2), "--ctx", "2048", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["fit"] == "ram" and data["n_ctx"] == 2048  # this machine has no GPU
+    cpu = data["estimate"]["cpu"]
+    assert cpu["kv_cache"] == 2048 * 30 * 3 * 128 * 2
+    assert cpu["total"] == data["estimate"]["total"] > cpu["weights"]
+    assert data["explanation"][0].startswith("Runs on the CPU")
+
+
+def test_fit_text_and_bad_file(smollm2: Path, tmp_path: Path) -> None:
+    result = _run("fit", str(smollm2))
+    assert result.returncode == 0 and "Fits in RAM" in result.stdout
+    bad = tmp_path / "x.gguf"
+    bad.write_text("nope")
+    assert _run("fit", str(bad)).returncode == 2

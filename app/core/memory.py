@@ -1,0 +1,283 @@
+"""How much memory a model takes on each device, and the load plan that fits this machine.
+
+The estimate mirrors what llama.cpp allocates, term by term:
+
+- weights: the GGUF's tensor bytes. Block ``i`` goes to the GPU when ``i >= n_layer - n_gpu``;
+  the output tensor too when ``n_gpu > n_layer``; the token embeddings always stay on the CPU.
+  On the CPU, llama.cpp repacks some quant types into an interleaved copy (x86 with AVX2:
+  Q4_0, Q4_K, IQ4_NL, MXFP4; AVX-512 adds Q2_K; Arm: more). The mapped file pages stay
+  resident too, so repacked matrices count twice in the process's memory.
+- KV cache: per layer ``n_ctx x n_head_kv x (head_dim_k + head_dim_v) x bytes(type)``, the
+  context padded to 256 cells; sliding-window layers keep only their window (+ one batch).
+- compute: on the CPU, what a full-context prompt batch touches: the F32 attention scores and
+  their F16 copy for the V product (6 bytes x heads x ubatch x ctx), the mask (4 bytes x ubatch
+  x ctx) and the batch's activations. On a GPU, llama.cpp's reservation, which is allocated
+  whole: the larger of the batch's logits and its attention scores, plus the activations.
+- overhead: llama.cpp's vocabulary tables (about 256 bytes a token) and a fixed 1.5 MiB.
+
+Calibrated and checked against measured RSS by ``bench/memory.py`` (CPU, flash attention off).
+GPU figures follow the same rules but are not measured on the project's machines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from app.core.gguf_info import ModelInfo, TensorInfo
+from app.core.hardware import GIB, HardwareProfile
+
+MIB = 1024**2
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
+            "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}
+KV_PAD = 256
+FIXED_OVERHEAD = 3 * MIB // 2
+VOCAB_BYTES_PER_TOKEN = 256
+RAM_RESERVE = 3 * GIB // 2  # left for the OS and the app itself
+GPU_MARGIN = 0.05  # of the GPU's free memory, for drivers and fragmentation
+GPU_RESERVE = 256 * MIB
+
+_REPACK_X86_AVX2 = {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}
+_REPACK_ARM_DOTPROD = {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4"}
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """Bytes one device holds for a loaded model."""
+
+    device: str
+    weights: int = 0
+    repacked: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    output: int = 0
+    overhead: int = 0
+
+    @property
+    def total(self) -> int:
+        """All of the above."""
+        return (self.weights + self.repacked + self.kv_cache + self.compute + self.output
+                + self.overhead)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory of one model at one context and GPU-layer count."""
+
+    n_ctx: int
+    n_gpu_layers: int  # effective: 0 .. n_layers + 1 (the last one is the output layer)
+    n_layers: int
+    cpu: DeviceUse
+    gpu: DeviceUse | None
+
+    @property
+    def total(self) -> int:
+        """Bytes on all devices together."""
+        return self.cpu.total + (self.gpu.total if self.gpu else 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict with totals."""
+        data = asdict(self)
+        data["cpu"]["total"] = self.cpu.total
+        if self.gpu is not None:
+            data["gpu"]["total"] = self.gpu.total
+        data["total"] = self.total
+        return data
+
+
+def repack_types(cpu_features: tuple[str, ...]) -> set[str]:
+    """Quant types llama.cpp's CPU backend repacks on a CPU with these features."""
+    features = set(cpu_features)
+    types: set[str] = set()
+    if "AVX2" in features:
+        types |= _REPACK_X86_AVX2
+    if "AVX512F" in features:
+        types.add("Q2_K")
+    if "NEON" in features and "DOTPROD" in features:
+        types |= _REPACK_ARM_DOTPROD
+        if "I8MM" in features:
+            types.add("Q8_0")
+    return types
+
+
+def _is_repacked(t: TensorInfo, types: set[str]) -> bool:
+    return (t.type_name in types and len(t.shape) == 2 and t.shape[1] % 8 == 0
+            and t.name != "token_embd.weight")
+
+
+def _swa_layers(info: ModelInfo) -> set[int]:
+    if not info.sliding_window or not info.sliding_window_pattern:
+        return set()
+    period = info.sliding_window_pattern
+    return {i for i in range(info.n_layers) if (i + 1) % period != 0}
+
+
+def kv_cache_bytes(info: ModelInfo, n_ctx: int, layers: range, kv_type: str = "f16",
+                   n_ubatch: int = 512) -> int:
+    """KV cache of ``layers`` at context ``n_ctx``."""
+    cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
+    swa = _swa_layers(info)
+    swa_cells = (min(cells, math.ceil((info.sliding_window or 0) + n_ubatch) // KV_PAD * KV_PAD
+                     + KV_PAD) if swa else cells)
+    per_cell = info.n_head_kv * (info.head_dim_k + info.head_dim_v) * KV_BYTES[kv_type]
+    return int(sum((swa_cells if i in swa else cells) * per_cell for i in layers))
+
+
+def _activations(info: ModelInfo, n_ubatch: int) -> int:
+    return n_ubatch * (3 * (info.n_ff or 4 * info.n_embd) + 6 * info.n_embd) * 4
+
+
+def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: int = 512,
+             kv_type: str = "f16", cpu_features: tuple[str, ...] = (),
+             gpu_name: str = "GPU") -> MemoryEstimate:
+    """Bytes on the CPU (and GPU) for ``info`` loaded at ``n_ctx`` with ``n_gpu_layers``
+    (-1: all, the output layer included)."""
+    n_layer = info.n_layers
+    n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    first_gpu_layer = max(n_layer - n_gpu, 0)
+    output_on_gpu = n_gpu > n_layer
+    ubatch = min(n_ubatch, n_ctx)
+    cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
+    types = repack_types(cpu_features)
+
+    cpu_weights = gpu_weights = repacked = 0
+    for t in info.tensors:
+        layer = t.layer
+        on_gpu = (layer >= first_gpu_layer and n_gpu > 0) if layer is not None else (
+            output_on_gpu and t.name != "token_embd.weight")
+        if on_gpu:
+            gpu_weights += t.n_bytes
+        else:
+            cpu_weights += t.n_bytes
+            if _is_repacked(t, types):
+                repacked += t.n_bytes
+
+    attention = (6 * info.n_head + 4) * ubatch * cells
+    overhead = FIXED_OVERHEAD + VOCAB_BYTES_PER_TOKEN * info.n_vocab
+    cpu = DeviceUse(
+        device="CPU",
+        weights=cpu_weights,
+        repacked=repacked,
+        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first_gpu_layer), kv_type, ubatch),
+        compute=(attention + _activations(info, ubatch)) if first_gpu_layer > 0 or not n_gpu
+        else _activations(info, ubatch),
+        output=info.n_vocab * 4,
+        overhead=overhead,
+    )
+    gpu = None
+    if n_gpu > 0:
+        reserved = max(info.n_vocab * ubatch * 4, (info.n_head + 1) * ubatch * cells * 4)
+        gpu = DeviceUse(
+            device=gpu_name,
+            weights=gpu_weights,
+            kv_cache=kv_cache_bytes(info, n_ctx, range(first_gpu_layer, n_layer), kv_type,
+                                    ubatch),
+            compute=reserved + _activations(info, ubatch),
+        )
+    return MemoryEstimate(n_ctx=n_ctx, n_gpu_layers=n_gpu, n_layers=n_layer, cpu=cpu, gpu=gpu)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: GPU layers and context for this machine
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How to load a model here, whether it fits, and why, in words."""
+
+    fit: str  # "gpu", "ram", "partial" or "too_large"
+    n_gpu_layers: int
+    n_ctx: int
+    max_ctx: int
+    estimate: MemoryEstimate
+    explanation: tuple[str, ...]
+
+    @property
+    def badge(self) -> str:
+        """Short label for lists."""
+        return {"gpu": "Fits on GPU", "ram": "Fits in RAM", "partial": "Partial offload",
+                "too_large": "Too large"}[self.fit]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"fit": self.fit, "badge": self.badge, "n_gpu_layers": self.n_gpu_layers,
+                "n_ctx": self.n_ctx, "max_ctx": self.max_ctx,
+                "estimate": self.estimate.to_json(), "explanation": list(self.explanation)}
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _budgets(profile: HardwareProfile) -> tuple[int, int, str]:
+    ram = max(0, profile.ram_available - RAM_RESERVE)
+    gpus = sorted(profile.gpus, key=lambda d: d.memory_free or 0, reverse=True)
+    if not gpus:
+        return ram, 0, ""
+    best = gpus[0]
+    free = best.memory_free or 0
+    return ram, max(0, int(free * (1 - GPU_MARGIN)) - GPU_RESERVE), best.description or best.name
+
+
+def _fits(est: MemoryEstimate, ram: int, vram: int) -> bool:
+    return est.cpu.total <= ram and (est.gpu is None or est.gpu.total <= vram)
+
+
+def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
+         n_gpu_layers: int | None = None, kv_type: str = "f16") -> FitPlan:
+    """Choose GPU layers (all that fit, unless given) and check the context; explain."""
+    ram, vram, gpu_name = _budgets(profile)
+    ctx = n_ctx or min(info.n_ctx_train or 4096, 4096)
+    features = profile.cpu.features
+
+    def est(layers: int, c: int) -> MemoryEstimate:
+        return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,
+                        gpu_name=gpu_name or "GPU")
+
+    if n_gpu_layers is None:
+        layers = 0
+        if vram > 0:
+            for candidate in range(info.n_layers + 1, 0, -1):
+                gpu = est(candidate, ctx).gpu
+                if gpu is not None and gpu.total <= vram:
+                    layers = candidate
+                    break
+    else:
+        layers = info.n_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
+    chosen = est(layers, ctx)
+
+    upper = max(info.n_ctx_train or ctx, ctx)
+    candidates = sorted({2**k for k in range(9, 21) if 2**k <= upper} | {upper})
+    max_ctx = max((c for c in candidates if _fits(est(layers, c), ram, vram)), default=0)
+    lines = []
+    if not _fits(chosen, ram, vram):
+        fit = "too_large"
+        lines.append(f"Needs {_gib(chosen.cpu.total)} of RAM"
+                     + (f" and {_gib(chosen.gpu.total)} on the GPU" if chosen.gpu else "")
+                     + f" at context {ctx:,}, but only {_gib(ram)} of RAM"
+                     + (f" and {_gib(vram)} of GPU memory are free" if vram else " is free")
+                     + ". Pick a smaller quantization or a shorter context.")
+    elif chosen.gpu is not None and layers > info.n_layers:
+        fit = "gpu"
+        lines.append(f"All {info.n_layers} layers fit on {gpu_name}: "
+                     f"{_gib(chosen.gpu.total)} of {_gib(vram)} usable.")
+    elif chosen.gpu is not None and layers > 0:
+        fit = "partial"
+        lines.append(f"{layers} of {info.n_layers + 1} layers fit on {gpu_name} "
+                     f"({_gib(chosen.gpu.total)}); the rest run on the CPU "
+                     f"({_gib(chosen.cpu.total)} of RAM). Expect lower speed than fully on GPU.")
+    else:
+        fit = "ram"
+        lines.append(f"Runs on the CPU in {_gib(chosen.cpu.total)} of RAM "
+                     f"({_gib(ram)} available for models).")
+    kv = chosen.cpu.kv_cache + (chosen.gpu.kv_cache if chosen.gpu else 0)
+    lines.append(f"Context {ctx:,}: the KV cache takes {_gib(kv)}; "
+                 f"weights {_gib(chosen.cpu.weights + (chosen.gpu.weights if chosen.gpu else 0))}.")
+    if max_ctx:
+        lines.append(f"Longest context that fits with this plan: {max_ctx:,} tokens"
+                     + (" (the model's trained maximum)." if max_ctx >= upper else "."))
+    if chosen.cpu.repacked:
+        lines.append(f"{_gib(chosen.cpu.repacked)} of weights are repacked for faster CPU "
+                     "kernels and kept twice in memory.")
+    return FitPlan(fit, layers, ctx, max_ctx, chosen, tuple(lines))

@@ -1,0 +1,159 @@
+"""Memory estimate: llama.cpp's allocation rules, the offload split, and the plan in words."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.core.gguf_info import ModelInfo, read_model_info
+from app.core.hardware import GIB, BackendDevice, CpuInfo, HardwareProfile, LlamaBuild
+from app.core.memory import MIB, estimate, plan, repack_types
+from app.engine.child import call_in_child
+from app.engine.host import ModelHost
+from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
+
+AVX2 = ("AVX", "AVX2", "FMA")
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2: Path) -> ModelInfo:
+    return read_model_info(smollm2)
+
+
+def _quantize(src: str, dst: str, ftype: int) -> int:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_k_m(tiny_model_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelInfo:
+    out = tmp_path_factory.mktemp("q") / "tiny-q4_k_m.gguf"
+    assert call_in_child(_quantize, str(tiny_model_f16), str(out), 15) == 0
+    return read_model_info(out)
+
+
+def test_kv_cache_follows_the_formula_and_pads_to_256(smol: ModelInfo) -> None:
+    per_cell = 30 * 3 * (64 + 64) * 2  # layers x kv heads x (k + v dims) x f16
+    assert estimate(smol, 512).cpu.kv_cache == 512 * per_cell
+    assert estimate(smol, 500).cpu.kv_cache == 512 * per_cell
+    assert estimate(smol, 513).cpu.kv_cache == 768 * per_cell
+    assert estimate(smol, 512, kv_type="q8_0").cpu.kv_cache == 512 * per_cell * 34 // 64
+
+
+def test_cpu_only_holds_every_weight(smol: ModelInfo) -> None:
+    est = estimate(smol, 2048)
+    assert est.gpu is None and est.n_gpu_layers == 0
+    assert est.cpu.weights == smol.tensor_bytes
+    assert est.cpu.repacked == 0  # Q4_1 is not repacked
+
+
+def test_offload_moves_the_last_layers_then_the_output(smol: ModelInfo) -> None:
+    def layer_bytes(layers: range) -> int:
+        return sum(t.n_bytes for t in smol.tensors if t.layer in layers)
+
+    part = estimate(smol, 1024, 10)
+    assert part.gpu is not None
+    assert part.gpu.weights == layer_bytes(range(20, 30))
+    assert part.cpu.weights + part.gpu.weights == smol.tensor_bytes
+    assert part.gpu.kv_cache == estimate(smol, 1024).cpu.kv_cache // 3
+
+    all_blocks = estimate(smol, 1024, 30)
+    full = estimate(smol, 1024, -1)
+    assert full.n_gpu_layers == 31
+    # Going from 30 to all moves the output layer (here just output_norm: SmolLM2 ties its
+    # output to the token embeddings, which always stay on the CPU).
+    assert full.gpu is not None and all_blocks.gpu is not None
+    assert full.gpu.weights - all_blocks.gpu.weights == 576 * 4
+    assert full.cpu.weights == next(t.n_bytes for t in smol.tensors
+                                    if t.name == "token_embd.weight")
+    assert full.cpu.kv_cache == 0
+
+
+def test_repacked_weights_count_twice_on_avx2(tiny_q4_k_m: ModelInfo) -> None:
+    q4k = sum(t.n_bytes for t in tiny_q4_k_m.tensors
+              if t.type_name == "Q4_K" and t.name != "token_embd.weight")
+    assert q4k > 0
+    assert estimate(tiny_q4_k_m, 512, cpu_features=AVX2).cpu.repacked == q4k
+    assert estimate(tiny_q4_k_m, 512, cpu_features=("AVX",)).cpu.repacked == 0
+
+
+def test_repack_rules_by_cpu() -> None:
+    assert repack_types(("AVX2",)) == {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}
+    assert "Q2_K" in repack_types(("AVX2", "AVX512F"))
+    assert "Q6_K" in repack_types(("NEON", "DOTPROD"))
+    assert "Q8_0" in repack_types(("NEON", "DOTPROD", "I8MM"))
+    assert repack_types(("SSE3",)) == set()
+
+
+def test_sliding_window_layers_keep_only_their_window(tiny_model: Path) -> None:
+    info = read_model_info(tiny_model)
+    swa = replace(info, sliding_window=256, sliding_window_pattern=2)
+    full = estimate(info, 2048, n_ubatch=256).cpu.kv_cache
+    windowed = estimate(swa, 2048, n_ubatch=256).cpu.kv_cache
+    per_layer = full // 2
+    assert windowed == per_layer + per_layer * 768 // 2048  # layer 0 windowed, layer 1 full
+
+
+def _profile(ram_free: int, gpu_free: int | None = None) -> HardwareProfile:
+    devices = [BackendDevice("CPU", "cpu", "cpu", "CPU", ram_free, ram_free)]
+    if gpu_free is not None:
+        devices.insert(0, BackendDevice("CUDA0", "RTX Test", "gpu", "CUDA", gpu_free, gpu_free))
+    return HardwareProfile(
+        os="Linux", os_version="6", cpu=CpuInfo("cpu", "x86_64", 8, 16, AVX2),
+        ram_total=ram_free, ram_available=ram_free,
+        llama=LlamaBuild("0.3", ("CUDA", "CPU"), tuple(devices), "", gpu_free is not None))
+
+
+def test_plan_cpu_only(smol: ModelInfo) -> None:
+    fit = plan(smol, _profile(16 * GIB))
+    assert fit.fit == "ram" and fit.badge == "Fits in RAM" and fit.n_gpu_layers == 0
+    assert fit.n_ctx == 4096 and fit.max_ctx == 8192
+    assert fit.explanation[0].startswith("Runs on the CPU in 0.")
+
+
+def test_plan_all_on_a_large_gpu(smol: ModelInfo) -> None:
+    fit = plan(smol, _profile(16 * GIB, 8 * GIB))
+    assert fit.fit == "gpu" and fit.n_gpu_layers == 31
+    assert "All 30 layers fit on RTX Test" in fit.explanation[0]
+
+
+def test_plan_partial_offload_on_a_small_gpu(smol: ModelInfo) -> None:
+    full = estimate(smol, 4096, -1)
+    assert full.gpu is not None
+    budget = full.gpu.total // 2
+    # usable = free x 0.95 - 256 MiB: choose "free" so that about half the model fits
+    fit = plan(smol, _profile(16 * GIB, int((budget + 256 * MIB) / 0.95)))
+    assert fit.fit == "partial"
+    assert 0 < fit.n_gpu_layers < 31
+    assert fit.estimate.gpu is not None and fit.estimate.gpu.total <= budget + MIB
+    assert "layers fit on RTX Test" in fit.explanation[0]
+
+
+def test_plan_too_large_and_shorter_context(smol: ModelInfo) -> None:
+    tight = plan(smol, _profile(3 * GIB // 2 + 300 * MIB), n_ctx=8192)
+    assert tight.fit == "too_large" and "shorter context" in tight.explanation[0]
+    assert 0 < tight.max_ctx < 8192
+
+
+def test_estimate_matches_the_engine_child(tiny_model: Path) -> None:
+    """One real measurement in the suite (bench/memory.py runs the full matrix)."""
+    info = read_model_info(tiny_model)
+    host = ModelHost()
+    try:
+        loaded = host.load_sync(LoadSettings(str(tiny_model), n_ctx=2048))
+        done = list(host.chat_stream([ChatMessage("user", "x" * 1900)],
+                                     Sampling(max_tokens=1, ignore_eos=True)))[-1]
+        assert isinstance(done, ReplyDone)
+        measured = done.metrics.peak_rss_bytes - loaded.rss_before_bytes
+    finally:
+        host.shutdown()
+    from app.engine.probe import full_profile
+
+    predicted = estimate(info, 2048, cpu_features=full_profile().cpu.features).total
+    assert abs(predicted - measured) <= max(0.10 * measured, 64 * MIB)
