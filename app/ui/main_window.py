@@ -38,11 +38,13 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
 
         self.hardware_page = HardwarePage(probe)
-        self.models_page = ModelsPage(embedded_model)
+        self.models_page = ModelsPage(embedded_model, settings)
         default_model = Path(settings.default_model) if settings.default_model else embedded_model
         self.chat_page = ChatPage(store, engine, settings, default_model,
                                   DISPLAY_NAME if default_model == embedded_model else None)
         self.hardware_page.profile_ready.connect(self.chat_page.set_hardware)
+        self.hardware_page.profile_ready.connect(self.models_page.set_hardware)
+        self.models_page.open_in_chat.connect(self._open_in_chat)
         self.compare_page = PlaceholderPage(
             "Quantize & Compare", "Quantize a model to Q8…Q2 types (with calibration) and "
             "compare the variants' size, memory, speed and quality in tables and charts.")
@@ -62,6 +64,11 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.hardware_page.refresh()
+
+    def _open_in_chat(self, path: str) -> None:
+        self.chat_page.model_bar.select(Path(path))
+        self.chat_page.load_model(path)
+        self.show_page("Chat")
 
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save a reply in progress and the settings, end the engine."""

