@@ -61,10 +61,10 @@ class FakeHub:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._handle(head=True)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._handle(head=False)
 
             def _json(self, payload: object, status: int = 200) -> None:

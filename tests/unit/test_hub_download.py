@@ -172,6 +172,6 @@ def test_disk_space_is_checked_before_downloading(hub: FakeHub,
     usage = shutil.disk_usage(paths.models_dir())
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda _p: usage._replace(free=1024 * 1024))
-    with pytest.raises(DiskFull, match="only 0.00 GiB is free"):
+    with pytest.raises(DiskFull, match=r"only 0\.00 GiB is free"):
         _run(hub)
     assert hub.body_bytes(REPO, NAME) == []
