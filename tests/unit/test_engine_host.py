@@ -224,3 +224,16 @@ def test_smollm2_gives_a_sensible_english_answer(host: ModelHost, smollm2: Path)
     letters = [c for c in done.text if c.isalpha()]
     assert letters and sum(c.isascii() for c in letters) / len(letters) > 0.95
     assert done.metrics.generated_tokens < 64
+
+
+def test_peak_rss_is_the_childs_own_not_the_parents(host: ModelHost, tiny_model: Path) -> None:
+    # Make this (parent) process much larger than the child will ever be; the child's peak
+    # must not inherit it (ru_maxrss would: it survives execve).
+    ballast = bytearray(600 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    loaded = host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))
+    done = list(host.chat_stream(HELLO, Sampling(max_tokens=4)))[-1]
+    assert isinstance(done, ReplyDone)
+    assert done.metrics.peak_rss_bytes < 400 * 1024 * 1024
+    assert done.metrics.peak_rss_bytes >= loaded.rss_bytes * 0.9
+    del ballast
