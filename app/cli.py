@@ -176,6 +176,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from app.core import bandwidth, catalog, recommend
+    from app.engine.probe import full_profile
+
+    profile = full_profile()
+    bw = bandwidth.bandwidth(profile)
+    recs = recommend.recommend(profile, catalog.load(), bw, n_ctx=args.ctx)
+    if args.json:
+        _print_json({"cpu_bandwidth_gbps": round(bw.cpu / 1e9, 1),
+                     "gpu_bandwidth_gbps": round(bw.gpu / 1e9, 1) if bw.gpu else None,
+                     "gpu_bandwidth_source": bw.gpu_source,
+                     "recommendations": [r.to_json() for r in recs]})
+        return 0
+    print(f"Memory bandwidth: CPU {bw.cpu / 1e9:.1f} GB/s (measured)"
+          + (f", GPU {bw.gpu / 1e9:.0f} GB/s ({bw.gpu_source})" if bw.gpu else ""))
+    if not recs:
+        print("No catalog model reaches a usable speed here.")
+    for r in recs:
+        mark = "★" if r.top_pick else " "
+        print(f"{mark} {r.model.name:<32} {r.quant:<7} {r.plan.badge:<16} "
+              f"{r.plan.estimate.total / 2**30:5.1f} GiB  ~{r.tokens_per_second:5.1f} tok/s  "
+              f"{r.model.gguf_repo}")
+    top = next((r for r in recs if r.top_pick), None)
+    if top:
+        print(f"\n★ {top.reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -203,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="KV cache type")
     fit.add_argument("--json", action="store_true", help="print JSON")
     fit.set_defaults(func=cmd_fit)
+
+    rec = sub.add_parser("recommend", help="models and quantizations that run well here")
+    rec.add_argument("--ctx", type=int, default=4096, help="context to plan for (default 4096)")
+    rec.add_argument("--json", action="store_true", help="print JSON")
+    rec.set_defaults(func=cmd_recommend)
 
     chat = sub.add_parser("chat", help="one exchange with a model, through the engine process")
     chat.add_argument("model", nargs="?", help="GGUF file (default: the embedded model)")

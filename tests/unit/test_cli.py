@@ -105,3 +105,14 @@ def test_fit_text_and_bad_file(smollm2: Path, tmp_path: Path) -> None:
     bad = tmp_path / "x.gguf"
     bad.write_text("nope")
     assert _run("fit", str(bad)).returncode == 2
+
+
+def test_recommend_json() -> None:
+    result = _run("recommend", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["cpu_bandwidth_gbps"] > 1
+    recs = data["recommendations"]
+    assert recs and all(r["fit"] in ("gpu", "ram", "partial") for r in recs)
+    assert sum(r["top_pick"] for r in recs) <= 1
+    assert all(r["gguf_repo"] and r["reason"].startswith("Best quality") for r in recs)
