@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run()
     from app import cli
 
-    return cli.main(args)
+    try:
+        return cli.main(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

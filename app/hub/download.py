@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.hub.errors import Cancelled, DiskFull, HubError, Paused, VerificationFailed, translated
+from app.hub.online import ensure_reachable
 
 CHUNK = 1024 * 1024
 PART_SUFFIX = ".part"
@@ -68,6 +69,7 @@ def remote_file(repo_id: str, filename: str, *, revision: str = "main", token: s
     """Ask the hub for a file's size and SHA-256 (HEAD request)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    ensure_reachable(endpoint)
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_endpoint(endpoint))
     with translated(f"{repo_id}/{filename}"):
         meta = get_hf_file_metadata(url, token=token, timeout=15)

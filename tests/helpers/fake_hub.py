@@ -149,7 +149,7 @@ class FakeHub:
 
             def _siblings(self, repo_id: str) -> list[dict[str, object]]:
                 return [{"rfilename": name, "size": len(f.data),
-                         "lfs": {"sha256": f.sha256, "size": len(f.data)}}
+                         "lfs": {"sha256": f.sha256, "size": len(f.data), "pointerSize": 134}}
                         for (r, name), f in sorted(hub.files.items()) if r == repo_id]
 
             def _repo_info(self, repo_id: str) -> None:
