@@ -1,7 +1,9 @@
 """Run a plain function on a worker thread and get its result as a Qt signal.
 
 A widget starts a ``Task`` and connects ``finished`` and ``failed``; it never touches threads.
-Running tasks are kept referenced until they end, so a caller need not hold on to them.
+Running tasks are kept referenced until they end, so a caller need not hold on to them. A task
+has no Qt parent on purpose: if the widget that started it closes first, the task still lives
+until its worker is done, and Qt simply drops the connections to the widget that is gone.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ class Task(QObject):
 
     _running: ClassVar[set[Task]] = set()
 
-    def __init__(self, fn: Callable[[], Any], parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__()
         self._fn = fn
 
     def start(self) -> Task:

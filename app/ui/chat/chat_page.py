@@ -184,7 +184,7 @@ class ChatPage(QWidget):
             return
         self._requested_model = path
         self.model_bar.show_progress(0.0)
-        task = Task(lambda: read_model_info(path), self)
+        task = Task(lambda: read_model_info(path))
         task.finished.connect(self._inspected)
         task.failed.connect(self._load_failed)
         task.start()

@@ -78,7 +78,7 @@ class HardwarePage(QWidget):
         """Probe again in the background (llama.cpp's devices are read in a child process)."""
         self.refresh_button.setEnabled(False)
         self.summary.title.setText("Looking at this machine…")
-        task = Task(self._probe, self)
+        task = Task(self._probe)
         task.finished.connect(self._show)
         task.failed.connect(self._failed)
         task.start()

