@@ -95,3 +95,23 @@ def test_recommended_lists_models_and_finds_their_files(qtbot: QtBot, page: Mode
         page.recommended.find_button.click()
     assert page.tabs.currentWidget() is page.discover
     assert page.discover.files.rowCount() == 2
+
+
+def test_token_button_saves_to_the_keyring(page: ModelsPage) -> None:
+    import keyring
+
+    from tests.unit.test_hub_token import MemoryKeyring
+
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    try:
+        page.discover.save_token("hf_abcdefghijklmnop")
+        assert "saved" in page.discover.status.text()
+        assert list(backend.store.values()) == ["hf_abcdefghijklmnop"]
+        page.discover.save_token("not a token")
+        assert "start with 'hf_'" in page.discover.status.text()
+        page.discover.save_token("")
+        assert backend.store == {}
+    finally:
+        keyring.set_keyring(previous)

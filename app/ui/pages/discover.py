@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -26,7 +27,8 @@ from app.core.hardware import GIB, HardwareProfile
 from app.core.units import format_bytes
 from app.hub import search as hub_search
 from app.hub.download import Progress
-from app.hub.token import get_token
+from app.hub.errors import HubError
+from app.hub.token import delete_token, get_token, set_token
 from app.jobs.download_job import DownloadJob
 from app.jobs.task import Task
 
@@ -72,6 +74,10 @@ class DiscoverView(QWidget):
         self.search_button = QPushButton("Search")
         self.search_button.clicked.connect(self.search)
         row.addWidget(self.search_button)
+        self.token_button = QPushButton("Hugging Face token…")
+        self.token_button.setToolTip("For gated and private repositories; kept in the OS keyring")
+        self.token_button.clicked.connect(self._edit_token)
+        row.addWidget(self.token_button)
         layout.addLayout(row)
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -110,6 +116,25 @@ class DiscoverView(QWidget):
     def set_hardware(self, profile: HardwareProfile) -> None:
         """For fit badges."""
         self.profile = profile
+
+    def _edit_token(self) -> None:
+        text, ok = QInputDialog.getText(
+            self, "Hugging Face token", "Token (hf_…); leave empty to forget it:",
+            QLineEdit.EchoMode.Password)
+        if ok:
+            self.save_token(text)
+
+    def save_token(self, text: str) -> None:
+        """Store (or, when empty, forget) the token and say what happened."""
+        try:
+            if text.strip():
+                set_token(text)
+                self.status.setText("Token saved in the OS keyring.")
+            else:
+                delete_token()
+                self.status.setText("Token removed.")
+        except HubError as exc:
+            self.status.setText(str(exc))
 
     def search(self) -> None:
         """Search in the background."""
