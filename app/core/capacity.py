@@ -2,7 +2,8 @@
 
 This is a rule of thumb for one sentence of summary, not the memory estimate used to load a
 model: weights at the type's average bits per weight, plus a fifth again for the KV cache of a
-4k context and compute buffers, plus a fixed half GiB; RAM keeps 1.5 GiB back for the system.
+4k context and compute buffers, plus a fixed half GiB; RAM keeps back what the load plan keeps
+back for the system. Loading a model uses ``app.core.memory`` instead.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from dataclasses import dataclass
 
 from app.core import quant_types
 from app.core.hardware import GIB, HardwareProfile
+from app.core.memory import RAM_RESERVE
 
 OVERHEAD_FACTOR = 1.2
 FIXED_OVERHEAD = GIB // 2
-RAM_RESERVE = 3 * GIB // 2
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,3 @@ def largest_model(profile: HardwareProfile, quant: str = quant_types.DEFAULT_NAM
         return Capacity(_params_for(gpu_free, bpw), "GPU", gpu_free, quant)
     return Capacity(_params_for(ram_budget, bpw), "RAM", ram_budget, quant)
 
-
-def auto_gpu_layers(profile: HardwareProfile | None, model_bytes: int, n_layers: int) -> int:
-    """GPU layers for the 'auto' load setting: all when the model fits the GPU's free memory
-    with a fifth to spare for the KV cache and buffers, a proportional share when it does not,
-    0 without a GPU. -1 means "all layers"."""
-    if profile is None or not profile.gpus or n_layers <= 0:
-        return 0
-    free = sum(d.memory_free or 0 for d in profile.gpus) - FIXED_OVERHEAD
-    need = model_bytes * OVERHEAD_FACTOR
-    if free >= need:
-        return -1
-    return max(0, int(n_layers * free / need))

@@ -226,3 +226,17 @@ def test_restart_finds_the_conversation_intact(qtbot: QtBot, engines: list[Engin
     second = window()
     assert [w.text for w in second.chat_page.message_widgets()] == shown
     assert second.chat_page.conversations.list.item(0).text() == "remember me"
+
+
+def test_auto_gpu_layers_come_from_the_load_plan(qtbot: QtBot, make_page: MakePage) -> None:
+    from tests.unit.test_recommend import _profile
+
+    page = make_page(max_tokens=4)
+    page.set_hardware(_profile(16 * 1024**3, 8 * 1024**3))  # a GPU with room for everything
+    with qtbot.waitSignal(page.model_loaded, timeout=20_000) as blocker:
+        page.reload_model()
+    assert blocker.args[0].n_gpu_layers == 3  # both blocks and the output layer
+    page.set_hardware(_profile(16 * 1024**3))  # no GPU
+    with qtbot.waitSignal(page.model_loaded, timeout=20_000) as blocker:
+        page.reload_model()
+    assert blocker.args[0].n_gpu_layers == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.core import capacity
+from app.core import capacity, memory
 from app.core.hardware import (
     GIB,
     AppleSilicon,
@@ -193,7 +193,7 @@ def test_capacity_prefers_a_large_gpu() -> None:
 def test_capacity_without_gpu_uses_ram_less_a_reserve() -> None:
     cap = capacity.largest_model(_profile(ram_available=16 * GIB))
     assert cap.where == "RAM"
-    assert cap.budget_bytes == 16 * GIB - capacity.RAM_RESERVE
+    assert cap.budget_bytes == 16 * GIB - memory.RAM_RESERVE
     assert "up to about 20 B parameters at Q4_K_M fully in memory" in cap.sentence()
 
 

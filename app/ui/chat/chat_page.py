@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import capacity, storage
+from app.core import memory, storage
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.settings import Settings
@@ -194,13 +194,15 @@ class ChatPage(QWidget):
             return  # another model was chosen meanwhile
         self.model_info = info
         choice = self._load_choice
-        if choice.gpu_layers == "auto":
-            layers = capacity.auto_gpu_layers(self.profile, info.file_size, info.n_layers)
-        else:
+        n_ctx = min(choice.n_ctx, info.n_ctx_train or choice.n_ctx)
+        if choice.gpu_layers != "auto":
             layers = int(choice.gpu_layers)
-        settings = LoadSettings(str(info.path), n_ctx=min(choice.n_ctx, info.n_ctx_train or
-                                                          choice.n_ctx),
-                                n_gpu_layers=layers, n_threads=choice.threads)
+        elif self.profile is not None:
+            layers = memory.plan(info, self.profile, n_ctx=n_ctx).n_gpu_layers
+        else:
+            layers = 0  # the hardware probe has not answered yet: the CPU is always there
+        settings = LoadSettings(str(info.path), n_ctx=n_ctx, n_gpu_layers=layers,
+                                n_threads=choice.threads)
         try:
             self.engine.load(settings)
         except EngineError as exc:
