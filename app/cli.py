@@ -82,11 +82,18 @@ def _inspect_text(m: ModelInfo) -> str:
     return "\n".join(lines)
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def _model_info(path: str) -> ModelInfo | None:
+    """Read a GGUF header, or print why it cannot be read (the caller exits with 2)."""
     try:
-        info = read_model_info(Path(args.file))
+        return read_model_info(Path(path))
     except GGUFError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = _model_info(args.file)
+    if info is None:
         return 2
     if args.json:
         _print_json(info.to_json())
@@ -150,10 +157,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from app.core import memory
     from app.engine.probe import full_profile
 
-    try:
-        info = read_model_info(Path(args.model))
-    except GGUFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    info = _model_info(args.model)
+    if info is None:
         return 2
     layers = None if args.gpu_layers == "auto" else int(args.gpu_layers)
     fit = memory.plan(info, full_profile(), n_ctx=args.ctx, n_gpu_layers=layers,

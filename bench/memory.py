@@ -11,7 +11,6 @@ larger, on every row.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import tempfile
 from pathlib import Path
@@ -24,18 +23,10 @@ from app.core.memory import MIB, estimate
 from app.engine.child import call_in_child
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
+from tests.helpers.quantize import quantize
 from tests.helpers.tiny_model import write_tiny_llama
 
 CONTEXTS = (512, 2048, 8192)
-
-
-def _quantize(src: str, dst: str, ftype: int) -> int:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.allow_requantize = True
-    return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
 
 
 def _fill_text(path: Path, n_ctx: int) -> str:
@@ -81,7 +72,7 @@ def main() -> None:
         models.append(("SmolLM2-135M Q4_1", smol))
         for name, ftype in (("Q8_0", 7), ("Q4_K_M", 15)):
             out = work / f"smollm2-{name}.gguf"
-            assert call_in_child(_quantize, str(smol), str(out), ftype, timeout=600) == 0
+            assert call_in_child(quantize, str(smol), str(out), ftype, True, timeout=600) == 0
             models.append((f"SmolLM2-135M {name} (from Q4_1)", out))
     features = parse_linux_cpuinfo(Path("/proc/cpuinfo").read_text())[1] \
         if sys.platform.startswith("linux") else ()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from app.core.memory import MIB, estimate, plan, repack_types
 from app.engine.child import call_in_child
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
+from tests.helpers.quantize import quantize
 
 AVX2 = ("AVX", "AVX2", "FMA")
 
@@ -23,18 +23,10 @@ def smol(smollm2: Path) -> ModelInfo:
     return read_model_info(smollm2)
 
 
-def _quantize(src: str, dst: str, ftype: int) -> int:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
-
-
 @pytest.fixture(scope="module")
 def tiny_q4_k_m(tiny_model_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelInfo:
     out = tmp_path_factory.mktemp("q") / "tiny-q4_k_m.gguf"
-    assert call_in_child(_quantize, str(tiny_model_f16), str(out), 15) == 0
+    assert call_in_child(quantize, str(tiny_model_f16), str(out), 15) == 0
     return read_model_info(out)
 
 
