@@ -15,10 +15,12 @@ from typing import Any
 
 from app.core import paths
 from app.core.atomic import write_text_atomic
+from app.core.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+_SAMPLING = Sampling()  # the defaults of a new user's chats
 
 
 @dataclass
@@ -31,12 +33,12 @@ class Settings:
     n_ctx: int = 4096
     n_gpu_layers: str = "auto"
     threads: int | None = None
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    max_tokens: int = 1024
+    temperature: float = _SAMPLING.temperature
+    top_p: float = _SAMPLING.top_p
+    top_k: int = _SAMPLING.top_k
+    min_p: float = _SAMPLING.min_p
+    repeat_penalty: float = _SAMPLING.repeat_penalty
+    max_tokens: int = _SAMPLING.max_tokens
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.core.sampling import Sampling
+
+__all__ = ["Sampling"]  # part of the protocol; defined in core so settings share its defaults
+
 # --- requests (parent -> child) ---------------------------------------------------------------
 
 
@@ -20,21 +24,6 @@ class LoadSettings:
     flash_attn: bool = False
     type_k: str | None = None  # KV cache type: "f16" (default), "q8_0", "q4_0"
     type_v: str | None = None
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings for one reply."""
-
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    max_tokens: int = 1024
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
 
 
 @dataclass(frozen=True)
