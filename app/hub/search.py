@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from app.core import quant_types
 from app.core.gguf_info import split_parts
 from app.hub.errors import translated
 from app.hub.online import ensure_reachable
-
-_QUANT_NAMES = sorted((t.name for t in quant_types.ALL), key=len, reverse=True)
-_QUANT_RE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(_QUANT_NAMES) + r")(?![A-Za-z0-9])",
-                       re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -42,12 +37,6 @@ class RepoFiles:
     repo_id: str
     quants: tuple[QuantFiles, ...]
     has_safetensors: bool
-
-
-def quant_of(filename: str) -> str | None:
-    """The quantization named in a file name ('Llama-3.2-1B-Instruct-Q4_K_M.gguf' → Q4_K_M)."""
-    match = _QUANT_RE.search(filename.rsplit("/", 1)[-1])
-    return match.group(1).upper() if match else None
 
 
 def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-def]
@@ -84,7 +73,7 @@ def repo_files(repo_id: str, *, endpoint: str | None = None,
         base = name.rsplit("/", 1)[-1].lower()
         if not base.endswith(".gguf") or base.startswith("mmproj"):
             continue
-        quant = quant_of(name) or "other"
+        quant = quant_types.name_in(name) or "other"
         sha = sibling.lfs.sha256 if sibling.lfs else None
         groups.setdefault(quant, []).append((name, int(sibling.size or 0), sha))
     order = {t.name: i for i, t in enumerate(quant_types.ALL)}

@@ -116,3 +116,28 @@ def test_recommend_json() -> None:
     assert recs and all(r["fit"] in ("gpu", "ram", "partial") for r in recs)
     assert sum(r["top_pick"] for r in recs) <= 1
     assert all(r["gguf_repo"] and r["reason"].startswith("Best quality") for r in recs)
+
+
+def test_quantize_two_types_json_and_dry_run(tiny_model_f16: Path, tmp_path: Path) -> None:
+    result = _run("quantize", str(tiny_model_f16), "--type", "Q8_0", "--type", "q4_k_m",
+                  "--override", "attn_v=Q8_0", "--out-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [d["quant"] for d in data] == ["Q8_0", "Q4_K_M"]
+    assert Path(data[1]["path"]).name == "tiny-llama-Q4_K_M.gguf"  # F16 in the name replaced
+    dry = _run("quantize", str(tiny_model_f16), "--type", "Q4_K_M", "--dry-run", "--json")
+    assert dry.returncode == 0 and json.loads(dry.stdout)[0]["bits_per_weight"] > 4
+
+
+def test_quantize_refuses_requantizing_with_a_clear_message(smollm2: Path, tmp_path: Path
+                                                            ) -> None:
+    result = _run("quantize", str(smollm2), "--type", "Q8_0", "--out-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "already quantized" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dequantize_writes_f16(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t16.gguf"
+    result = _run("dequantize", str(tiny_model), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(_run("inspect", str(out), "--json").stdout)["file_type"] == "F16"

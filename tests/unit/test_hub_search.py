@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.core.quant_types import name_in as quant_of
+from app.core.quant_types import without_name
 from app.hub.errors import HubNotFound, HubOffline
-from app.hub.search import is_split, quant_of, repo_files, search_models
+from app.hub.search import is_split, repo_files, search_models
 from tests.helpers.fake_hub import FakeHub
 
 
@@ -33,6 +35,8 @@ def test_quant_from_file_names() -> None:
     assert quant_of("gemma-3-1b-it-IQ4_XS.gguf") == "IQ4_XS"
     assert quant_of("model-f16.gguf") == "F16"
     assert quant_of("model.gguf") is None
+    assert without_name("SmolLM2-135M-Instruct.Q4_1") == "SmolLM2-135M-Instruct"
+    assert without_name("tiny-F16") == "tiny" and without_name("plain") == "plain"
 
 
 def test_search_sorted_by_downloads(hub: FakeHub) -> None:

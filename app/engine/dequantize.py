@@ -1,0 +1,83 @@
+"""Write an F16 (or F32) GGUF from any GGUF, dequantizing with the gguf package.
+
+Useful to get a higher-precision reference or a quantization source from a model that only
+exists quantized (the embedded SmolLM2 is Q4_1). Dequantizing does not bring back what
+quantization lost: the result is exactly the quantized model, in a wider type. One-dimensional
+tensors (norms, biases) stay F32, as llama.cpp's converter writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.core.gguf_info import GGUFError, read_model_info
+
+
+class DequantizeError(Exception):
+    """The source could not be read or the output not written."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Dequantized:
+    path: Path
+    size: int
+
+
+_FILE_TYPES = {"F16": 1, "F32": 0}
+
+
+def dequantize(src: Path, out: Path, target: str = "F16",
+               cancel: Callable[[], bool] | None = None) -> Iterator[Progress | Dequantized]:
+    """Write ``out`` with every tensor of ``src`` in ``target`` ('F16' or 'F32')."""
+    import gguf
+
+    try:
+        read_model_info(src)  # clear errors for broken files before the slow reader
+    except GGUFError as exc:
+        raise DequantizeError(str(exc)) from None
+    if target not in _FILE_TYPES:
+        raise DequantizeError(f"target must be F16 or F32, not {target}")
+    reader = gguf.GGUFReader(str(src))
+    arch = str(reader.get_field("general.architecture").contents())  # type: ignore[union-attr]
+    tmp = out.with_name(f".{out.name}.part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        for name, fld in reader.fields.items():
+            if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type",
+                                                    "general.alignment"):
+                continue
+            vtype = fld.types[0]
+            sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(name, fld.contents(), vtype, sub)
+        writer.add_file_type(_FILE_TYPES[target])
+        wide = np.float16 if target == "F16" else np.float32
+        total = len(reader.tensors)
+        for i, tensor in enumerate(reader.tensors):
+            if cancel is not None and cancel():
+                raise DequantizeError("cancelled")
+            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            data = data.astype(np.float32 if data.ndim == 1 or len(tensor.shape) == 1 else wide)
+            writer.add_tensor(tensor.name, data)
+            yield Progress(i + 1, total, tensor.name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    yield Dequantized(out, out.stat().st_size)

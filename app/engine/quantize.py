@@ -1,0 +1,279 @@
+"""Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize``), in a child process.
+
+The work is llama.cpp's C++; this module adds what a person needs around it: checks before
+starting (a readable source, requantizing only when allowed, an importance matrix where the type
+requires one, disk space), progress per tensor read from llama.cpp's log, cancel (the child is
+killed), a size estimate (llama.cpp's dry run), and atomic output: the file is written under a
+temporary name beside the target and renamed only when llama.cpp succeeded and the result reads
+back as a GGUF. Mixed precision: output and token-embedding types, per-tensor overrides by
+pattern (``attn_v=Q6_K``), pure mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import shutil
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core import quant_types
+from app.core.gguf_info import GGUFError, read_model_info
+from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+
+_PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
+_FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
+UNQUANTIZED = {"F32", "F16", "BF16"}
+DISK_MARGIN = 64 * 1024 * 1024
+
+
+class QuantizeError(Exception):
+    """Quantization could not run or failed; the message says why and what to do."""
+
+
+class QuantizeCancelled(QuantizeError):
+    """The user cancelled; nothing was left behind."""
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What to produce. Tensor types are ggml type names ('Q6_K', 'Q8_0', 'F16')."""
+
+    quant: str
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()  # (regex on tensor names, ggml type)
+    pure: bool = False
+    allow_requantize: bool = False
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Tensor ``done`` of ``total`` (``message`` names it)."""
+
+    done: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """Something the user should know but that does not stop the job."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A finished output."""
+
+    path: Path
+    quant: str
+    size: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """llama.cpp's dry-run answer: the output's size and average bits per weight."""
+
+    quant: str
+    bytes: int
+    bits_per_weight: float
+
+
+@dataclass
+class _Native:
+    """ctypes objects that must stay alive while llama.cpp reads the parameters."""
+
+    keep: list[Any] = field(default_factory=list)
+
+
+def _ggml_type(name: str) -> int:
+    import gguf
+
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise QuantizeError(f"unknown tensor type {name!r}") from None
+
+
+def _params(options: QuantizeOptions, dry_run: bool, native: _Native) -> Any:
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = quant_types.by_name(options.quant).ftype
+    p.nthread = options.threads or 0
+    p.allow_requantize = options.allow_requantize
+    p.pure = options.pure
+    p.dry_run = dry_run
+    if options.output_tensor_type:
+        p.output_tensor_type = _ggml_type(options.output_tensor_type)
+    if options.token_embedding_type:
+        p.token_embedding_type = _ggml_type(options.token_embedding_type)
+    if options.overrides:
+        entries = (llama_cpp.llama_model_tensor_override * (len(options.overrides) + 1))()
+        for i, (pattern, type_name) in enumerate(options.overrides):
+            encoded = pattern.encode()
+            native.keep.append(encoded)
+            entries[i].pattern = encoded
+            entries[i].type = _ggml_type(type_name)
+        entries[len(options.overrides)].pattern = None
+        native.keep.append(entries)
+        p.tt_overrides = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+    return p
+
+
+def _run_quantizer(send: Callable[[Any], None], src: str, dst: str, options: QuantizeOptions,
+                   dry_run: bool) -> tuple[int, list[str]]:
+    """In the child: run llama.cpp's quantizer, sending progress lines; returns (status, tail)."""
+    import logging
+
+    import llama_cpp
+
+    from app.engine import llama_log
+
+    # What matters is sent to the parent; the rest (a warning per fallback tensor) stays here.
+    quiet = logging.getLogger("llama.cpp")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    llama_log.install()
+    tail: list[str] = []
+
+    def on_line(_level: int, line: str) -> None:
+        tail.append(line)
+        del tail[:-30]
+        if _PROGRESS.match(line) or _QUANT_SIZE.search(line) or _FALLBACK.search(line):
+            send(line)
+
+    llama_log.add_listener(on_line)
+    native = _Native()
+    params = _params(options, dry_run, native)
+    status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    return int(status), tail
+
+
+def _check_source(src: Path, options: QuantizeOptions) -> tuple[int, list[str]]:
+    """Raise QuantizeError for sources that cannot work; return (n_params, warnings)."""
+    try:
+        info = read_model_info(src)
+    except GGUFError as exc:
+        raise QuantizeError(f"The source cannot be quantized: {exc}") from None
+    try:
+        target = quant_types.by_name(options.quant)
+    except KeyError as exc:
+        raise QuantizeError(str(exc.args[0])) from None
+    warnings = []
+    if info.file_type not in UNQUANTIZED:
+        if not options.allow_requantize:
+            raise QuantizeError(
+                f"{src.name} is already quantized ({info.file_type}). Quantizing it again "
+                "compounds the errors of both steps; start from an F16/BF16/F32 file, or allow "
+                "requantizing explicitly.")
+        warnings.append(f"Requantizing {info.file_type} to {target.name}: the errors of both "
+                        "quantizations add up; the result is worse than quantizing from F16.")
+    if target.needs_imatrix:
+        raise QuantizeError(f"{target.name} needs an importance matrix: without one its quality "
+                            "collapses. Compute one from a calibration text first.")
+    return info.n_params, warnings
+
+
+def _check_disk(out: Path, n_params: int, quant: str) -> None:
+    need = quant_types.by_name(quant).estimated_bytes(n_params) + DISK_MARGIN
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise QuantizeError(f"Not enough disk space for {out.name}: about {need / 2**30:.2f} GiB "
+                            f"needed, {free / 2**30:.2f} GiB free in {out.parent}.")
+
+
+def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
+           cancel: Callable[[], bool] | None
+           ) -> Generator[Progress | SizeEstimate | Warning_, None, tuple[int, list[str]]]:
+    """Run the quantizer child, turning its log lines into events; return (status, tail)."""
+    stream = stream_from_child(_run_quantizer, str(src), str(dst), options, dry_run,
+                               cancel=cancel)
+    try:
+        while True:
+            try:
+                line = next(stream)
+            except StopIteration as stop:
+                result: tuple[int, list[str]] = stop.value
+                return result
+            yield _event(line, options.quant)
+    except ChildCancelled:
+        raise QuantizeCancelled("Quantization cancelled; nothing was written.") from None
+    except ChildCrashed as exc:
+        raise QuantizeError(f"llama.cpp's quantizer stopped unexpectedly: {exc}.") from None
+    except ChildFailed as exc:
+        raise QuantizeError(f"Quantization failed: {exc}") from None
+
+
+def _event(line: str, quant: str) -> Progress | SizeEstimate | Warning_:
+    match = _PROGRESS.match(line)
+    if match:
+        return Progress(int(match[1]), int(match[2]), match[3])
+    fallback = _FALLBACK.search(line)
+    if fallback:
+        return Warning_(f"{fallback[1]} of {fallback[2]} tensors could not use {quant}'s block "
+                        "type (their rows are not a multiple of 256 values) and were stored in "
+                        "a compatible type instead; the file is larger than usual for "
+                        f"{quant}.")
+    size = _QUANT_SIZE.search(line)
+    assert size is not None  # the child sends only these three kinds of line
+    return SizeEstimate(quant, int(float(size[1]) * 2**20), float(size[2]))
+
+
+def estimate_size(src: Path, options: QuantizeOptions) -> SizeEstimate:
+    """llama.cpp's dry run: the size the output will have (nothing is written)."""
+    _check_source(src, options)
+    size: SizeEstimate | None = None
+    for event in _drive(src, src.with_name(".dry-run.gguf"), options, True, None):
+        if isinstance(event, SizeEstimate):
+            size = event
+    if size is None:
+        raise QuantizeError("llama.cpp's dry run did not report a size.")
+    return size
+
+
+def quantize(src: Path, out: Path, options: QuantizeOptions,
+             cancel: Callable[[], bool] | None = None
+             ) -> Iterator[Progress | SizeEstimate | Warning_ | Quantized]:
+    """Quantize ``src`` to ``out``; yields Warning_s, Progress per tensor, the final size,
+    then Quantized."""
+    src, out = Path(src), Path(out)
+    n_params, warnings = _check_source(src, options)
+    for message in warnings:
+        yield Warning_(message)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk(out, n_params, options.quant)
+    tmp = out.with_name(f".{out.name}.part")
+    start = time.perf_counter()
+    try:
+        status, tail = yield from _drive(src, tmp, options, False, cancel)
+        if status != 0:
+            errors = [ln for ln in tail if "error" in ln.lower() or "failed" in ln.lower()]
+            raise QuantizeError("llama.cpp could not quantize the model: "
+                                + (errors[-1] if errors else f"status {status}"))
+        try:
+            read_model_info(tmp)
+        except GGUFError as exc:
+            raise QuantizeError(f"The quantized file does not read back: {exc}") from None
+        tmp.replace(out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    yield Quantized(out, options.quant, out.stat().st_size, time.perf_counter() - start)
+
+
+def quantize_many(src: Path, targets: Sequence[tuple[QuantizeOptions, Path]],
+                  cancel: Callable[[], bool] | None = None
+                  ) -> Iterator[Progress | SizeEstimate | Warning_ | Quantized]:
+    """Several types from one source in one job; stops at the first failure."""
+    for options, out in targets:
+        yield from quantize(src, out, options, cancel)
