@@ -6,7 +6,6 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
     QInputDialog,
@@ -16,7 +15,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -31,6 +29,7 @@ from app.hub.errors import HubError
 from app.hub.token import delete_token, get_token, set_token
 from app.jobs.download_job import DownloadJob
 from app.jobs.task import Task
+from app.ui.widgets import row_table
 
 
 def size_fit(size: int, profile: HardwareProfile | None) -> str:
@@ -87,12 +86,7 @@ class DiscoverView(QWidget):
         self.results = QListWidget()
         self.results.itemClicked.connect(self._repo_clicked)
         body.addWidget(self.results, 1)
-        self.files = QTableWidget(0, 4)
-        self.files.setHorizontalHeaderLabels(["Quantization", "Files", "Size", "Fit"])
-        self.files.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.files.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.files.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.files.verticalHeader().hide()
+        self.files = row_table(["Quantization", "Files", "Size", "Fit"])
         body.addWidget(self.files, 2)
         layout.addLayout(body, 1)
         bar = QHBoxLayout()

@@ -8,13 +8,11 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QMessageBox,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
@@ -30,7 +28,7 @@ from app.core.units import format_bytes, format_params
 from app.jobs.task import Task
 from app.ui.pages.discover import DiscoverView
 from app.ui.pages.recommended import RecommendedView
-from app.ui.widgets import Card, page_title, text_label
+from app.ui.widgets import Card, page_title, row_table, text_label
 
 COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Type", "Size", "Bits/weight", "Fit")
 _FIT_COLOURS = {"gpu": "#1b7f3b", "ram": "#1b5e9f", "partial": "#b35c00", "too_large": "#b00020"}
@@ -81,12 +79,7 @@ class ModelsPage(QWidget):
         for button in (self.chat_button, self.reveal_button, self.remove_button):
             buttons.addWidget(button)
         library.body.addLayout(buttons)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
+        self.table = row_table(COLUMNS)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.doubleClicked.connect(lambda _index: self._open_selected())
         self.table.setMinimumHeight(260)
