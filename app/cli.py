@@ -224,6 +224,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     from app.core import quant_types
     from app.engine import quantize as q
+    from app.engine.events import Progress
 
     src = Path(args.src)
     if args.out and len(args.type) > 1:
@@ -250,7 +251,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             for event in q.quantize(src, out, options):
                 if isinstance(event, q.Warning_):
                     print(f"warning: {event.message}", file=sys.stderr)
-                elif isinstance(event, q.Progress) and not args.json:
+                elif isinstance(event, Progress) and not args.json:
                     print(f"\r{options.quant} [{event.done:>4}/{event.total}] "
                           f"{event.message:<40.40}", end="", file=sys.stderr, flush=True)
                 elif isinstance(event, q.Quantized):

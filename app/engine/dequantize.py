@@ -16,17 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from app.core.gguf_info import GGUFError, read_model_info
+from app.engine.events import Progress
 
 
 class DequantizeError(Exception):
     """The source could not be read or the output not written."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    message: str
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from app.core import quant_types
 from app.core.gguf_info import GGUFError, read_model_info
 from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.events import Progress
 
 _PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
@@ -51,15 +52,6 @@ class QuantizeOptions:
     pure: bool = False
     allow_requantize: bool = False
     threads: int | None = None
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Tensor ``done`` of ``total`` (``message`` names it)."""
-
-    done: int
-    total: int
-    message: str
 
 
 @dataclass(frozen=True)

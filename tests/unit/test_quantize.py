@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from app.core.gguf_info import read_model_info
+from app.engine.events import Progress
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
 from app.engine.quantize import (
-    Progress,
     QuantizeCancelled,
     Quantized,
     QuantizeError,
