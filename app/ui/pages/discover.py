@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import memory, paths
-from app.core.hardware import GIB, HardwareProfile
+from app.core import capacity, memory, paths
+from app.core.hardware import HardwareProfile
 from app.core.units import format_bytes
 from app.hub import search as hub_search
 from app.hub.download import Progress
@@ -33,11 +33,11 @@ from app.ui.widgets import row_table
 
 
 def size_fit(size: int, profile: HardwareProfile | None) -> str:
-    """A fit badge from a file size alone (the header is not downloaded yet): the weights plus
-    a fifth for a 4k context and buffers, against free GPU memory, then RAM."""
+    """A fit badge from a file size alone (the header is not downloaded yet), with the same rule
+    of thumb as the Hardware page's summary, against free GPU memory, then RAM."""
     if profile is None:
         return ""
-    need = size * 1.2 + GIB // 2
+    need = size * capacity.OVERHEAD_FACTOR + capacity.FIXED_OVERHEAD
     gpu_free = max((d.memory_free or 0 for d in profile.gpus), default=0)
     if gpu_free and need <= gpu_free * (1 - memory.GPU_MARGIN) - memory.GPU_RESERVE:
         return "Fits on GPU"
