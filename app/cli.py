@@ -239,7 +239,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 quant=type_name.upper(), output_tensor_type=args.output_type,
                 token_embedding_type=args.embedding_type,
                 overrides=_parse_overrides(args.override), pure=args.pure,
-                allow_requantize=args.allow_requantize, threads=args.threads)
+                allow_requantize=args.allow_requantize, threads=args.threads,
+                imatrix=args.imatrix)
             if args.dry_run:
                 est = q.estimate_size(src, options)
                 results.append(asdict(est))
@@ -282,6 +283,87 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
                 print(f"{event.path} ({format_bytes(event.size)})")
     except DequantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_progress(label: str, event: Any) -> None:
+    total = f"/{event.total}" if event.total else ""
+    print(f"\r{label} [{event.done}{total}] {event.message:<50.50}", end="", file=sys.stderr,
+          flush=True)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from app.core import paths
+    from app.engine import convert as c
+    from app.engine.events import Progress
+
+    source = Path(args.source)
+    try:
+        c.check_ready()
+        if not source.exists() and "/" in args.source and not args.source.startswith((".", "/")):
+            from app.hub.checkpoint import Checkpoint, fetch_checkpoint
+            from app.hub.errors import HubError
+
+            try:
+                for ev in fetch_checkpoint(args.source, paths.checkpoints_dir()):
+                    if isinstance(ev, Checkpoint):
+                        source = ev.folder
+                    elif not args.json:
+                        print(f"\rdownloading {ev.done / 2**20:,.0f}/{ev.total / 2**20:,.0f} MiB",
+                              end="", file=sys.stderr, flush=True)
+            except HubError as exc:
+                print(f"\nerror: {exc}", file=sys.stderr)
+                return 2
+        out = Path(args.out) if args.out else source.parent / f"{source.name}-{args.type}.gguf"
+        for event in c.convert(source, out, args.type):
+            if isinstance(event, Progress):
+                if not args.json:
+                    _print_progress("convert", event)
+            elif args.json:
+                _print_json({"path": str(event.path), "type": event.out_type,
+                             "size": event.size, "seconds": round(event.seconds, 3)})
+            else:
+                print(f"\r{event.path} ({format_bytes(event.size)}, {event.seconds:.1f} s)"
+                      + " " * 40, file=sys.stderr)
+    except c.ConvertError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from app.core import resources
+    from app.engine import imatrix as im
+    from app.engine.events import Progress
+
+    model = Path(args.model)
+    if args.text:
+        text_path = Path(args.text)
+        try:
+            text = text_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read {text_path}: {exc}", file=sys.stderr)
+            return 2
+        dataset = text_path.name
+    else:
+        text, dataset = resources.calibration_text(), "quantdesk-calibration"
+    out = Path(args.out) if args.out else model.with_name(f"{model.stem}.imatrix.gguf")
+    try:
+        for event in im.compute(model, text, out, n_ctx=args.ctx, max_chunks=args.chunks,
+                                threads=args.threads, dataset=dataset):
+            if isinstance(event, Progress):
+                if not args.json:
+                    _print_progress("imatrix", event)
+            elif args.json:
+                _print_json({"path": str(event.path), "chunks": event.chunks,
+                             "tokens": event.tokens, "tensors": event.tensors,
+                             "seconds": round(event.seconds, 3)})
+            else:
+                print(f"\r{event.path}: {event.tensors} tensors from {event.tokens:,} tokens "
+                      f"({event.seconds:.1f} s)" + " " * 30, file=sys.stderr)
+    except im.ImatrixError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -332,10 +414,30 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--pure", action="store_true", help="every tensor at the target type")
     quant.add_argument("--allow-requantize", action="store_true",
                        help="accept an already quantized source (errors compound)")
+    quant.add_argument("--imatrix", help="importance matrix (GGUF) from 'quantdesk imatrix'")
     quant.add_argument("--dry-run", action="store_true", help="only report the output size")
     quant.add_argument("--threads", type=int, help="threads (default: all)")
     quant.add_argument("--json", action="store_true", help="print JSON")
     quant.set_defaults(func=cmd_quantize)
+
+    conv = sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF "
+                                          "(needs the convert extra)")
+    conv.add_argument("source", help="local model folder, or a hub repo id (org/name)")
+    conv.add_argument("--type", default="F16", type=str.upper, choices=["F16", "BF16", "Q8_0",
+                                                                        "F32"])
+    conv.add_argument("--out", help="output file (default: beside the folder)")
+    conv.add_argument("--json", action="store_true", help="print JSON")
+    conv.set_defaults(func=cmd_convert)
+
+    imat = sub.add_parser("imatrix", help="compute an importance matrix for quantizing")
+    imat.add_argument("model", help="GGUF model (F16 or Q8_0 is best)")
+    imat.add_argument("--text", help="calibration text, UTF-8 (default: the bundled one)")
+    imat.add_argument("--out", help="output (default: MODEL.imatrix.gguf beside the model)")
+    imat.add_argument("--ctx", type=int, default=512, help="chunk size in tokens (default 512)")
+    imat.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    imat.add_argument("--threads", type=int, help="threads (default: one per core)")
+    imat.add_argument("--json", action="store_true", help="print JSON")
+    imat.set_defaults(func=cmd_imatrix)
 
     deq = sub.add_parser("dequantize", help="write an F16/F32 copy of a GGUF")
     deq.add_argument("src")

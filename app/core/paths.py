@@ -34,6 +34,11 @@ def models_dir() -> Path:
     return _subdir("models")
 
 
+def checkpoints_dir() -> Path:
+    """Folder for Hugging Face checkpoints fetched for conversion (can be deleted afterwards)."""
+    return _subdir("checkpoints")
+
+
 def logs_dir() -> Path:
     """Folder for the app's rotating log files."""
     return _subdir("logs")

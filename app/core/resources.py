@@ -17,3 +17,18 @@ def resources_dir() -> Path:
 def resource(name: str) -> Path:
     """Path of one resource file."""
     return resources_dir() / name
+
+
+CALIBRATION_TEXT = "texts/calibration.txt"
+EVALUATION_TEXT = "texts/evaluation.txt"
+
+
+def calibration_text() -> str:
+    """The bundled calibration text (for importance matrices): varied English prose and code."""
+    return resource(CALIBRATION_TEXT).read_text(encoding="utf-8")
+
+
+def evaluation_text() -> str:
+    """The bundled evaluation text (for perplexity and KL divergence); shares nothing with the
+    calibration text, so a quantization tuned on one is measured on the other."""
+    return resource(EVALUATION_TEXT).read_text(encoding="utf-8")

@@ -20,8 +20,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-import psutil
-
 from app.core import chat_template
 from app.engine import llama_log, process_stats
 from app.engine.protocol import (
@@ -40,6 +38,7 @@ from app.engine.protocol import (
     Unload,
     Unloaded,
 )
+from app.engine.runner import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +160,7 @@ class _Host:
         rss_before = process_stats.rss_bytes()
         start = time.perf_counter()
         kwargs: dict[str, Any] = {}
-        # llama.cpp's own tools default to one thread per physical core; llama-cpp-python's
-        # default (half the logical CPUs) leaves cores idle on machines without SMT.
-        threads = settings.n_threads or psutil.cpu_count(logical=False) or 1
+        threads = settings.n_threads or default_threads()
         if settings.type_k:
             kwargs["type_k"] = _KV_TYPES[settings.type_k]
         if settings.type_v:

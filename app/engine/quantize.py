@@ -52,6 +52,7 @@ class QuantizeOptions:
     pure: bool = False
     allow_requantize: bool = False
     threads: int | None = None
+    imatrix: str | None = None  # path of a GGUF importance matrix (app.engine.imatrix)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ def _params(options: QuantizeOptions, dry_run: bool, native: _Native) -> Any:
         p.output_tensor_type = _ggml_type(options.output_tensor_type)
     if options.token_embedding_type:
         p.token_embedding_type = _ggml_type(options.token_embedding_type)
+    if options.imatrix:
+        from app.engine.imatrix import NativeImatrix, load
+
+        native_imatrix = NativeImatrix(load(Path(options.imatrix)))
+        native.keep.append(native_imatrix)
+        p.imatrix = native_imatrix.pointer
     if options.overrides:
         entries = (llama_cpp.llama_model_tensor_override * (len(options.overrides) + 1))()
         for i, (pattern, type_name) in enumerate(options.overrides):
@@ -170,7 +177,18 @@ def _check_source(src: Path, options: QuantizeOptions) -> tuple[int, list[str]]:
                 "requantizing explicitly.")
         warnings.append(f"Requantizing {info.file_type} to {target.name}: the errors of both "
                         "quantizations add up; the result is worse than quantizing from F16.")
-    if target.needs_imatrix:
+    if options.imatrix:
+        from app.engine.imatrix import ImatrixError, load
+
+        try:
+            imatrix = load(Path(options.imatrix))
+        except (ImatrixError, OSError) as exc:
+            raise QuantizeError(f"The importance matrix cannot be used: {exc}") from None
+        known = {t.name for t in info.tensors}
+        if not set(imatrix.sums) <= known:
+            raise QuantizeError("The importance matrix was computed for a different model (its "
+                                "tensor names do not match this file's).")
+    elif target.needs_imatrix:
         raise QuantizeError(f"{target.name} needs an importance matrix: without one its quality "
                             "collapses. Compute one from a calibration text first.")
     return info.n_params, warnings
