@@ -368,6 +368,58 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from app.core import resources
+    from app.core.storage import Storage
+    from app.engine import evaluate as ev
+    from app.engine.events import Progress
+
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read {args.text}: {exc}", file=sys.stderr)
+            return 2
+        text_name = Path(args.text).name
+    else:
+        text, text_name = resources.evaluation_text(), "quantdesk-evaluation"
+    result = None
+    try:
+        for event in ev.evaluate(Path(args.reference), [Path(c) for c in args.candidates], text,
+                                 text_name=text_name, n_ctx=args.ctx, max_chunks=args.chunks,
+                                 speed_reps=0 if args.no_speed else 3, threads=args.threads):
+            if isinstance(event, Progress) and not args.json:
+                _print_progress("eval", event)
+            elif isinstance(event, ev.Evaluation):
+                result = event
+    except ev.EvalError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    assert result is not None
+    store = Storage()
+    eval_id = store.add_evaluation(f"{Path(args.reference).stem} vs "
+                                   f"{len(result.candidates)} variants", result.to_json())
+    store.close()
+    if args.json:
+        _print_json({"id": eval_id, **result.to_json()})
+        return 0
+    print("\r" + " " * 70, file=sys.stderr)
+    print(f"{result.text_name}: {result.chunks} chunks of {result.n_ctx} "
+          f"({result.reference.quality.tokens_scored:,} tokens scored); saved as evaluation "
+          f"{eval_id}")
+    print(f"{'variant':<10} {'size':>9} {'BPW':>5} {'PPL':>14} {'KLD':>9} {'p99':>7} "
+          f"{'top':>6} {'RMSΔp':>6} {'pp512':>7} {'tg128':>6}")
+    for v in result.variants:
+        q = v.quality
+        kld = (f"{q.kld_mean:>9.5f} {q.kld_p99:>7.4f} {q.same_top:>6.1%} {q.rms_dp:>6.2%}"
+               if q.kld_mean is not None else f"{'reference':>31}")
+        speed = (f"{v.speed.pp_tokens_per_s:>7.1f} {v.speed.tg_tokens_per_s:>6.1f}"
+                 if v.speed else "")
+        print(f"{v.quant:<10} {format_bytes(v.size):>9} {v.bits_per_weight:>5.2f} "
+              f"{q.ppl:>7.3f} ±{q.ppl_error:<5.3f} {kld} {speed}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -438,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
     imat.add_argument("--threads", type=int, help="threads (default: one per core)")
     imat.add_argument("--json", action="store_true", help="print JSON")
     imat.set_defaults(func=cmd_imatrix)
+
+    ev = sub.add_parser("eval", help="compare quantizations with a reference: PPL, KLD, speed")
+    ev.add_argument("reference", help="the highest-precision GGUF at hand (F16, Q8_0)")
+    ev.add_argument("candidates", nargs="+", help="quantized GGUFs of the same model")
+    ev.add_argument("--text", help="evaluation text, UTF-8 (default: the bundled one)")
+    ev.add_argument("--ctx", type=int, default=512, help="chunk size (default 512)")
+    ev.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    ev.add_argument("--threads", type=int, help="threads (default: one per core)")
+    ev.add_argument("--no-speed", action="store_true", help="skip pp512/tg128")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=cmd_eval)
 
     deq = sub.add_parser("dequantize", help="write an F16/F32 copy of a GGUF")
     deq.add_argument("src")

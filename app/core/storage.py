@@ -45,12 +45,30 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
     """,
+    """
+    CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        title TEXT NOT NULL,
+        result_json TEXT NOT NULL,
+        votes_json TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 STATUS_COMPLETE = "complete"
 STATUS_STOPPED = "stopped"  # the user pressed Stop: the reply is what was generated until then
 STATUS_PARTIAL = "partial"  # the engine failed or died mid-reply
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    id: int
+    title: str
+    result: dict[str, Any]
+    votes: dict[str, int]
+    created_at: float
 
 
 class StorageError(Exception):
@@ -253,3 +271,49 @@ class Storage:
         with self._transaction() as db:
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
                        (conversation_id, message_id))
+
+    # Evaluations: the result is stored whole as JSON (app.engine.evaluate.Evaluation.to_json),
+    # with what reproduces it (file fingerprints, text hash, n_ctx, chunks, build). Votes are
+    # the A/B chat's tally: {"variant name": count}.
+
+    def add_evaluation(self, title: str, result: dict[str, Any]) -> int:
+        """Store an evaluation's result; returns its id."""
+        with self._transaction() as db:
+            cur = db.execute("INSERT INTO evaluations (title, result_json, created_at) "
+                             "VALUES (?, ?, ?)", (title, json.dumps(result), time.time()))
+            return int(cur.lastrowid or 0)
+
+    def evaluations(self) -> list[StoredEvaluation]:
+        """Every stored evaluation, newest first."""
+        rows = self._db.execute("SELECT * FROM evaluations ORDER BY id DESC").fetchall()
+        return [self._evaluation(r) for r in rows]
+
+    def evaluation(self, evaluation_id: int) -> StoredEvaluation:
+        """One evaluation; KeyError if it does not exist."""
+        row = self._db.execute("SELECT * FROM evaluations WHERE id = ?",
+                               (evaluation_id,)).fetchone()
+        if row is None:
+            raise KeyError(evaluation_id)
+        return self._evaluation(row)
+
+    @staticmethod
+    def _evaluation(row: sqlite3.Row) -> StoredEvaluation:
+        return StoredEvaluation(row["id"], row["title"], json.loads(row["result_json"]),
+                                json.loads(row["votes_json"]), row["created_at"])
+
+    def add_vote(self, evaluation_id: int, variant: str) -> dict[str, int]:
+        """Count one A/B preference for ``variant``; returns the new tally."""
+        with self._transaction() as db:
+            row = db.execute("SELECT votes_json FROM evaluations WHERE id = ?",
+                             (evaluation_id,)).fetchone()
+            if row is None:
+                raise KeyError(evaluation_id)
+            votes: dict[str, int] = json.loads(row["votes_json"])
+            votes[variant] = votes.get(variant, 0) + 1
+            db.execute("UPDATE evaluations SET votes_json = ? WHERE id = ?",
+                       (json.dumps(votes), evaluation_id))
+            return votes
+
+    def delete_evaluation(self, evaluation_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,))

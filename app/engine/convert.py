@@ -121,10 +121,9 @@ def _run_converter(send: Callable[[Any], None], folder: str, out: str, out_type:
     """In the child: run llama.cpp's converter; return the architecture converted."""
     import logging
 
+    import gguf
     import tqdm
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
-
-    import gguf
 
     class Lines(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

@@ -97,8 +97,8 @@ class _Collector:
                 return not ask  # asked: not interested; told (cannot happen): go on
             src0, src1 = node.src[0].contents, node.src[1].contents
             if ask:
-                return (src1.ne[1] >= MIN_BATCH and src1.type == 0  # GGML_TYPE_F32
-                        and src0.name.startswith(b"blk."))
+                return bool(src1.ne[1] >= MIN_BATCH and src1.type == 0  # GGML_TYPE_F32
+                            and src0.name.startswith(b"blk."))
             self._collect(src0.name.decode(), ctypes.addressof(src1), src1)
         except Exception:  # an exception must not unwind through C: stop the computation
             import logging
@@ -171,6 +171,7 @@ def save(imatrix: Imatrix, path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.part")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         writer = gguf.GGUFWriter(str(tmp), arch="imatrix")
         writer.add_type("imatrix")
         writer.add_array("imatrix.datasets", list(imatrix.datasets) or ["unknown"])
@@ -186,6 +187,9 @@ def save(imatrix: Imatrix, path: Path) -> None:
         writer.write_tensors_to_file()
         writer.close()
         tmp.replace(path)
+    except OSError as exc:
+        raise ImatrixError(f"The importance matrix could not be written to {path}: "
+                           f"{exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

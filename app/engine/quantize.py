@@ -184,10 +184,10 @@ def _check_source(src: Path, options: QuantizeOptions) -> tuple[int, list[str]]:
             imatrix = load(Path(options.imatrix))
         except (ImatrixError, OSError) as exc:
             raise QuantizeError(f"The importance matrix cannot be used: {exc}") from None
-        known = {t.name for t in info.tensors}
-        if not set(imatrix.sums) <= known:
+        columns = {t.name: t.shape[0] for t in info.tensors}  # ggml order: ne0 = input width
+        if any(columns.get(name) != len(values) for name, values in imatrix.sums.items()):
             raise QuantizeError("The importance matrix was computed for a different model (its "
-                                "tensor names do not match this file's).")
+                                "tensor names or sizes do not match this file's).")
     elif target.needs_imatrix:
         raise QuantizeError(f"{target.name} needs an importance matrix: without one its quality "
                             "collapses. Compute one from a calibration text first.")

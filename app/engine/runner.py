@@ -135,9 +135,37 @@ class Runner:
             buf = (self._ll.llama_token * n)()
             got = self._ll.llama_tokenize(self.vocab, raw, len(raw), buf, n, add_special, False)
             if got >= 0:
-                return np.ctypeslib.as_array(buf)[:got].copy()
+                ids: np.ndarray = np.ctypeslib.as_array(buf)[:got].copy()
+                return ids
             n = -got
         raise RunnerError("tokenization failed")
+
+    def decode(self, tokens: np.ndarray, *, all_logits: bool = True, start: int = 0,
+               clear: bool = True) -> None:
+        """Decode ``tokens`` at positions ``start``…; logits for every position or the last."""
+        n = len(tokens)
+        if not 0 < n <= self.n_ctx:
+            raise RunnerError(f"a batch must have 1 to {self.n_ctx} tokens, not {n}")
+        ll = self._ll
+        if clear:
+            ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        self._tokens[:n] = tokens
+        self._pos[:n] = np.arange(start, start + n, dtype=np.int32)
+        self._n_seq[:n] = 1
+        self._logits[:n] = 1 if all_logits else 0
+        self._logits[n - 1] = 1
+        self._batch.n_tokens = n
+        status = ll.llama_decode(self.ctx, self._batch)
+        if status != 0:
+            raise RunnerError(f"llama.cpp could not evaluate the batch (status {status})")
+
+    def generate_steps(self, token: int, n: int) -> None:
+        """``n`` single-token decodes from an empty cache (llama-bench's tg test: the work of
+        generation without sampling)."""
+        one = np.array([token], dtype=np.int32)
+        self.decode(one, all_logits=False)
+        for pos in range(1, n):
+            self.decode(one, all_logits=False, start=pos, clear=False)
 
     def eval_chunk(self, tokens: np.ndarray, first_bos: bool = True) -> np.ndarray:
         """Evaluate ``tokens`` (at most n_ctx) from an empty cache; return their logits.
@@ -146,23 +174,12 @@ class Runner:
         llama.cpp's perplexity and imatrix tools do. The result is a (n, n_vocab) float32 view
         of llama.cpp's buffer, valid until the next call.
         """
-        n = len(tokens)
-        if not 0 < n <= self.n_ctx:
-            raise RunnerError(f"a chunk must have 1 to {self.n_ctx} tokens, not {n}")
-        ll = self._ll
-        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
-        self._tokens[:n] = tokens
+        tokens = np.array(tokens, dtype=np.int32)
         if first_bos and self.add_bos:
-            self._tokens[0] = self.bos
-        self._pos[:n] = np.arange(n, dtype=np.int32)
-        self._n_seq[:n] = 1
-        self._logits[:n] = 1
-        self._batch.n_tokens = n
-        status = ll.llama_decode(self.ctx, self._batch)
-        if status != 0:
-            raise RunnerError(f"llama.cpp could not evaluate the chunk (status {status})")
-        ptr = ll.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))
+            tokens[0] = self.bos
+        self.decode(tokens)
+        ptr = self._ll.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_vocab))
 
     def close(self) -> None:
         ll = self._ll

@@ -15,9 +15,9 @@ from app.core.settings import Settings
 from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
 from app.ui.chat.chat_page import ChatPage
+from app.ui.compare.page import QuantizeComparePage
 from app.ui.pages.hardware import HardwarePage
 from app.ui.pages.models import ModelsPage
-from app.ui.pages.placeholder import PlaceholderPage
 
 
 class MainWindow(QMainWindow):
@@ -45,9 +45,7 @@ class MainWindow(QMainWindow):
         self.hardware_page.profile_ready.connect(self.chat_page.set_hardware)
         self.hardware_page.profile_ready.connect(self.models_page.set_hardware)
         self.models_page.open_in_chat.connect(self._open_in_chat)
-        self.compare_page = PlaceholderPage(
-            "Quantize & Compare", "Quantize a model to Q8…Q2 types (with calibration) and "
-            "compare the variants' size, memory, speed and quality in tables and charts.")
+        self.compare_page = QuantizeComparePage(store)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
                            ("Chat", self.chat_page), ("Quantize & Compare", self.compare_page)):
             self.sidebar.addItem(name)

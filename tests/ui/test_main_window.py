@@ -8,8 +8,8 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from app.core.hardware import HardwareProfile
+from app.ui.compare.page import QuantizeComparePage
 from app.ui.main_window import MainWindow
-from app.ui.pages.placeholder import PlaceholderPage
 
 MakeWindow = Callable[[Path | None], MainWindow]
 
@@ -67,7 +67,7 @@ def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path, make_window: MakeWi
     window.show_page("Chat")
     assert window.pages.currentWidget() is window.chat_page
     window.show_page("Quantize & Compare")
-    assert isinstance(window.pages.currentWidget(), PlaceholderPage)
+    assert isinstance(window.pages.currentWidget(), QuantizeComparePage)
     window.show_page("Models")
     assert window.pages.currentWidget() is window.models_page
     qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)

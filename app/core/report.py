@@ -1,0 +1,181 @@
+"""Comparison tables as data: rows, the best values, the Pareto front, a recommendation, and
+exports (CSV, JSON, a self-contained HTML report). Qt-free: charts arrive as PNG bytes.
+
+A comparison is the JSON of an evaluation (``app.engine.evaluate.Evaluation.to_json``); this
+module reads it as plain dictionaries so that stored results from older versions still open.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_KLD_BUDGET = 0.05
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    better: str  # "low", "high" or "" (not ranked)
+    fmt: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "Variant", "", "{}"),
+    Column("quant", "Type", "", "{}"),
+    Column("size_gib", "Size (GiB)", "low", "{:.3f}"),
+    Column("bpw", "Bits/weight", "low", "{:.2f}"),
+    Column("ppl", "Perplexity", "low", "{:.3f}"),
+    Column("kld", "KLD mean", "low", "{:.5f}"),
+    Column("kld_p99", "KLD p99", "low", "{:.4f}"),
+    Column("same_top", "Same top token", "high", "{:.1%}"),
+    Column("rms_dp", "RMS Δp", "low", "{:.2%}"),
+    Column("pp", "Prompt tok/s", "high", "{:.1f}"),
+    Column("tg", "Generation tok/s", "high", "{:.1f}"),
+    Column("rss_gib", "Peak memory (GiB)", "low", "{:.3f}"),
+    Column("load_s", "Load (s)", "low", "{:.2f}"),
+)
+
+
+def rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per variant, the reference first (``reference`` True)."""
+    out = []
+    for variant in (evaluation["reference"], *evaluation["candidates"]):
+        q, s = variant["quality"], variant.get("speed") or {}
+        out.append({
+            "name": variant["name"], "quant": variant["quant"],
+            "reference": bool(variant.get("is_reference")),
+            "size_gib": variant["size"] / 2**30, "bpw": variant["bits_per_weight"],
+            "ppl": q["ppl"], "ppl_error": q["ppl_error"], "kld": q.get("kld_mean"),
+            "kld_median": q.get("kld_median"), "kld_p99": q.get("kld_p99"),
+            "same_top": q.get("same_top"), "rms_dp": q.get("rms_dp"),
+            "pp": s.get("pp_tokens_per_s"), "tg": s.get("tg_tokens_per_s"),
+            "rss_gib": variant["peak_rss"] / 2**30, "load_s": variant["load_seconds"],
+            "path": variant["path"]})
+    return out
+
+
+def best(table: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """For each ranked column, the row index of the best candidate (the reference excluded)."""
+    winners = {}
+    for col in COLUMNS:
+        if not col.better:
+            continue
+        values = [(r[col.key], i) for i, r in enumerate(table)
+                  if not r["reference"] and r[col.key] is not None]
+        if values:
+            pick = min(values) if col.better == "low" else max(values)
+            winners[col.key] = pick[1]
+    return winners
+
+
+def pareto_front(table: Sequence[Mapping[str, Any]], x: str = "size_gib",
+                 y: str = "kld") -> list[int]:
+    """Indices of the rows no other row beats on both x and y (lower is better), by x."""
+    points = sorted((r[x], r[y], i) for i, r in enumerate(table) if r[y] is not None)
+    front, best_y = [], float("inf")
+    for _, value, i in points:
+        if value < best_y:
+            front.append(i)
+            best_y = value
+    return front
+
+
+def recommendation(table: Sequence[Mapping[str, Any]], kld_budget: float = DEFAULT_KLD_BUDGET,
+                   memory_gib: float | None = None) -> str:
+    """The smallest variant within the quality budget, and the fastest that fits in memory."""
+    cands = [r for r in table if not r["reference"] and r["kld"] is not None]
+    if not cands:
+        return "Evaluate at least one candidate to get a recommendation."
+    within = [r for r in cands if r["kld"] <= kld_budget]
+    parts = []
+    if within:
+        small = min(within, key=lambda r: r["size_gib"])
+        parts.append(f"Smallest within KLD ≤ {kld_budget:g}: {small['name']} "
+                     f"({small['size_gib']:.2f} GiB, KLD {small['kld']:.4f}).")
+    else:
+        closest = min(cands, key=lambda r: r["kld"])
+        parts.append(f"No variant is within KLD ≤ {kld_budget:g}; the closest is "
+                     f"{closest['name']} (KLD {closest['kld']:.4f}).")
+    fits = [r for r in (within or cands) if r["tg"] is not None
+            and (memory_gib is None or r["rss_gib"] <= memory_gib)]
+    if fits:
+        fast = max(fits, key=lambda r: r["tg"])
+        parts.append(f"Fastest that fits here: {fast['name']} ({fast['tg']:.1f} tokens/s "
+                     "generating).")
+    return " ".join(parts)
+
+
+def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = ["name", "quant", "reference", "size_gib", "bpw", "ppl", "ppl_error", "kld",
+            "kld_median", "kld_p99", "same_top", "rms_dp", "pp", "tg", "rss_gib", "load_s",
+            "path"]
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: r.get(k) for k in keys})
+    return buf.getvalue()
+
+
+def to_json(evaluation: Mapping[str, Any], votes: Mapping[str, int] | None = None) -> str:
+    return json.dumps({"evaluation": evaluation, "votes": dict(votes or {})}, indent=2)
+
+
+def _cell(col: Column, value: Any) -> str:
+    if value is None:
+        return "–"
+    return col.fmt.format(value)
+
+
+def to_html(evaluation: Mapping[str, Any], charts: Mapping[str, bytes],
+            votes: Mapping[str, int] | None = None, kld_budget: float = DEFAULT_KLD_BUDGET
+            ) -> str:
+    """A self-contained report: the table, the recommendation, charts inlined as PNG."""
+    table = rows(evaluation)
+    winners = best(table)
+    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in COLUMNS)
+    body = []
+    for i, r in enumerate(table):
+        cells = []
+        for col in COLUMNS:
+            mark = ' class="best"' if winners.get(col.key) == i else ""
+            cells.append(f"<td{mark}>{html.escape(_cell(col, r[col.key]))}</td>")
+        cls = ' class="reference"' if r["reference"] else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    images = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(name)}</figcaption></figure>'
+        for name, png in charts.items())
+    tally = ""
+    if votes:
+        tally = "<p>A/B preferences: " + ", ".join(
+            f"{html.escape(k)} {v}" for k, v in sorted(votes.items())) + "</p>"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>QuantDesk comparison</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+tr.reference {{ background: #eef3ff; }}
+td.best {{ background: #dff5e1; font-weight: 600; }}
+figure {{ display: inline-block; margin: 1em; }}
+</style></head><body>
+<h1>QuantDesk comparison</h1>
+<p>Text {html.escape(str(evaluation.get("text_name", "")))}, {evaluation["chunks"]} chunks of
+{evaluation["n_ctx"]} tokens; {html.escape(str(evaluation["build"]))}. The reference row is
+shaded; the best candidate value of each column is green.</p>
+<p><strong>{html.escape(recommendation(table, kld_budget))}</strong></p>
+<table><tr>{head}</tr>{"".join(body)}</table>
+{tally}
+{images}
+</body></html>
+"""

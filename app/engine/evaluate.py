@@ -1,0 +1,510 @@
+"""Evaluate quantizations against a reference: size, memory, speed and quality, like llama.cpp.
+
+Quality follows llama.cpp's perplexity tool: the text is tokenized once, cut into
+non-overlapping chunks of ``n_ctx`` tokens, BOS put first (when the model uses one), and the
+second half of each chunk scored: the logits at position j predict token j+1, for j from n_ctx/2
+to n_ctx-2. Perplexity is exp(mean negative log-likelihood) with llama.cpp's ± (standard error of
+the mean times PPL).
+
+Against the reference, per scored position: the KL divergence KL(P_ref || P_cand), whether the
+top token agrees, and the change in the probability of the correct token (reported as RMS).
+
+The reference's distributions are computed once per (reference file, text, n_ctx, chunks, build)
+and cached on disk in a compact, vocabulary-independent form: per position the K most probable
+tokens with their log-probabilities, and S tokens drawn from the rest by systematic sampling
+(equal shares of the remaining probability mass, one random offset), with that mass. The KL
+divergence is then the exact sum over the top K plus an unbiased estimate of the tail's share.
+With K = S = 128 this is 1.5 KB per scored token whatever the vocabulary; on SmolLM2 (49k
+vocabulary) the estimate's mean, median and 99th percentile were within 0.3%, 1.6% and 1.1% of
+the exact values computed from full distributions (bench/quality.py compares with
+llama-perplexity). The cache is written chunk by chunk into memory-mapped arrays, so memory
+stays at one chunk's logits however long the text.
+
+All per-token work is llama.cpp's or vectorized numpy over whole chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.events import Progress
+
+TOP_K = 128
+TAIL_SAMPLES = 128
+CACHE_FORMAT = 1
+CACHE_LIMIT_BYTES = 4 * 2**30  # oldest reference caches are removed beyond this
+_BLOCK_ROWS = 64  # rows per vectorized block in the reference pass (bounds float64 scratch)
+
+
+class EvalError(Exception):
+    """The evaluation could not run; the message says why."""
+
+
+class EvalCancelled(EvalError):
+    pass
+
+
+@dataclass(frozen=True)
+class Speed:
+    """llama-bench's two numbers: prompt processing of 512 tokens and generation of 128."""
+
+    pp_tokens_per_s: float
+    tg_tokens_per_s: float
+    pp_tokens: int = 512
+    tg_tokens: int = 128
+    repetitions: int = 3
+
+
+@dataclass(frozen=True)
+class Quality:
+    ppl: float
+    ppl_error: float
+    kld_mean: float | None = None
+    kld_error: float | None = None
+    kld_median: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    same_top: float | None = None  # share of positions whose top token agrees with the reference
+    rms_dp: float | None = None  # RMS of the change in probability of the correct token
+    tokens_scored: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_scored / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One model file's numbers."""
+
+    path: str
+    name: str
+    quant: str
+    size: int
+    bits_per_weight: float
+    fingerprint: str
+    load_seconds: float
+    peak_rss: int
+    quality: Quality
+    speed: Speed | None
+    is_reference: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> VariantResult:
+        quality = Quality(**data["quality"])
+        speed = Speed(**data["speed"]) if data.get("speed") else None
+        return VariantResult(**{**data, "quality": quality, "speed": speed})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything needed to read, compare and reproduce one evaluation."""
+
+    reference: VariantResult
+    candidates: tuple[VariantResult, ...]
+    text_name: str
+    text_sha256: str
+    n_ctx: int
+    chunks: int
+    build: str
+    created: float = field(default_factory=time.time)
+
+    @property
+    def variants(self) -> tuple[VariantResult, ...]:
+        return (self.reference, *self.candidates)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reference"] = self.reference.to_json()
+        data["candidates"] = [c.to_json() for c in self.candidates]
+        return data
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Evaluation:
+        return Evaluation(
+            reference=VariantResult.from_json(data["reference"]),
+            candidates=tuple(VariantResult.from_json(c) for c in data["candidates"]),
+            text_name=data["text_name"], text_sha256=data["text_sha256"],
+            n_ctx=data["n_ctx"], chunks=data["chunks"], build=data["build"],
+            created=data.get("created", 0.0))
+
+
+def fingerprint(path: Path) -> str:
+    """A quick identity for a (possibly huge) model file: SHA-256 of its size, its first 8 MiB
+    (the GGUF header: every key and tensor description) and its last 8 MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    piece = 8 * 2**20
+    with path.open("rb") as f:
+        h.update(f.read(piece))
+        if size > 2 * piece:
+            f.seek(size - piece)
+            h.update(f.read(piece))
+    return h.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def llama_build() -> str:
+    from importlib import metadata
+
+    try:
+        return f"llama-cpp-python {metadata.version('llama-cpp-python')}"
+    except metadata.PackageNotFoundError:
+        return "llama-cpp-python unknown"
+
+
+# ---------------------------------------------------------------------------- numpy kernels
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float32 (one temporary of the input's size)."""
+    out: np.ndarray = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(out).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    out -= lse
+    return out
+
+
+def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
+                       s: int = TAIL_SAMPLES) -> dict[str, np.ndarray]:
+    """Top-k tokens and s systematic samples of the rest, for rows of log-probabilities."""
+    rows, vocab = lp.shape
+    k = min(k, vocab)
+    top = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+    top_lp = np.take_along_axis(lp, top, 1)
+    order = np.argsort(-top_lp, axis=1)
+    top, top_lp = np.take_along_axis(top, order, 1), np.take_along_axis(top_lp, order, 1)
+    tail_ids = np.zeros((rows, s), dtype=np.int32)
+    tail_lp = np.zeros((rows, s), dtype=np.float32)
+    tail_mass = np.zeros(rows, dtype=np.float32)
+    if vocab > k:
+        for start in range(0, rows, _BLOCK_ROWS):  # blocks of rows, not a loop over tokens
+            block = slice(start, min(start + _BLOCK_ROWS, rows))
+            p = np.exp(lp[block].astype(np.float64))
+            np.put_along_axis(p, top[block], 0.0, axis=1)
+            cum = np.cumsum(p, axis=1)
+            mass = cum[:, -1].copy()
+            n = cum.shape[0]
+            # one flat sorted array: row r's cumulative sums shifted by 2r (each row spans [0, 1])
+            shift = 2.0 * np.arange(n)[:, None]
+            targets = (np.arange(s)[None, :] + rng.random((n, 1))) / s * mass[:, None]
+            flat = np.searchsorted((cum + shift).ravel(), (targets + shift).ravel(), side="right")
+            idx = np.minimum(flat.reshape(n, s) - (np.arange(n) * vocab)[:, None], vocab - 1)
+            tail_ids[block] = idx
+            tail_lp[block] = np.take_along_axis(lp[block], idx, 1)
+            tail_mass[block] = mass
+    return {"top_ids": top.astype(np.int32), "top_lp": top_lp.astype(np.float16),
+            "tail_ids": tail_ids, "tail_lp": tail_lp.astype(np.float16), "tail_mass": tail_mass}
+
+
+def compare_rows(lq: np.ndarray, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-row KLD, top-token agreement and candidate log-prob of the reference's top tokens."""
+    top_lp = ref["top_lp"].astype(np.float32)
+    kld_top = (np.exp(top_lp) * (top_lp - np.take_along_axis(lq, ref["top_ids"], 1))).sum(1)
+    tail_lp = ref["tail_lp"].astype(np.float32)
+    tail = (tail_lp - np.take_along_axis(lq, ref["tail_ids"], 1)).mean(1) * ref["tail_mass"]
+    return {"kld": kld_top + tail, "same_top": lq.argmax(1) == ref["top_ids"][:, 0]}
+
+
+# ---------------------------------------------------------------------------- child side
+
+def _scored(n_ctx: int) -> tuple[int, int]:
+    first = n_ctx // 2
+    return first, n_ctx - 1 - first
+
+
+def _measure_speed(runner: Any, repetitions: int) -> Speed:
+    rng = np.random.default_rng(0)
+    pp, tg = [], []
+    tokens = rng.integers(0, runner.n_vocab, size=512).astype(np.int32)
+    runner.decode(tokens[:16])  # warm-up, as llama-bench does
+    for _ in range(repetitions):
+        t = time.perf_counter()
+        runner.decode(tokens, all_logits=False)
+        pp.append(512 / (time.perf_counter() - t))
+        t = time.perf_counter()
+        runner.generate_steps(int(tokens[0]), 128)
+        tg.append(128 / (time.perf_counter() - t))
+    return Speed(float(np.median(pp)), float(np.median(tg)), repetitions=repetitions)
+
+
+def _speed_only(model: str, reps: int, threads: int | None) -> Speed:
+    from app.engine.runner import Runner
+
+    with Runner(model, 512, threads=threads) as runner:
+        return _measure_speed(runner, reps)
+
+
+def measure_speed(model: Path, reps: int = 3, threads: int | None = None) -> Speed:
+    """pp512 and tg128 of one model, in a child process (as llama-bench measures them)."""
+    from app.engine.child import call_in_child
+
+    try:
+        return call_in_child(_speed_only, str(model), reps, threads, timeout=3600)
+    except ChildFailed as exc:
+        raise EvalError(str(exc).removeprefix("RunnerError: ")) from None
+    except ChildCrashed as exc:
+        raise EvalError(f"llama.cpp stopped unexpectedly: {exc}.") from None
+
+
+def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
+                 max_chunks: int | None, cache: str, reference: bool, speed_reps: int,
+                 threads: int | None) -> dict[str, Any]:
+    """In the child: load, score the text (writing or reading the reference cache), time."""
+    from app.engine import process_stats
+    from app.engine.runner import Runner
+
+    start = time.perf_counter()
+    runner = Runner(model, n_ctx, threads=threads)
+    load_seconds = time.perf_counter() - start
+    with runner:
+        tokens = runner.tokenize(text)
+        n_chunks = len(tokens) // n_ctx
+        if max_chunks:
+            n_chunks = min(n_chunks, max_chunks)
+        if n_chunks < 1:
+            raise EvalError(f"The text has {len(tokens)} tokens; at least {n_ctx} (one chunk) "
+                            "are needed.")
+        first, n_scored = _scored(n_ctx)
+        total = n_chunks * n_scored
+        cache_dir = Path(cache)
+        if reference:
+            arrays = _open_cache(cache_dir, total, "w+")
+            rng = np.random.default_rng(int(hashlib.sha256(cache.encode()).hexdigest()[:8], 16))
+        else:
+            arrays = _open_cache(cache_dir, total, "r")
+            if arrays["vocab"][0] != runner.n_vocab:
+                raise EvalError("The candidate's vocabulary differs from the reference's: they "
+                                "are not variants of the same model.")
+        nll = np.empty(total, dtype=np.float64)
+        kld = np.empty(total, dtype=np.float64)
+        same = np.empty(total, dtype=bool)
+        dp = np.empty(total, dtype=np.float64)
+        send(Progress(0, n_chunks, f"{len(tokens):,} tokens, {n_chunks} chunks of {n_ctx}"))
+        t0 = time.perf_counter()
+        for c in range(n_chunks):
+            chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+            logits = runner.eval_chunk(chunk)
+            lq = log_softmax(logits[first:n_ctx - 1])
+            rows = slice(c * n_scored, (c + 1) * n_scored)
+            nxt = chunk[first + 1:]
+            nll[rows] = -np.take_along_axis(lq, nxt[:, None].astype(np.int64), 1)[:, 0]
+            if reference:
+                packed = compress_reference(lq, rng)
+                for key, value in packed.items():
+                    arrays[key][rows] = value
+                arrays["nll"][rows] = nll[rows]
+                arrays["next"][rows] = nxt
+            else:
+                ref = {key: np.asarray(arrays[key][rows]) for key in
+                       ("top_ids", "top_lp", "tail_ids", "tail_lp", "tail_mass")}
+                if not np.array_equal(arrays["next"][rows], nxt):
+                    raise EvalError("The candidate tokenizes the text differently from the "
+                                    "reference: they are not variants of the same model.")
+                cmp = compare_rows(lq, ref)
+                kld[rows], same[rows] = cmp["kld"], cmp["same_top"]
+                dp[rows] = np.exp(-nll[rows]) - np.exp(-arrays["nll"][rows].astype(np.float64))
+            send(Progress(c + 1, n_chunks, f"chunk {c + 1}/{n_chunks}"))
+        seconds = time.perf_counter() - t0
+        if reference:
+            arrays["vocab"][0] = runner.n_vocab
+            for a in arrays.values():
+                a.flush()
+    speed = _speed_only(model, speed_reps, threads) if speed_reps else None
+    result: dict[str, Any] = {"nll": nll, "chunks": n_chunks, "seconds": seconds,
+                              "load_seconds": load_seconds, "speed": speed,
+                              "peak_rss": process_stats.peak_rss_bytes()}
+    if not reference:
+        result.update(kld=kld, same=same, dp=dp)
+    return result
+
+
+def _open_cache(folder: Path, total: int, mode: str) -> dict[str, Any]:
+    from numpy.lib.format import open_memmap
+
+    shapes = {"top_ids": ((total, TOP_K), np.int32), "top_lp": ((total, TOP_K), np.float16),
+              "tail_ids": ((total, TAIL_SAMPLES), np.int32),
+              "tail_lp": ((total, TAIL_SAMPLES), np.float16),
+              "tail_mass": ((total,), np.float32), "nll": ((total,), np.float32),
+              "next": ((total,), np.int32), "vocab": ((1,), np.int64)}
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, (shape, dtype) in shapes.items():
+        path = folder / f"{name}.npy"
+        if mode == "r":
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape != shape:
+                raise EvalError("The cached reference does not match this evaluation; it will "
+                                "be rebuilt on the next run.")
+        else:
+            arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        arrays[name] = arr
+    return arrays
+
+
+# ---------------------------------------------------------------------------- parent side
+
+def _stats(values: np.ndarray) -> tuple[float, float]:
+    n = len(values)
+    mean = float(values.mean())
+    err = float(values.std(ddof=0) / math.sqrt(n - 1)) if n > 10 else 0.0
+    return mean, err
+
+
+def _quality(out: dict[str, Any]) -> Quality:
+    nll = out["nll"]
+    mean, err = _stats(nll)
+    ppl = math.exp(mean)
+    q = Quality(ppl=ppl, ppl_error=err * ppl, tokens_scored=len(nll), seconds=out["seconds"])
+    if "kld" in out:
+        kld = out["kld"]
+        kmean, kerr = _stats(kld)
+        q = Quality(ppl=ppl, ppl_error=err * ppl, kld_mean=kmean, kld_error=kerr,
+                    kld_median=float(np.median(kld)), kld_p99=float(np.percentile(kld, 99)),
+                    kld_max=float(kld.max()), same_top=float(out["same"].mean()),
+                    rms_dp=float(np.sqrt((out["dp"] ** 2).mean())), tokens_scored=len(nll),
+                    seconds=out["seconds"])
+    return q
+
+
+def reference_cache_dir(ref: Path, text: str, n_ctx: int, max_chunks: int | None) -> Path:
+    from app.core.paths import cache_dir
+
+    key = json.dumps([CACHE_FORMAT, fingerprint(ref), text_sha256(text), n_ctx, max_chunks,
+                      TOP_K, TAIL_SAMPLES, llama_build()])
+    return cache_dir() / "reference" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _prune_cache(keep: Path) -> None:
+    root = keep.parent
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and p != keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    used = sum(f.stat().st_size for f in keep.glob("*"))
+    for entry in entries:
+        size = sum(f.stat().st_size for f in entry.glob("*"))
+        if used + size > CACHE_LIMIT_BYTES:
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            used += size
+
+
+def _variant(path: Path, out: dict[str, Any], reference: bool) -> VariantResult:
+    from app.core.gguf_info import read_model_info
+
+    info = read_model_info(path)
+    return VariantResult(
+        path=str(path), name=path.stem, quant=info.file_type or "?", size=info.file_size,
+        bits_per_weight=info.file_size * 8 / max(info.n_params, 1), fingerprint=fingerprint(path),
+        load_seconds=out["load_seconds"], peak_rss=out["peak_rss"], quality=_quality(out),
+        speed=out["speed"], is_reference=reference)
+
+
+@dataclass(frozen=True)
+class VariantDone:
+    """One variant finished (the reference first)."""
+
+    result: VariantResult
+    from_cache: bool = False
+
+
+def evaluate(reference: Path, candidates: Sequence[Path], text: str, *, text_name: str = "",
+             n_ctx: int = 512, max_chunks: int | None = None, speed_reps: int = 3,
+             threads: int | None = None, cancel: Callable[[], bool] | None = None
+             ) -> Iterator[Progress | VariantDone | Evaluation]:
+    """Evaluate each candidate against the reference; yields Progress (prefixed with the file
+    name), VariantDone per file, then the Evaluation."""
+    from app.core.gguf_info import GGUFError, read_model_info
+
+    reference = Path(reference)
+    for path in (reference, *candidates):
+        try:
+            read_model_info(Path(path))
+        except GGUFError as exc:
+            raise EvalError(str(exc)) from None
+    cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
+    cached = (cache / "meta.json").exists()  # written last, when the reference pass succeeded
+    results = []
+    for path, is_ref in ((reference, True), *((Path(c), False) for c in candidates)):
+        if is_ref and cached:
+            # the reference's own numbers come from the cache: scoring it again is not needed
+            out = _reference_from_cache(cache, reference, text, n_ctx, max_chunks, speed_reps,
+                                        threads, cancel)
+        else:
+            if is_ref:
+                shutil.rmtree(cache, ignore_errors=True)
+            out = yield from _drive(path, text, n_ctx, max_chunks, cache, is_ref, speed_reps,
+                                    threads, cancel)
+        result = _variant(path, out, is_ref)
+        results.append(result)
+        yield VariantDone(result, from_cache=is_ref and cached)
+        if is_ref:
+            os.utime(cache)
+            _prune_cache(cache)
+    chunks = results[0].quality.tokens_scored // _scored(n_ctx)[1]
+    yield Evaluation(results[0], tuple(results[1:]), text_name, text_sha256(text), n_ctx,
+                     chunks, llama_build())
+
+
+def _reference_from_cache(cache: Path, reference: Path, text: str, n_ctx: int,
+                          max_chunks: int | None, speed_reps: int, threads: int | None,
+                          cancel: Callable[[], bool] | None) -> dict[str, Any]:
+    meta = json.loads((cache / "meta.json").read_text())
+    nll = np.load(cache / "nll.npy", mmap_mode="r").astype(np.float64)
+    return {"nll": nll, "chunks": meta["chunks"], "seconds": meta["seconds"],
+            "load_seconds": meta["load_seconds"], "peak_rss": meta["peak_rss"],
+            "speed": Speed(**meta["speed"]) if meta.get("speed") else None}
+
+
+def _drive(path: Path, text: str, n_ctx: int, max_chunks: int | None, cache: Path,
+           reference: bool, speed_reps: int, threads: int | None,
+           cancel: Callable[[], bool] | None) -> Generator[Progress, None, dict[str, Any]]:
+    stream = stream_from_child(_run_variant, str(path), text, n_ctx, max_chunks, str(cache),
+                               reference, speed_reps, threads, cancel=cancel)
+    try:
+        while True:
+            try:
+                event = next(stream)
+            except StopIteration as stop:
+                out: dict[str, Any] = stop.value
+                break
+            yield Progress(event.done, event.total, f"{path.name}: {event.message}")
+    except ChildCancelled:
+        if reference:
+            shutil.rmtree(cache, ignore_errors=True)
+        raise EvalCancelled("Evaluation cancelled.") from None
+    except ChildCrashed as exc:
+        if reference:
+            shutil.rmtree(cache, ignore_errors=True)
+        raise EvalError(f"llama.cpp stopped unexpectedly while evaluating {path.name}: "
+                        f"{exc}.") from None
+    except ChildFailed as exc:
+        message = str(exc)
+        for prefix in ("EvalError: ", "RunnerError: "):
+            message = message.removeprefix(prefix)
+        raise EvalError(message) from None
+    if reference:
+        speed = out["speed"]
+        from app.core.atomic import write_text_atomic
+
+        write_text_atomic(cache / "meta.json", json.dumps({
+            "chunks": out["chunks"], "seconds": out["seconds"],
+            "load_seconds": out["load_seconds"], "peak_rss": out["peak_rss"],
+            "speed": asdict(speed) if speed else None, "reference": str(path)}))
+    return out

@@ -1,0 +1,315 @@
+"""Evaluate variants against a reference and compare them: table, charts, recommendation,
+export, and the stored evaluations to reopen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core import report, resources
+from app.core.storage import Storage
+from app.engine import evaluate as ev
+from app.engine.events import Progress
+from app.jobs.engine_job import EngineJob
+from app.ui.compare.charts import QualityChart, bar_chart, png
+from app.ui.widgets import Card, text_label
+
+REFERENCE_BG = QColor("#e8eefc")
+BEST_BG = QColor("#d7f2dc")
+
+
+class NumberItem(QTableWidgetItem):
+    """Sorts by its number, not its text."""
+
+    def __init__(self, text: str, value: float | None) -> None:
+        super().__init__(text)
+        self.value = value if value is not None else float("inf")
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        if isinstance(other, NumberItem):
+            return self.value < other.value
+        return self.text() < other.text()
+
+
+class ComparePanel(QWidget):
+    """New evaluation form, stored evaluations, and the comparison of the chosen one."""
+
+    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.job: EngineJob | None = None
+        self.current: dict[str, Any] | None = None
+        self.current_id: int | None = None
+        self.table_rows: list[dict[str, Any]] = []
+        layout = QVBoxLayout(self)
+
+        form = Card("New evaluation")
+        ref_row = QHBoxLayout()
+        self.reference = QLineEdit()
+        self.reference.setPlaceholderText("Reference: the highest-precision file (F16, Q8_0)")
+        pick_ref = QPushButton("Browse…")
+        pick_ref.clicked.connect(self._pick_reference)
+        ref_row.addWidget(self.reference, 1)
+        ref_row.addWidget(pick_ref)
+        form.body.addLayout(ref_row)
+        cand_row = QHBoxLayout()
+        self.candidates = QListWidget()
+        self.candidates.setMaximumHeight(80)
+        add = QPushButton("Add variants…")
+        add.clicked.connect(self._add_candidates)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(lambda: [self.candidates.takeItem(self.candidates.row(i))
+                                        for i in self.candidates.selectedItems()])
+        cand_row.addWidget(self.candidates, 1)
+        buttons = QVBoxLayout()
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        cand_row.addLayout(buttons)
+        form.body.addLayout(cand_row)
+        opts = QHBoxLayout()
+        self.chunks = QSpinBox()
+        self.chunks.setRange(1, 10000)
+        self.chunks.setValue(8)
+        self.chunks.setPrefix("chunks: ")
+        self.chunks.setToolTip("Chunks of 512 tokens of the bundled evaluation text to score "
+                               "(23 in all); more is slower and more precise.")
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.setObjectName("Primary")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(lambda: self.job and self.job.cancel())
+        opts.addWidget(self.chunks)
+        opts.addStretch()
+        opts.addWidget(self.run_button)
+        opts.addWidget(self.cancel_button)
+        form.body.addLayout(opts)
+        self.progress = QProgressBar()
+        self.status = text_label("", "Muted")
+        form.body.addWidget(self.progress)
+        form.body.addWidget(self.status)
+        layout.addWidget(form)
+
+        top = QHBoxLayout()
+        self.stored = QComboBox()
+        self.stored.currentIndexChanged.connect(self._open_stored)
+        top.addWidget(text_label("Comparison:"))
+        top.addWidget(self.stored, 1)
+        self.budget = QDoubleSpinBox()
+        self.budget.setDecimals(3)
+        self.budget.setSingleStep(0.01)
+        self.budget.setRange(0.001, 5.0)
+        self.budget.setValue(report.DEFAULT_KLD_BUDGET)
+        self.budget.setPrefix("KLD budget ")
+        self.budget.valueChanged.connect(self._update_recommendation)
+        top.addWidget(self.budget)
+        for label, slot in (("CSV…", self.export_csv), ("JSON…", self.export_json),
+                            ("HTML report…", self.export_html)):
+            button = QPushButton(label)
+            button.clicked.connect(slot)
+            top.addWidget(button)
+        layout.addLayout(top)
+        self.recommendation = text_label("", "CardTitle")
+        layout.addWidget(self.recommendation)
+
+        self.tabs = QTabWidget()
+        self.table = QTableWidget(0, len(report.COLUMNS))
+        self.table.setHorizontalHeaderLabels([c.title for c in report.COLUMNS])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().hide()
+        self.tabs.addTab(self.table, "Table")
+        self.quality_chart = QualityChart()
+        self.tabs.addTab(self.quality_chart, "Quality vs size")
+        self.speed_chart = bar_chart("Speed", [], [("pp", "prompt"), ("tg", "generation")],
+                                     "tokens/s")
+        self.memory_chart = bar_chart("Memory", [], [("rss_gib", "peak RAM")], "GiB")
+        self.tabs.addTab(self.speed_chart, "Speed")
+        self.tabs.addTab(self.memory_chart, "Memory")
+        layout.addWidget(self.tabs, 1)
+        self.reload()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _pick_reference(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Reference GGUF", "", "GGUF (*.gguf)")
+        if path:
+            self.reference.setText(path)
+
+    def _add_candidates(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Variants to compare", "", "GGUF (*.gguf)")
+        for p in paths:
+            self.candidates.addItem(p)
+
+    def prefill(self, reference: str, candidates: list[str]) -> None:
+        """Fill the form (from the quantize panel's results)."""
+        self.reference.setText(reference)
+        self.candidates.clear()
+        for c in candidates:
+            self.candidates.addItem(c)
+
+    # ------------------------------------------------------------------ evaluation job
+
+    def start(self) -> None:
+        ref = Path(self.reference.text().strip())
+        cands = [Path(self.candidates.item(i).text()) for i in range(self.candidates.count())]
+        if not ref.is_file() or not cands:
+            self.status.setText("Choose a reference file and at least one variant.")
+            return
+        text = resources.evaluation_text()
+        chunks = self.chunks.value()
+
+        def run(cancel: Callable[[], bool]) -> Iterator[Any]:
+            yield from ev.evaluate(ref, cands, text, text_name="quantdesk-evaluation",
+                                   max_chunks=chunks, cancel=cancel)
+
+        self.job = EngineJob(run, (ev.EvalCancelled,), self)
+        self.job.progress.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.job.failed.connect(lambda m: self._stopped(f"Stopped: {m}"))
+        self.job.cancelled.connect(lambda: self._stopped("Cancelled."))
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText("Starting…")
+        self.job.start()
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Progress):
+            self.progress.setRange(0, max(event.total, 1))
+            self.progress.setValue(event.done)
+            self.status.setText(event.message)
+        elif isinstance(event, ev.VariantDone):
+            self.status.setText(f"{event.result.name}: PPL {event.result.quality.ppl:.3f}"
+                                + (" (reference from cache)" if event.from_cache else ""))
+
+    def _on_finished(self, result: object) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if isinstance(result, ev.Evaluation):
+            title = f"{Path(result.reference.path).stem} vs {len(result.candidates)} variants"
+            new_id = self.store.add_evaluation(title, result.to_json())
+            self.status.setText("Done; the comparison is saved.")
+            self.reload(select=new_id)
+
+    def _stopped(self, message: str) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.status.setText(message)
+
+    # ------------------------------------------------------------------ showing results
+
+    def reload(self, select: int | None = None) -> None:
+        self.stored.blockSignals(True)
+        self.stored.clear()
+        for stored in self.store.evaluations():
+            self.stored.addItem(f"#{stored.id} {stored.title}", stored.id)
+        self.stored.blockSignals(False)
+        if self.stored.count():
+            index = self.stored.findData(select) if select is not None else 0
+            self.stored.setCurrentIndex(max(index, 0))
+            self._open_stored(max(index, 0))
+
+    def _open_stored(self, index: int) -> None:
+        eval_id = self.stored.itemData(index)
+        if eval_id is None:
+            return
+        stored = self.store.evaluation(int(eval_id))
+        self.show_evaluation(stored.result, stored.id)
+
+    def show_evaluation(self, evaluation: dict[str, Any], eval_id: int | None = None) -> None:
+        self.current, self.current_id = evaluation, eval_id
+        self.table_rows = report.rows(evaluation)
+        winners = report.best(self.table_rows)
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(self.table_rows))
+        for i, r in enumerate(self.table_rows):
+            for j, col in enumerate(report.COLUMNS):
+                value = r[col.key]
+                text = "–" if value is None else col.fmt.format(value)
+                if col.key == "name" and r["reference"]:
+                    text += "  (reference)"
+                item = (NumberItem(text, value) if col.better else QTableWidgetItem(text))
+                if r["reference"]:
+                    item.setBackground(QBrush(REFERENCE_BG))
+                if winners.get(col.key) == i:
+                    item.setBackground(QBrush(BEST_BG))
+                    item.setToolTip("best of the variants")
+                self.table.setItem(i, j, item)
+        self.table.setSortingEnabled(True)
+        self.table.resizeColumnsToContents()
+        self.quality_chart.show_rows(self.table_rows)
+        self._replace_chart("speed_chart", bar_chart(
+            "Speed (pp512, tg128)", self.table_rows, [("pp", "prompt"), ("tg", "generation")],
+            "tokens/s"), 2)
+        self._replace_chart("memory_chart", bar_chart(
+            "Peak memory while evaluating", self.table_rows, [("rss_gib", "peak RAM")], "GiB"),
+            3)
+        self._update_recommendation()
+
+    def _replace_chart(self, attr: str, view: QWidget, index: int) -> None:
+        old = getattr(self, attr)
+        title = self.tabs.tabText(index)
+        self.tabs.removeTab(index)
+        self.tabs.insertTab(index, view, title)
+        old.deleteLater()
+        setattr(self, attr, view)
+
+    def _update_recommendation(self) -> None:
+        if self.table_rows:
+            self.recommendation.setText(report.recommendation(self.table_rows,
+                                                              self.budget.value()))
+
+    # ------------------------------------------------------------------ export
+
+    def _save(self, title: str, pattern: str, text: str) -> Path | None:
+        path, _ = QFileDialog.getSaveFileName(self, title, "", pattern)
+        if not path:
+            return None
+        from app.core.atomic import write_text_atomic
+
+        write_text_atomic(Path(path), text)
+        self.status.setText(f"Saved {path}")
+        return Path(path)
+
+    def export_text(self, kind: str) -> str:
+        assert self.current is not None
+        votes = self.store.evaluation(self.current_id).votes if self.current_id else {}
+        if kind == "csv":
+            return report.to_csv(self.table_rows)
+        if kind == "json":
+            return report.to_json(self.current, votes)
+        charts = {"Quality against size": png(self.quality_chart),
+                  "Speed": png(self.speed_chart), "Memory": png(self.memory_chart)}
+        return report.to_html(self.current, charts, votes, self.budget.value())
+
+    def export_csv(self) -> None:
+        if self.current:
+            self._save("Export CSV", "CSV (*.csv)", self.export_text("csv"))
+
+    def export_json(self) -> None:
+        if self.current:
+            self._save("Export JSON", "JSON (*.json)", self.export_text("json"))
+
+    def export_html(self) -> None:
+        if self.current:
+            self._save("Export HTML report", "HTML (*.html)", self.export_text("html"))
+

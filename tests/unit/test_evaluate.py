@@ -1,0 +1,128 @@
+"""Evaluation: perplexity, KL divergence and agreement like llama.cpp's perplexity tool."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core import resources
+from app.core.storage import Storage
+from app.engine.evaluate import (
+    EvalError,
+    Evaluation,
+    VariantDone,
+    compare_rows,
+    compress_reference,
+    evaluate,
+    log_softmax,
+    reference_cache_dir,
+)
+from app.engine.quantize import QuantizeOptions, quantize
+
+TEXT = resources.evaluation_text()
+
+
+def _run(ref: Path, cands: list[Path], text: str = TEXT, **kw: object) -> list[object]:
+    return list(evaluate(ref, cands, text, speed_reps=0, **kw))  # type: ignore[arg-type]
+
+
+def test_compact_reference_estimates_kld_of_full_distributions() -> None:
+    """Top-128 plus 128 sampled tail tokens against the exact sum over a 5,000-token vocab."""
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((200, 5000)) * 3).astype(np.float32)
+    noisy = logits + rng.standard_normal(logits.shape).astype(np.float32) * 0.3
+    lp, lq = log_softmax(logits), log_softmax(noisy)
+    np.testing.assert_allclose(np.exp(lp).sum(1), 1.0, rtol=1e-5)
+    exact = (np.exp(lp.astype(np.float64)) * (lp - lq)).sum(1)
+    packed = compress_reference(lp, np.random.default_rng(0))
+    assert packed["top_ids"].shape == packed["tail_ids"].shape == (200, 128)
+    assert np.all(np.diff(packed["top_lp"].astype(np.float32), axis=1) <= 0)  # sorted
+    assert not np.isin(packed["tail_ids"][0], packed["top_ids"][0]).any()
+    got = compare_rows(lq, packed)
+    assert abs(got["kld"].mean() / exact.mean() - 1) < 0.02
+    assert np.array_equal(got["same_top"], lq.argmax(1) == lp.argmax(1))
+
+
+def test_the_reference_against_itself_scores_zero(tiny_model: Path) -> None:
+    events = _run(tiny_model, [tiny_model], n_ctx=128, max_chunks=3)
+    result = events[-1]
+    assert isinstance(result, Evaluation)
+    ref, same = result.reference, result.candidates[0]
+    assert same.quality.ppl == pytest.approx(ref.quality.ppl, rel=1e-6)
+    assert abs(same.quality.kld_mean or 1) < 1e-3  # float16 storage of the reference
+    assert same.quality.same_top == 1.0
+    assert ref.quality.tokens_scored == 3 * 63  # second half of each chunk, minus the last
+    assert math.isfinite(ref.quality.ppl) and ref.quality.ppl_error > 0
+
+
+def test_smollm2_quantizations_order_as_expected(smollm2_f16: Path, tmp_path: Path) -> None:
+    cands = []
+    for quant in ("Q8_0", "Q4_K_M", "Q2_K"):
+        out = tmp_path / f"s-{quant}.gguf"
+        list(quantize(smollm2_f16, out, QuantizeOptions(quant)))
+        cands.append(out)
+    result = _run(smollm2_f16, cands, max_chunks=2)[-1]
+    assert isinstance(result, Evaluation)
+    q8, q4, q2 = (c.quality for c in result.candidates)
+    assert q8.kld_mean < q4.kld_mean < q2.kld_mean  # type: ignore[operator]
+    assert q8.same_top > q4.same_top > q2.same_top  # type: ignore[operator]
+    assert result.reference.quality.ppl < q2.ppl
+    assert [c.quant for c in result.candidates] == ["Q8_0", "Q4_K_M", "Q2_K"]
+    sizes = [c.size for c in result.candidates]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_reference_cache_is_reused_and_invalidated(tiny_model: Path, tiny_model_f16: Path,
+                                                   tmp_path: Path) -> None:
+    first = _run(tiny_model, [tiny_model_f16], n_ctx=128, max_chunks=2)
+    again = _run(tiny_model, [tiny_model_f16], n_ctx=128, max_chunks=2)
+    done = [e for e in first if isinstance(e, VariantDone)]
+    reused = [e for e in again if isinstance(e, VariantDone)]
+    assert not done[0].from_cache and reused[0].from_cache
+    assert reused[0].result.quality.ppl == done[0].result.quality.ppl
+    assert reused[1].result.quality.kld_mean == done[1].result.quality.kld_mean
+    # another text, another n_ctx, or a changed reference file: a new cache
+    other = reference_cache_dir(tiny_model, TEXT + ".", 128, 2)
+    assert other != reference_cache_dir(tiny_model, TEXT, 128, 2)
+    assert reference_cache_dir(tiny_model, TEXT, 64, 2) != reference_cache_dir(
+        tiny_model, TEXT, 128, 2)
+    copy = tmp_path / "ref.gguf"
+    data = bytearray(tiny_model.read_bytes())
+    data[-1] ^= 1  # the last weight changes
+    copy.write_bytes(bytes(data))
+    assert reference_cache_dir(copy, TEXT, 128, 2) != reference_cache_dir(tiny_model, TEXT, 128,
+                                                                          2)
+    changed = _run(copy, [tiny_model_f16], n_ctx=128, max_chunks=2)
+    assert not next(e for e in changed if isinstance(e, VariantDone)).from_cache
+
+
+def test_a_different_model_is_refused(tiny_model: Path, smollm2: Path) -> None:
+    with pytest.raises(EvalError, match="not variants of the same model"):
+        _run(tiny_model, [smollm2], n_ctx=128, max_chunks=1)
+
+
+def test_short_text_and_broken_file(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="at least 128"):
+        _run(tiny_model, [tiny_model], text="short", n_ctx=128)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_model.read_bytes()[:5000])
+    with pytest.raises(EvalError, match=r"broken\.gguf|truncated"):
+        _run(tiny_model, [broken], n_ctx=128)
+
+
+def test_results_are_stored_and_reopened(tiny_model: Path, tiny_model_f16: Path) -> None:
+    result = _run(tiny_model, [tiny_model_f16], n_ctx=128, max_chunks=2)[-1]
+    assert isinstance(result, Evaluation)
+    store = Storage()
+    eval_id = store.add_evaluation("tiny", result.to_json())
+    store.add_vote(eval_id, result.candidates[0].name)
+    store.close()
+    again = Storage().evaluation(eval_id)
+    reopened = Evaluation.from_json(again.result)
+    assert reopened == result
+    assert again.votes == {result.candidates[0].name: 1}
+    assert reopened.text_sha256 and reopened.build.startswith("llama-cpp-python")
+    assert reopened.reference.fingerprint != ""
