@@ -11,7 +11,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: run test lint typecheck contracts pytest system-deps clean
+.PHONY: run test lint typecheck contracts pytest system-deps clean bundle
 
 run: $(RUN_STAMP)
 	@sh packaging/linux/system-deps.sh gui
@@ -21,6 +21,7 @@ test: $(DEV_STAMP) lint typecheck contracts pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/actionlint .github/workflows/release.yml
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
@@ -50,6 +51,16 @@ $(DEV_STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,convert]'
 	$(CONVERTER_WINS)
 	touch $@
+
+# The Linux one-folder bundle (PyInstaller), its self-test from outside the checkout, its size
+# and start time, and a tar.gz. Slow (minutes), so not part of `make test`.
+bundle: $(RUN_STAMP)
+	$(BIN)/python -m pip install -q 'pyinstaller==6.22.3'
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath dist \
+		--workpath build/pyinstaller packaging/quantdesk.spec
+	sh packaging/linux/check-bundle.sh dist/QuantDesk
+	tar -C dist -czf dist/QuantDesk-linux-x86_64.tar.gz QuantDesk
+	@du -sh dist/QuantDesk dist/QuantDesk-linux-x86_64.tar.gz
 
 # Qt needs a few system libraries even offscreen; install them only when Qt cannot load.
 system-deps:

@@ -1,4 +1,5 @@
-"""Entry point: ``quantdesk`` / ``python -m app``. No arguments opens the app; else the CLI."""
+"""Entry point: ``quantdesk`` / ``python -m app``. No arguments opens the app; ``--self-test``
+checks an installation (app/selftest.py); anything else is a CLI command."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.ui.main import run
 
         return run()
+    if args == ["--self-test"]:
+        from app import selftest
+
+        return selftest.run()
     from app import cli
 
     try:

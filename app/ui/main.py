@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from PySide6.QtWidgets import QApplication, QMessageBox
@@ -53,4 +55,16 @@ def run() -> int:
     window = create_window()
     window.show()
     log.info("QuantDesk %s started", __version__)
+    if os.environ.get("QUANTDESK_STARTUP_PROBE"):
+        # Packaging checks: report the time from process start to the window, then quit.
+        import psutil
+        from PySide6.QtCore import QTimer
+
+        def report() -> None:
+            print(f"window shown {time.time() - psutil.Process().create_time():.2f} s after "
+                  "the process started", flush=True)
+            window.close()
+            app.quit()
+
+        QTimer.singleShot(0, report)
     return app.exec()
