@@ -15,7 +15,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 
 def _probe() -> str:
@@ -68,18 +67,20 @@ def _database() -> str:
 
 def _gui() -> str:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
     from app.core.resources import resource
 
-    app = QApplication.instance() or QApplication([])
+    if QApplication.instance() is None:
+        QApplication([])
     from app.ui.compare.charts import QualityChart
 
     chart = QualityChart()
     chart.show_rows([])
     if not resource("style.qss").exists():
         raise RuntimeError("resources are missing from this installation")
-    return f"Qt {__import__('PySide6').__version__} ({app.platformName()}), charts ok"
+    return f"Qt {__import__('PySide6').__version__} ({QGuiApplication.platformName()}), charts ok"
 
 
 CHECKS: tuple[tuple[str, Callable[[], str]], ...] = (
