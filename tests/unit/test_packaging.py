@@ -100,3 +100,14 @@ def test_release_workflow_builds_three_systems_and_runs_the_self_test() -> None:
         assert "GGML_NATIVE=OFF" in text
     assert "GGML_METAL=on" in yaml.safe_dump(jobs["macos"])
     assert "GGML_CPU_ALL_VARIANTS=ON" in yaml.safe_dump(jobs["linux"])
+
+
+def test_dropped_files_are_not_what_the_app_needs() -> None:
+    config = _config()
+    assert not config.keep("PySide6/Qt/lib/libQt6Quick.so.6")
+    assert not config.keep("PySide6/Qt/plugins/imageformats/libqpdf.so")
+    for needed in ("PySide6/Qt/lib/libQt6Charts.so.6", "PySide6/Qt/lib/libQt6Widgets.so.6",
+                   "PySide6/Qt/plugins/platforms/libqxcb.so",
+                   "PySide6/Qt/plugins/platforms/libqoffscreen.so",
+                   "llama_cpp/lib/libllama.so", "resources/style.qss"):
+        assert config.keep(needed), needed
