@@ -11,7 +11,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -151,3 +152,26 @@ def stream_from_child(fn: Callable[..., Any], *args: Any,
         if proc.is_alive():
             proc.kill()
         proc.join(5)
+
+
+@contextmanager
+def child_errors(error: type[Exception], cancelled: type[Exception], *, cancelled_message: str,
+                 crashed: str, failed_prefix: str = "", strip: tuple[str, ...] = ()
+                 ) -> Iterator[None]:
+    """Turn a child's outcome into a job's own errors, the same way for every engine job.
+
+    Cancel → ``cancelled(cancelled_message)``; a death → ``error("<crashed>: <how>.")``; an
+    exception in the child → ``error(failed_prefix + message)``, with the child's exception
+    names in ``strip`` removed from the front of the message (they mean nothing to a user).
+    """
+    try:
+        yield
+    except ChildCancelled:
+        raise cancelled(cancelled_message) from None
+    except ChildCrashed as exc:
+        raise error(f"{crashed}: {exc}.") from None
+    except ChildFailed as exc:
+        message = str(exc)
+        for prefix in strip:
+            message = message.removeprefix(prefix)
+        raise error(failed_prefix + message) from None

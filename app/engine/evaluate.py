@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.child import (
+    ChildCancelled,
+    ChildCrashed,
+    ChildFailed,
+    child_errors,
+    stream_from_child,
+)
 from app.engine.events import Progress
 
 TOP_K = 128
@@ -444,8 +450,7 @@ def evaluate(reference: Path, candidates: Sequence[Path], text: str, *, text_nam
     for path, is_ref in ((reference, True), *((Path(c), False) for c in candidates)):
         if is_ref and cached:
             # the reference's own numbers come from the cache: scoring it again is not needed
-            out = _reference_from_cache(cache, reference, text, n_ctx, max_chunks, speed_reps,
-                                        threads, cancel)
+            out = _reference_from_cache(cache)
         else:
             if is_ref:
                 shutil.rmtree(cache, ignore_errors=True)
@@ -462,9 +467,7 @@ def evaluate(reference: Path, candidates: Sequence[Path], text: str, *, text_nam
                      chunks, llama_build())
 
 
-def _reference_from_cache(cache: Path, reference: Path, text: str, n_ctx: int,
-                          max_chunks: int | None, speed_reps: int, threads: int | None,
-                          cancel: Callable[[], bool] | None) -> dict[str, Any]:
+def _reference_from_cache(cache: Path) -> dict[str, Any]:
     meta = json.loads((cache / "meta.json").read_text())
     nll = np.load(cache / "nll.npy", mmap_mode="r").astype(np.float64)
     return {"nll": nll, "chunks": meta["chunks"], "seconds": meta["seconds"],
@@ -477,28 +480,21 @@ def _drive(path: Path, text: str, n_ctx: int, max_chunks: int | None, cache: Pat
            cancel: Callable[[], bool] | None) -> Generator[Progress, None, dict[str, Any]]:
     stream = stream_from_child(_run_variant, str(path), text, n_ctx, max_chunks, str(cache),
                                reference, speed_reps, threads, cancel=cancel)
-    try:
-        while True:
-            try:
-                event = next(stream)
-            except StopIteration as stop:
-                out: dict[str, Any] = stop.value
-                break
-            yield Progress(event.done, event.total, f"{path.name}: {event.message}")
-    except ChildCancelled:
-        if reference:
-            shutil.rmtree(cache, ignore_errors=True)
-        raise EvalCancelled("Evaluation cancelled.") from None
-    except ChildCrashed as exc:
-        if reference:
-            shutil.rmtree(cache, ignore_errors=True)
-        raise EvalError(f"llama.cpp stopped unexpectedly while evaluating {path.name}: "
-                        f"{exc}.") from None
-    except ChildFailed as exc:
-        message = str(exc)
-        for prefix in ("EvalError: ", "RunnerError: "):
-            message = message.removeprefix(prefix)
-        raise EvalError(message) from None
+    with child_errors(EvalError, EvalCancelled, cancelled_message="Evaluation cancelled.",
+                      crashed=f"llama.cpp stopped unexpectedly while evaluating {path.name}",
+                      strip=("EvalError: ", "RunnerError: ")):
+        try:
+            while True:
+                try:
+                    event = next(stream)
+                except StopIteration as stop:
+                    out: dict[str, Any] = stop.value
+                    break
+                yield Progress(event.done, event.total, f"{path.name}: {event.message}")
+        except (ChildCancelled, ChildCrashed):
+            if reference:  # a half-written reference cache must not be read later
+                shutil.rmtree(cache, ignore_errors=True)
+            raise
     if reference:
         speed = out["speed"]
         from app.core.atomic import write_text_atomic

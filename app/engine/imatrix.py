@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.child import child_errors, stream_from_child
 from app.engine.events import Progress
 
 MIN_BATCH = 16  # llama.cpp's imatrix tool ignores smaller batches
@@ -238,22 +238,11 @@ def compute(model: Path, text: str, out: Path, *, n_ctx: int = 512,
     start = time.perf_counter()
     stream = stream_from_child(_compute, str(model), text, n_ctx, max_chunks, threads,
                                cancel=cancel)
-    try:
-        while True:
-            try:
-                yield next(stream)
-            except StopIteration as stop:
-                result: Imatrix = stop.value
-                break
-    except ChildCancelled:
-        raise ImatrixCancelled("Cancelled; no importance matrix was written.") from None
-    except ChildCrashed as exc:
-        raise ImatrixError(f"llama.cpp stopped unexpectedly: {exc}.") from None
-    except ChildFailed as exc:
-        message = str(exc)
-        for prefix in ("ImatrixError: ", "RunnerError: "):
-            message = message.removeprefix(prefix)
-        raise ImatrixError(message) from None
+    with child_errors(ImatrixError, ImatrixCancelled,
+                      cancelled_message="Cancelled; no importance matrix was written.",
+                      crashed="llama.cpp stopped unexpectedly",
+                      strip=("ImatrixError: ", "RunnerError: ")):
+        result: Imatrix = yield from stream
     if dataset:
         result = Imatrix(result.sums, result.counts, result.chunks, result.chunk_size,
                          (dataset,))

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.core import quant_types
 from app.core.gguf_info import GGUFError, read_model_info
-from app.engine.child import ChildCancelled, ChildCrashed, ChildFailed, stream_from_child
+from app.engine.child import child_errors, stream_from_child
 from app.engine.events import Progress
 
 _PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
@@ -208,7 +208,10 @@ def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
     """Run the quantizer child, turning its log lines into events; return (status, tail)."""
     stream = stream_from_child(_run_quantizer, str(src), str(dst), options, dry_run,
                                cancel=cancel)
-    try:
+    with child_errors(QuantizeError, QuantizeCancelled,
+                      cancelled_message="Quantization cancelled; nothing was written.",
+                      crashed="llama.cpp's quantizer stopped unexpectedly",
+                      failed_prefix="Quantization failed: "):
         while True:
             try:
                 line = next(stream)
@@ -216,12 +219,6 @@ def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
                 result: tuple[int, list[str]] = stop.value
                 return result
             yield _event(line, options.quant)
-    except ChildCancelled:
-        raise QuantizeCancelled("Quantization cancelled; nothing was written.") from None
-    except ChildCrashed as exc:
-        raise QuantizeError(f"llama.cpp's quantizer stopped unexpectedly: {exc}.") from None
-    except ChildFailed as exc:
-        raise QuantizeError(f"Quantization failed: {exc}") from None
 
 
 def _event(line: str, quant: str) -> Progress | SizeEstimate | Warning_:
