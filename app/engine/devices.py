@@ -15,14 +15,20 @@ from app.core.hardware import BackendDevice, LlamaBuild
 _DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
-def _ggml() -> Any:
-    """The ggml shared library that llama-cpp-python loaded, with the registry signatures set."""
+def libggml() -> Any:
+    """The ggml shared library that llama-cpp-python loaded (no signatures set)."""
     import llama_cpp  # loads libllama and, through it, libggml
 
     try:
         from llama_cpp._ggml import libggml as lib
     except ImportError:  # older layouts export ggml's symbols from libllama itself
         lib = llama_cpp.llama_cpp._lib
+    return lib
+
+
+def _ggml() -> Any:
+    """libggml with the backend-registry signatures set."""
+    lib = libggml()
     vp = ctypes.c_void_p
     for name, argtypes, restype in (
         ("ggml_backend_reg_count", [], ctypes.c_size_t),

@@ -55,13 +55,10 @@ def default_threads() -> int:
 
 
 def ggml_lib() -> Any:
-    """libggml(-base) as llama-cpp-python loaded it, with the functions the callback uses."""
-    import llama_cpp
+    """libggml with the functions the evaluation callback uses."""
+    from app.engine.devices import libggml
 
-    try:
-        from llama_cpp._ggml import libggml as lib
-    except ImportError:  # older layouts export ggml's symbols from libllama itself
-        lib = llama_cpp.llama_cpp._lib
+    lib = libggml()
     for name, argtypes, restype in (
         ("ggml_op_name", [ctypes.c_int], ctypes.c_char_p),
         ("ggml_backend_buffer_is_host", [ctypes.c_void_p], ctypes.c_bool),
