@@ -275,16 +275,14 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
                  threads: int | None) -> dict[str, Any]:
     """In the child: load, score the text (writing or reading the reference cache), time."""
     from app.engine import process_stats
-    from app.engine.runner import Runner
+    from app.engine.runner import Runner, count_chunks
 
     start = time.perf_counter()
     runner = Runner(model, n_ctx, threads=threads)
     load_seconds = time.perf_counter() - start
     with runner:
         tokens = runner.tokenize(text)
-        n_chunks = len(tokens) // n_ctx
-        if max_chunks:
-            n_chunks = min(n_chunks, max_chunks)
+        n_chunks = count_chunks(len(tokens), n_ctx, max_chunks)
         if n_chunks < 1:
             raise EvalError(f"The text has {len(tokens)} tokens; at least {n_ctx} (one chunk) "
                             "are needed.")

@@ -144,14 +144,12 @@ class _Collector:
 def _compute(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
              max_chunks: int | None, threads: int | None) -> Imatrix:
     """In the child: run the model over the text and collect the statistics."""
-    from app.engine.runner import Runner
+    from app.engine.runner import Runner, count_chunks
 
     collector = _Collector()
     with Runner(model, n_ctx, threads=threads, cb_eval=collector.callback) as runner:
         tokens = runner.tokenize(text)
-        n_chunks = len(tokens) // n_ctx
-        if max_chunks:
-            n_chunks = min(n_chunks, max_chunks)
+        n_chunks = count_chunks(len(tokens), n_ctx, max_chunks)
         if n_chunks < 1:
             raise ImatrixError(f"The calibration text has {len(tokens)} tokens; at least "
                                f"{n_ctx} (one chunk of the context size) are needed.")

@@ -54,6 +54,13 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or 1
 
 
+def count_chunks(n_tokens: int, n_ctx: int, max_chunks: int | None) -> int:
+    """Whole chunks of ``n_ctx`` tokens in a text, at most ``max_chunks`` (the tail is dropped,
+    as llama.cpp's perplexity and imatrix tools do)."""
+    n = n_tokens // n_ctx
+    return min(n, max_chunks) if max_chunks else n
+
+
 def ggml_lib() -> Any:
     """libggml with the functions the evaluation callback uses."""
     from app.engine.devices import libggml
