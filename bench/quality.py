@@ -21,24 +21,27 @@ import time
 from pathlib import Path
 
 from app.core import resources
-from app.engine.evaluate import VariantDone, evaluate, measure_speed
+from app.engine.evaluate import VariantDone, VariantResult, evaluate, measure_speed
 from bench._llama_tools import quantized, run_timed, smollm2_f16, tool, work_dir
 
 TYPES = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K")
 
 
-def _number(pattern: str, text: str) -> float | None:
+def _number(pattern: str, text: str) -> float:
     match = re.search(pattern, text)
-    return float(match[1]) if match else None
+    if not match:
+        raise RuntimeError(f"llama-perplexity's output has no match for {pattern!r}: has its "
+                           "output format changed?")
+    return float(match[1])
 
 
 def llama_perplexity(exe: Path, ref: Path, candidates: list[Path], text: Path, chunks: int,
-                     threads: int) -> dict[str, dict[str, float | None]]:
+                     threads: int) -> dict[str, dict[str, float]]:
     base = work_dir() / "reference.kld"
     common = ["-c", "512", "--chunks", str(chunks), "-t", str(threads)]
     seconds, out = run_timed([str(exe), "-m", str(ref), "-f", str(text), *common,
                               "--kl-divergence-base", str(base)])
-    results: dict[str, dict[str, float | None]] = {
+    results: dict[str, dict[str, float]] = {
         ref.name: {"ppl": _number(r"Final estimate: PPL = ([\d.]+)", out), "seconds": seconds}}
     for cand in candidates:
         seconds, out = run_timed([str(exe), "-m", str(cand), *common, "--kl-divergence-base",
@@ -72,7 +75,7 @@ def main() -> None:
     text_path = resources.resource(resources.EVALUATION_TEXT)
     text = text_path.read_text(encoding="utf-8")
 
-    ours: dict[str, tuple[object, float]] = {}
+    ours: dict[str, tuple[VariantResult, float]] = {}
     start = time.perf_counter()
     for event in evaluate(ref, cands, text, max_chunks=args.chunks, threads=args.threads,
                           speed_reps=0):
@@ -91,10 +94,10 @@ def main() -> None:
           f"{'p99':>7} {'top':>6} {'RMSΔp':>6} {'pp512':>7} {'tg128':>6}")
     for path in (ref, *cands):
         r, _ = ours[path.name]
-        q, s = r.quality, speeds[path.name]  # type: ignore[attr-defined]
+        q, s = r.quality, speeds[path.name]
         kld = (f"{q.kld_mean:>8.5f} {q.kld_median:>8.5f} {q.kld_p99:>7.4f} {q.same_top:>6.1%} "
                f"{q.rms_dp:>6.2%}" if q.kld_mean is not None else f"{'(reference)':>40}")
-        print(f"{r.quant:<8} {r.size / 2**20:>6.1f} {r.bits_per_weight:>5.2f} "  # type: ignore[attr-defined]
+        print(f"{r.quant:<8} {r.size / 2**20:>6.1f} {r.bits_per_weight:>5.2f} "
               f"{q.ppl:>8.3f} {q.ppl_error:>6.3f} {kld} {s.pp_tokens_per_s:>7.1f} "
               f"{s.tg_tokens_per_s:>6.1f}")
     if not theirs:
@@ -105,10 +108,10 @@ def main() -> None:
           + (f" {'pp512':>6} {'llama':>6} {'tg128':>6} {'llama':>6}" if bench else ""))
     for path in (ref, *cands):
         r, seconds = ours[path.name]
-        q, t = r.quality, theirs[path.name]  # type: ignore[attr-defined]
+        q, t = r.quality, theirs[path.name]
         ours_tps = q.tokens_scored / seconds
-        their_tps = q.tokens_scored / float(t["seconds"] or 1)
-        line = (f"{r.quant:<8} {q.ppl:>8.3f} {t['ppl']:>8.3f} "  # type: ignore[attr-defined]
+        their_tps = q.tokens_scored / t["seconds"]
+        line = (f"{r.quant:<8} {q.ppl:>8.3f} {t['ppl']:>8.3f} "
                 f"{q.ppl / t['ppl'] - 1:>+7.2%} ")
         if q.kld_mean is not None:
             line += (f"{q.kld_mean:>8.5f} {t['kld']:>8.5f} {q.kld_mean / t['kld'] - 1:>+7.2%} "

@@ -129,7 +129,8 @@ def to_json(evaluation: Mapping[str, Any], votes: Mapping[str, int] | None = Non
     return json.dumps({"evaluation": evaluation, "votes": dict(votes or {})}, indent=2)
 
 
-def _cell(col: Column, value: Any) -> str:
+def cell_text(col: Column, value: Any) -> str:
+    """A value as the table and the report show it ("–" when there is none)."""
     if value is None:
         return "–"
     return col.fmt.format(value)
@@ -147,7 +148,7 @@ def to_html(evaluation: Mapping[str, Any], charts: Mapping[str, bytes],
         cells = []
         for col in COLUMNS:
             mark = ' class="best"' if winners.get(col.key) == i else ""
-            cells.append(f"<td{mark}>{html.escape(_cell(col, r[col.key]))}</td>")
+            cells.append(f"<td{mark}>{html.escape(cell_text(col, r[col.key]))}</td>")
         cls = ' class="reference"' if r["reference"] else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     images = "".join(

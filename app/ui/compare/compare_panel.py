@@ -244,7 +244,7 @@ class ComparePanel(QWidget):
         for i, r in enumerate(self.table_rows):
             for j, col in enumerate(report.COLUMNS):
                 value = r[col.key]
-                text = "–" if value is None else col.fmt.format(value)
+                text = report.cell_text(col, value)
                 if col.key == "name" and r["reference"]:
                     text += "  (reference)"
                 item = (NumberItem(text, value) if col.better else QTableWidgetItem(text))
