@@ -223,6 +223,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from app.core import quant_types
+    from app.engine import child
     from app.engine import quantize as q
     from app.engine.events import Progress
 
@@ -233,6 +234,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else src.parent
     stem = quant_types.without_name(src.stem)
     results: list[dict[str, Any]] = []
+    if len(args.type) > 1:  # each next type finds a child ready instead of starting one
+        child.keep_warm()
     try:
         for type_name in args.type:
             options = q.QuantizeOptions(
@@ -264,6 +267,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     except q.QuantizeError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
+    finally:
+        child.stop_warm()
     if args.json:
         _print_json(results)
     return 0

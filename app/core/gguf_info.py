@@ -177,6 +177,19 @@ class _HeaderReader:
         start = self.take(n)
         return bytes(self.data[start:start + n]).decode("utf-8", errors="replace")
 
+    def skip_strings(self, count: int) -> None:
+        """Step over ``count`` length-prefixed strings (a vocabulary: tight loop, no checks
+        inside; the end is checked once)."""
+        data, pos, unpack = self.data, self.pos, struct.Struct("<Q").unpack_from
+        try:
+            for _ in range(count):
+                pos += 8 + unpack(data, pos)[0]
+        except struct.error:
+            raise _Truncated from None
+        if pos > len(data):
+            raise _Truncated
+        self.pos = pos
+
     def value(self, vtype: int) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
@@ -186,8 +199,7 @@ class _HeaderReader:
             raise ValueError(f"unknown metadata value type {vtype}")
         sub, count = self.scalar("<I"), self.scalar("<Q")
         if sub == _STRING:
-            for _ in range(count):
-                self.take(self.scalar("<Q"))
+            self.skip_strings(count)
             return _ArrayLen(count)
         if sub not in _NP_TYPES:
             raise ValueError(f"unsupported array element type {sub}")

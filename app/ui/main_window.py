@@ -13,6 +13,7 @@ from app.core.embedded import DISPLAY_NAME
 from app.core.hardware import HardwareProfile
 from app.core.settings import Settings
 from app.core.storage import Storage
+from app.engine import child
 from app.jobs.engine_client import EngineClient
 from app.ui.chat.chat_page import ChatPage
 from app.ui.compare.page import QuantizeComparePage
@@ -71,6 +72,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save a reply in progress and the settings, end the engine."""
         self.chat_page.shutdown()
+        child.stop_warm()
         if self._save_settings:
             settings_store.save(self.settings)
         super().closeEvent(event)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from app.core.storage import Storage
+from app.engine import child
 from app.ui.compare.compare_panel import ComparePanel
 from app.ui.compare.quantize_panel import QuantizePanel
 from app.ui.widgets import page_title
@@ -26,6 +28,12 @@ class QuantizeComparePage(QWidget):
         self.tabs.addTab(self.compare, "Compare")
         layout.addWidget(self.tabs, 1)
         self.quantize.compare_requested.connect(self._to_compare)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        """Someone about to quantize or compare: have an engine child ready, so that a job does
+        not wait 0.3 s for Python and llama.cpp to start (the main window lets it go)."""
+        child.keep_warm()
+        super().showEvent(event)
 
     def _to_compare(self, reference: str, candidates: list[str]) -> None:
         self.compare.prefill(reference, candidates)
