@@ -53,6 +53,8 @@ class TensorInfo:
     type_name: str
     shape: tuple[int, ...]
     n_bytes: int
+    file: Path | None = None  # the file (split part) holding the data, and where it starts
+    offset: int = 0
 
     @property
     def layer(self) -> int | None:
@@ -296,7 +298,8 @@ def _parse_mapped(path: Path, data: mmap.mmap, size: int) -> _Parsed:
                 f"{path.name} is truncated: its tensors need {end:,} bytes but it has only "
                 f"{size:,}. It was probably cut off while downloading or copying; get it again."
             )
-        tensors.append(TensorInfo(name, qtype.name, tuple(int(d) for d in dims), n_bytes))
+        tensors.append(TensorInfo(name, qtype.name, tuple(int(d) for d in dims), n_bytes,
+                                  path, data_start + offset))
     return _Parsed(metadata, tuple(tensors))
 
 

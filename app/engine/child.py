@@ -295,7 +295,7 @@ def child_errors(error: type[Exception], cancelled: type[Exception], *, cancelle
         yield
     except ChildCancelled:
         raise cancelled(cancelled_message) from None
-    except ChildCrashed as exc:
+    except (ChildCrashed, ChildTimeout) as exc:
         raise error(f"{crashed}: {exc}.") from None
     except ChildFailed as exc:
         message = str(exc)
