@@ -281,3 +281,49 @@ def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
         lines.append(f"{_gib(chosen.cpu.repacked)} of weights are repacked for faster CPU "
                      "kernels and kept twice in memory.")
     return FitPlan(fit, layers, ctx, max_ctx, chosen, tuple(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two models at once (A/B chat)
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """Whether two models can be loaded side by side here, each with its own plan."""
+
+    together: bool
+    first: FitPlan
+    second: FitPlan
+    threads_each: int | None  # when together on the CPU: the cores split between them
+    explanation: str
+
+
+def plan_pair(first: ModelInfo, second: ModelInfo, profile: HardwareProfile,
+              n_ctx: int) -> PairPlan:
+    """Load both at once when their memory together fits the budgets, else one after the other.
+
+    Each model gets the plan it would get alone (GPU layers included); together means the sums
+    fit in RAM and on the GPU. Both generating at once on the CPU would fight over the cores, so
+    each then gets half of them: its speed is that of half the machine, which the caller says.
+    """
+    ram, vram, _ = _budgets(profile)
+    a, b = plan(first, profile, n_ctx), plan(second, profile, n_ctx)
+    cpu = a.estimate.cpu.total + b.estimate.cpu.total
+    gpu = sum(p.estimate.gpu.total for p in (a, b) if p.estimate.gpu is not None)
+    fits = "too_large" not in (a.fit, b.fit) and cpu <= ram and gpu <= vram
+    if not fits:
+        return PairPlan(False, a, b, None,
+                        f"Both together need {_gib(cpu)} of RAM"
+                        + (f" and {_gib(gpu)} on the GPU" if gpu else "")
+                        + f" ({_gib(ram)} of RAM free for models): they are loaded one after "
+                        "the other, each with the whole machine.")
+    on_cpu = a.fit in ("ram", "partial") or b.fit in ("ram", "partial")
+    cores = profile.cpu.physical_cores or profile.cpu.logical_cores or 2
+    threads = max(1, cores // 2) if on_cpu else None
+    text = (f"Both loaded together: {_gib(cpu)} of RAM" + (f", {_gib(gpu)} on the GPU" if gpu
+                                                            else "")
+            + f" of {_gib(ram)} free for models.")
+    if threads is not None:
+        text += (f" They answer at the same time on {threads} CPU thread(s) each, so each "
+                 "speed is that of half the machine.")
+    return PairPlan(True, a, b, threads, text)

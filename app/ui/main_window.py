@@ -47,6 +47,7 @@ class MainWindow(QMainWindow):
         self.hardware_page.profile_ready.connect(self.models_page.set_hardware)
         self.models_page.open_in_chat.connect(self._open_in_chat)
         self.compare_page = QuantizeComparePage(store)
+        self.hardware_page.profile_ready.connect(self.compare_page.set_hardware)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
                            ("Chat", self.chat_page), ("Quantize & Compare", self.compare_page)):
             self.sidebar.addItem(name)
@@ -72,6 +73,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save a reply in progress and the settings, end the engine."""
         self.chat_page.shutdown()
+        self.compare_page.shutdown()
         child.stop_warm()
         if self._save_settings:
             settings_store.save(self.settings)

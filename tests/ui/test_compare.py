@@ -6,14 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from app.core import report
+from app.core.memory import RAM_RESERVE
 from app.core.storage import Storage
 from app.engine.evaluate import Evaluation, evaluate
+from app.engine.probe import full_profile
+from app.ui.compare.ab_chat import TIE, ABChat
 from app.ui.compare.page import QuantizeComparePage
 
 
@@ -119,3 +124,110 @@ def test_quantize_panel_reports_a_bad_source(qtbot: QtBot, store: Storage,
     qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=60_000)
     assert panel.status.text().startswith("Stopped:")
     assert "bad.gguf" in panel.status.text() or "GGUF" in panel.status.text()
+
+
+def _show(qtbot: QtBot, store: Storage, evaluation: Evaluation) -> QuantizeComparePage:
+    store.add_evaluation("tiny", evaluation.to_json())
+    page = QuantizeComparePage(store)
+    qtbot.addWidget(page)
+    return page
+
+
+def test_layer_view_draws_the_heatmap_and_a_tensors_histograms(
+        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    view = page.compare.layer_view
+    assert [view.candidate.itemText(i) for i in range(2)] == ["tiny-Q8_0", "tiny-Q2_K"]
+    view.candidate.setCurrentIndex(1)
+    view.resize(1000, 600)
+    view.analyze()
+    qtbot.waitUntil(lambda: view.report is not None, timeout=60_000)
+    heatmap = view.heatmap
+    assert heatmap.layer_ids == [0, 1] and len(heatmap.kinds) == 7
+    assert view.progress.value() == view.progress.maximum() == len(view.report.tensors)
+    assert "Largest errors" in view.status.text() and "Sampled" not in view.status.text()
+    assert "token_embd" in view.outside.text()
+    # hovering names the tensor; clicking shows its histograms
+    j = heatmap.kinds.index("ffn_down")
+    center = heatmap.cell_center(1, j)
+    assert heatmap.tooltip_at(center.x(), center.y()).startswith("blk.1.ffn_down.weight\nF32 → ")
+    qtbot.mouseClick(heatmap, Qt.MouseButton.LeftButton, pos=center.toPoint())
+    qtbot.waitUntil(lambda: view.detail is not None, timeout=60_000)
+    assert view.detail.name == "blk.1.ffn_down.weight"
+    assert "Distinct values per block of 32" in view.detail_title.text()
+    assert view.values_chart is not None and len(view.values_chart.chart().series()) == 2
+    assert view.error_chart is not None and len(view.error_chart.chart().series()) == 1
+
+
+def test_layer_view_says_when_it_sampled(qtbot: QtBot, store: Storage,
+                                        tiny_evaluation: Evaluation) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    view = page.compare.layer_view
+    view.max_values = 256 * 16
+    view.analyze()
+    qtbot.waitUntil(lambda: view.report is not None, timeout=60_000)
+    assert view.report.sampled
+    assert "Sampled: tensors above 4,096 values" in view.status.text()
+
+
+def _round(qtbot: QtBot, ab: ABChat, prompt: str) -> None:
+    ab.prompt.setText(prompt)
+    ab.send()
+    qtbot.waitUntil(lambda: ab.send_button.isEnabled(), timeout=120_000)
+
+
+def test_ab_chat_answers_side_by_side_and_keeps_the_vote(
+        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    panel = page.compare
+    ab = panel.ab_chat
+    try:
+        page.set_hardware(full_profile())  # this machine: two tiny models fit together
+        ab.max_tokens = 12
+        assert ab.first.currentText() == "tiny-llama-f32" and ab.second.currentText() == "tiny-Q2_K"
+        _round(qtbot, ab, "Hello there")
+        assert len(ab.clients) == 2 and "Both loaded together" in ab.mode.text()
+        for side in ab.sides:
+            assert side.state == "done" and side.reply
+            assert "Hello there" in side.view.toPlainText()
+            assert side.view.toPlainText().endswith(side.reply)
+            assert "tokens/s" in side.metrics.text()
+        assert [h.text() for h in ab.headers] == ["A", "B"]  # blind until the vote
+        assert all(b.isEnabled() for b in ab.vote_buttons.values())
+        winner = ab.sides[0].name
+        ab.vote_buttons["A"].click()
+        assert store.evaluation(ab.evaluation_id).votes == {winner: 1}
+        assert ab.headers[0].text() == f"A: {winner}"
+        assert panel.votes.text() == f"A/B votes: {winner} 1"
+        assert not any(b.isEnabled() for b in ab.vote_buttons.values())
+        assert json.loads(panel.export_text("json"))["votes"] == {winner: 1}
+        # a second round continues both conversations
+        _round(qtbot, ab, "And then?")
+        assert all(len(s.history) == 4 for s in ab.sides)
+        ab.vote_buttons[TIE].click()
+        assert store.evaluation(ab.evaluation_id).votes == {winner: 1, TIE: 1}
+    finally:
+        page.shutdown()
+
+
+def test_ab_chat_takes_turns_when_both_do_not_fit(
+        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    ab = page.compare.ab_chat
+    try:
+        profile = full_profile()
+        page.set_hardware(replace(profile, ram_available=RAM_RESERVE + 1024))
+        ab.max_tokens = 8
+        ab.blind.setChecked(False)
+        _round(qtbot, ab, "Hello")
+        assert len(ab.clients) == 1 and "one after the other" in ab.mode.text()
+        assert [h.text() for h in ab.headers] == [f"A: {ab.sides[0].name}",
+                                                  f"B: {ab.sides[1].name}"]
+        loads: list[str] = []
+        ab.clients[0].loaded.connect(lambda loaded: loads.append(loaded.path))
+        _round(qtbot, ab, "Again")
+        # the variant still loaded (B) answered first, so only A was loaded again
+        assert loads == [ab.sides[0].path]
+        assert all(s.state == "done" and len(s.history) == 4 for s in ab.sides)
+    finally:
+        page.shutdown()

@@ -9,7 +9,7 @@ import pytest
 
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import GIB, BackendDevice, CpuInfo, HardwareProfile, LlamaBuild
-from app.core.memory import MIB, estimate, plan, repack_types
+from app.core.memory import MIB, estimate, plan, plan_pair, repack_types
 from app.engine.child import call_in_child
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
@@ -131,6 +131,23 @@ def test_plan_too_large_and_shorter_context(smol: ModelInfo) -> None:
     tight = plan(smol, _profile(3 * GIB // 2 + 300 * MIB), n_ctx=8192)
     assert tight.fit == "too_large" and "shorter context" in tight.explanation[0]
     assert 0 < tight.max_ctx < 8192
+
+
+def test_pair_loads_together_when_both_fit_and_splits_the_cores(smol: ModelInfo) -> None:
+    one = plan(smol, _profile(16 * GIB)).estimate.cpu.total
+    roomy = plan_pair(smol, smol, _profile(16 * GIB), 4096)
+    assert roomy.together and roomy.threads_each == 4  # 8 physical cores, shared
+    assert "same time on 4 CPU thread(s) each" in roomy.explanation
+    # RAM for one model and a half (plus the reserve kept for the system): one after the other
+    tight = plan_pair(smol, smol, _profile(3 * GIB // 2 + one * 3 // 2), 4096)
+    assert not tight.together and tight.threads_each is None
+    assert tight.first.fit == "ram" and "one after the other" in tight.explanation
+
+
+def test_pair_on_a_large_gpu_keeps_all_cores(smol: ModelInfo) -> None:
+    pair = plan_pair(smol, smol, _profile(16 * GIB, 8 * GIB), 4096)
+    assert pair.together and pair.threads_each is None
+    assert pair.first.fit == pair.second.fit == "gpu"
 
 
 def test_estimate_matches_the_engine_child(tiny_model: Path) -> None:

@@ -31,7 +31,9 @@ from app.core.storage import Storage
 from app.engine import evaluate as ev
 from app.engine.events import Progress
 from app.jobs.engine_job import EngineJob
+from app.ui.compare.ab_chat import ABChat, tally_text
 from app.ui.compare.charts import QualityChart, bar_chart, png
+from app.ui.compare.layer_view import LayerView
 from app.ui.widgets import Card, text_label
 
 REFERENCE_BG = QColor("#e8eefc")
@@ -131,6 +133,8 @@ class ComparePanel(QWidget):
         layout.addLayout(top)
         self.recommendation = text_label("", "CardTitle")
         layout.addWidget(self.recommendation)
+        self.votes = text_label("", "Muted")
+        layout.addWidget(self.votes)
 
         self.tabs = QTabWidget()
         self.table = QTableWidget(0, len(report.COLUMNS))
@@ -145,6 +149,11 @@ class ComparePanel(QWidget):
         self.memory_chart = bar_chart("Memory", [], [("rss_gib", "peak RAM")], "GiB")
         self.tabs.addTab(self.speed_chart, "Speed")
         self.tabs.addTab(self.memory_chart, "Memory")
+        self.layer_view = LayerView()
+        self.tabs.addTab(self.layer_view, "Layers")
+        self.ab_chat = ABChat(store)
+        self.ab_chat.voted.connect(lambda tally: self.votes.setText(tally_text(tally)))
+        self.tabs.addTab(self.ab_chat, "A/B chat")
         layout.addWidget(self.tabs, 1)
         self.reload()
 
@@ -264,6 +273,21 @@ class ComparePanel(QWidget):
             "Peak memory while evaluating", self.table_rows, [("rss_gib", "peak RAM")], "GiB"),
             3)
         self._update_recommendation()
+        reference = evaluation["reference"]
+        candidates = evaluation["candidates"]
+        self.layer_view.set_variants(reference["path"],
+                                     [(c["name"], c["path"]) for c in candidates])
+        self.ab_chat.set_variants(eval_id, [(v["name"], v["path"])
+                                            for v in (reference, *candidates)])
+        votes = self.store.evaluation(eval_id).votes if eval_id is not None else {}
+        self.votes.setText(tally_text(votes))
+
+    def shutdown(self) -> None:
+        """End the A/B chat's engines and any running job (the window closes)."""
+        self.ab_chat.shutdown()
+        for job in (self.job, self.layer_view.job):
+            if job is not None and job.running:
+                job.cancel()
 
     def _replace_chart(self, attr: str, view: QWidget, index: int) -> None:
         old = getattr(self, attr)

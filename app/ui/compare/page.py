@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from app.core.hardware import HardwareProfile
 from app.core.storage import Storage
 from app.engine import child
 from app.ui.compare.compare_panel import ComparePanel
@@ -34,6 +35,12 @@ class QuantizeComparePage(QWidget):
         not wait 0.3 s for Python and llama.cpp to start (the main window lets it go)."""
         child.keep_warm()
         super().showEvent(event)
+
+    def set_hardware(self, profile: HardwareProfile) -> None:
+        self.compare.ab_chat.set_hardware(profile)
+
+    def shutdown(self) -> None:
+        self.compare.shutdown()
 
     def _to_compare(self, reference: str, candidates: list[str]) -> None:
         self.compare.prefill(reference, candidates)

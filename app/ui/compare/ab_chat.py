@@ -1,0 +1,386 @@
+"""A/B chat: one prompt to two variants of a comparison, replies side by side, and a vote.
+
+Both models are loaded together when their memory fits (``memory.plan_pair``); then they answer
+at the same time, each on half the CPU threads. Otherwise one engine loads them one after the
+other, the one already loaded answering first. Each side keeps its own conversation. Both get
+the same sampling seed per prompt, so differences come from the weights, not the dice.
+
+Blind by default: the columns are "A" and "B", assigned at random, and the names appear after
+the vote (people favour the bigger file when they know which one it is). Votes go to the stored
+comparison (``Storage.add_vote``), where the Compare tab and the exports show the tally.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core import memory
+from app.core.gguf_info import GGUFError, read_model_info
+from app.core.hardware import HardwareProfile
+from app.core.storage import Storage
+from app.engine.host import Crashed, EngineError
+from app.engine.protocol import ChatMessage, Loaded, LoadSettings, ReplyDone, Sampling
+from app.jobs.engine_client import EngineClient
+from app.ui.widgets import text_label
+
+N_CTX = 2048
+TIE = "tie"
+
+
+@dataclass
+class _Side:
+    name: str
+    path: str
+    client: EngineClient
+    view: QTextBrowser
+    header: QLabel
+    metrics: QLabel
+    history: list[ChatMessage] = field(default_factory=list)
+    state: str = "idle"  # idle, loading, replying, done, failed
+    request_id: int | None = None
+    reply: str = ""
+
+
+class ABChat(QWidget):
+    """Two variants answer the same prompts; the user votes for the better reply."""
+
+    voted = Signal(dict)  # the comparison's tally after a vote
+
+    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.evaluation_id: int | None = None
+        self.profile: HardwareProfile | None = None
+        self.max_tokens = 512
+        self.clients: list[EngineClient] = []
+        self.sides: list[_Side] = []
+        self.pair: memory.PairPlan | None = None
+        self.queue: list[int] = []
+        self.seed = 0
+        self.revealed = True
+
+        layout = QVBoxLayout(self)
+        pick = QHBoxLayout()
+        self.first = QComboBox()
+        self.second = QComboBox()
+        self.blind = QCheckBox("Blind (names shown after the vote)")
+        self.blind.setChecked(True)
+        for combo in (self.first, self.second):
+            combo.currentIndexChanged.connect(self.reset)
+        self.blind.toggled.connect(self.reset)
+        pick.addWidget(self.first, 1)
+        pick.addWidget(text_label("vs"))
+        pick.addWidget(self.second, 1)
+        pick.addWidget(self.blind)
+        layout.addLayout(pick)
+        self.mode = text_label("Pick two variants of the comparison and send a prompt.", "Muted")
+        self.mode.setWordWrap(True)
+        layout.addWidget(self.mode)
+
+        grid = QGridLayout()
+        self.headers = [text_label("A", "CardTitle"), text_label("B", "CardTitle")]
+        self.views = [QTextBrowser(), QTextBrowser()]
+        self.metric_labels = [text_label("", "Muted"), text_label("", "Muted")]
+        for col in range(2):
+            grid.addWidget(self.headers[col], 0, col)
+            grid.addWidget(self.views[col], 1, col)
+            grid.addWidget(self.metric_labels[col], 2, col)
+        grid.setRowStretch(1, 1)
+        layout.addLayout(grid, 1)
+
+        votes = QHBoxLayout()
+        self.vote_buttons = {"A": QPushButton("A is better"), TIE: QPushButton("Tie"),
+                             "B": QPushButton("B is better")}
+        for key, button in self.vote_buttons.items():
+            button.setEnabled(False)
+            button.clicked.connect(lambda _=False, k=key: self.vote(k))
+            votes.addWidget(button)
+        self.tally = text_label("", "Muted")
+        votes.addWidget(self.tally, 1)
+        layout.addLayout(votes)
+
+        ask = QHBoxLayout()
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("A prompt for both…")
+        self.prompt.returnPressed.connect(self.send)
+        self.send_button = QPushButton("Send")
+        self.send_button.setObjectName("Primary")
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        ask.addWidget(self.prompt, 1)
+        ask.addWidget(self.send_button)
+        ask.addWidget(self.stop_button)
+        layout.addLayout(ask)
+
+    # ------------------------------------------------------------------ setup
+
+    def set_hardware(self, profile: HardwareProfile) -> None:
+        self.profile = profile
+
+    def set_variants(self, evaluation_id: int | None, variants: list[tuple[str, str]]) -> None:
+        """The comparison shown: its id (votes go there) and its variants as (name, path)."""
+        self.evaluation_id = evaluation_id
+        for combo in (self.first, self.second):
+            combo.blockSignals(True)
+            combo.clear()
+            for name, path in variants:
+                combo.addItem(name, path)
+            combo.blockSignals(False)
+        if len(variants) >= 2:  # the two most different by default: reference and last one
+            self.second.setCurrentIndex(len(variants) - 1)
+        self.reset()
+        self._show_tally()
+
+    def reset(self) -> None:
+        """Forget the conversation and the engines (the choice of variants changed)."""
+        self.shutdown()
+        self.sides, self.pair, self.queue = [], None, []
+        for view, label in zip(self.views, self.metric_labels, strict=True):
+            view.clear()
+            label.setText("")
+        self.headers[0].setText("A")
+        self.headers[1].setText("B")
+        self._enable_votes(False)
+        self.send_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+
+    def shutdown(self) -> None:
+        for client in self.clients:
+            client.shutdown()
+            client.deleteLater()
+        self.clients = []
+
+    def _prepare(self) -> bool:
+        """Decide together or one after the other, start the engine(s), assign the sides."""
+        chosen = [(c.currentText(), c.currentData()) for c in (self.first, self.second)]
+        if any(path is None for _, path in chosen):
+            self.mode.setText("This comparison has no variants to chat with.")
+            return False
+        if chosen[0][1] == chosen[1][1]:
+            self.mode.setText("Pick two different variants.")
+            return False
+        try:
+            infos = [read_model_info(Path(path)) for _, path in chosen]
+        except GGUFError as exc:
+            self.mode.setText(f"Cannot chat with this variant: {exc}")
+            return False
+        if self.profile is None:
+            self.pair = None
+            self.mode.setText("One after the other (this machine's memory is not known yet), "
+                              "each with the whole machine.")
+        else:
+            self.pair = memory.plan_pair(infos[0], infos[1], self.profile, N_CTX)
+            self.mode.setText(self.pair.explanation)
+        if self.blind.isChecked():
+            random.shuffle(chosen)
+        self.revealed = not self.blind.isChecked()
+        together = self.pair is not None and self.pair.together
+        self.clients = [EngineClient(self) for _ in range(2 if together else 1)]
+        for client in self.clients:
+            client.loaded.connect(lambda loaded, c=client: self._loaded(c, loaded))
+            client.load_failed.connect(lambda m, c=client: self._failed_on(c, m))
+            # Request ids count per engine: a reply is found by its engine and its id.
+            client.token.connect(lambda rid, text, c=client: self._token(c, rid, text))
+            client.reply_done.connect(lambda done, c=client: self._done(c, done))
+            client.reply_failed.connect(lambda rid, m, c=client: self._reply_failed(c, rid, m))
+            client.crashed.connect(lambda crash, c=client: self._crashed(c, crash))
+        self.sides = [
+            _Side(name, path, self.clients[i if together else 0], self.views[i],
+                  self.headers[i], self.metric_labels[i])
+            for i, (name, path) in enumerate(chosen)]
+        self._label_sides()
+        return True
+
+    def _label_sides(self) -> None:
+        for letter, side in zip("AB", self.sides, strict=True):
+            side.header.setText(f"{letter}: {side.name}" if self.revealed else letter)
+
+    # ------------------------------------------------------------------ a round
+
+    @property
+    def busy(self) -> bool:
+        return any(s.state in ("loading", "replying") for s in self.sides) or bool(self.queue)
+
+    def send(self) -> None:
+        text = self.prompt.text().strip()
+        if not text or self.busy:
+            return
+        if not self.sides and not self._prepare():
+            return
+        self.prompt.clear()
+        self.seed = random.randrange(2**31)
+        self._enable_votes(False)
+        for side in self.sides:
+            side.history.append(ChatMessage("user", text))
+            side.reply, side.request_id, side.state = "", None, "idle"
+            side.metrics.setText("")
+            side.view.append(f"<p><b>You:</b> {_escape(text)}</p>")
+            side.view.append("")
+        self.send_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        if len(self.clients) == 2:
+            for i in range(2):
+                self._run(i)
+        else:  # one engine: the variant already loaded answers first
+            loaded = self.clients[0].current
+            first = 1 if loaded is not None and loaded.path == self.sides[1].path else 0
+            self.queue = [first, 1 - first]
+            self._run(self.queue.pop(0))
+
+    def _settings(self, side: _Side) -> LoadSettings:
+        threads = self.pair.threads_each if self.pair and self.pair.together else None
+        layers = 0
+        if self.pair is not None:
+            plan = self.pair.first if side is self.sides[0] else self.pair.second
+            layers = plan.n_gpu_layers
+        return LoadSettings(side.path, n_ctx=N_CTX, n_threads=threads, n_gpu_layers=layers)
+
+    def _run(self, index: int) -> None:
+        side = self.sides[index]
+        loaded = side.client.current
+        if loaded is None or loaded.path != side.path:
+            side.state = "loading"
+            side.metrics.setText("Loading…")
+            try:
+                side.client.load(self._settings(side))
+            except EngineError as exc:
+                self._fail(side, str(exc))
+            return
+        side.state = "replying"
+        side.metrics.setText("Answering…")
+        sampling = Sampling(seed=self.seed, max_tokens=self.max_tokens)
+        try:
+            side.request_id = side.client.chat(side.history, sampling)
+        except EngineError as exc:
+            self._fail(side, str(exc))
+
+    def _side_for(self, client: EngineClient, state: str) -> _Side | None:
+        return next((s for s in self.sides if s.client is client and s.state == state), None)
+
+    def _replying(self, client: EngineClient, request_id: int) -> _Side | None:
+        return next((s for s in self.sides if s.client is client and s.state == "replying"
+                     and s.request_id == request_id), None)
+
+    def _loaded(self, client: EngineClient, loaded: Loaded) -> None:
+        side = self._side_for(client, "loading")
+        if side is not None and loaded.path == side.path:
+            self._run(self.sides.index(side))
+
+    def _token(self, client: EngineClient, request_id: int, text: str) -> None:
+        side = self._replying(client, request_id)
+        if side is None:
+            return
+        side.reply += text
+        cursor = side.view.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+        side.view.setTextCursor(cursor)
+
+    def _done(self, client: EngineClient, done: ReplyDone) -> None:
+        side = self._replying(client, done.request_id)
+        if side is None:
+            return
+        side.state = "done"
+        side.history.append(ChatMessage("assistant", done.text))
+        m = done.metrics
+        note = {"length": ", cut at the token limit", "stopped": ", stopped"}.get(
+            done.finish_reason, "")
+        side.metrics.setText(f"{m.generated_tokens} tokens, {m.generation_tokens_per_second:.1f}"
+                             f" tokens/s, first token after {m.ttft_seconds:.2f} s{note}")
+        self._next()
+
+    def _reply_failed(self, client: EngineClient, request_id: int, message: str) -> None:
+        side = self._replying(client, request_id)
+        if side is not None:
+            self._fail(side, message)
+
+    def _failed_on(self, client: EngineClient, message: str) -> None:
+        side = self._side_for(client, "loading")
+        if side is not None:
+            self._fail(side, f"Could not load: {message}")
+
+    def _crashed(self, client: EngineClient, crash: Crashed) -> None:
+        for side in self.sides:
+            if side.client is client and side.state in ("loading", "replying"):
+                self._fail(side, f"The engine stopped: {crash.message}")
+
+    def _fail(self, side: _Side, message: str) -> None:
+        if side.history and side.history[-1].role == "user":
+            side.history.pop()  # the prompt stays on screen, not in what the model remembers
+        side.state = "failed"
+        side.metrics.setText(message)
+        self._next()
+
+    def _next(self) -> None:
+        if self.queue:
+            self._run(self.queue.pop(0))
+            return
+        if self.busy:
+            return
+        self.send_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        both = all(s.state == "done" for s in self.sides)
+        self._enable_votes(both and self.evaluation_id is not None)
+
+    def stop(self) -> None:
+        """Stop both replies (what was written stays)."""
+        self.queue = []
+        for client in self.clients:
+            client.stop()
+
+    # ------------------------------------------------------------------ votes
+
+    def _enable_votes(self, on: bool) -> None:
+        for button in self.vote_buttons.values():
+            button.setEnabled(on)
+
+    def vote(self, key: str) -> None:
+        """Record the vote ('A', 'B' or 'tie') for the shown comparison; reveal the names."""
+        if self.evaluation_id is None or len(self.sides) != 2:
+            return
+        name = TIE if key == TIE else self.sides[0 if key == "A" else 1].name
+        tally = self.store.add_vote(self.evaluation_id, name)
+        self._enable_votes(False)
+        self.revealed = True
+        self._label_sides()
+        self._show_tally(tally)
+        self.voted.emit(tally)
+
+    def _show_tally(self, tally: dict[str, int] | None = None) -> None:
+        if tally is None:
+            tally = (self.store.evaluation(self.evaluation_id).votes
+                     if self.evaluation_id is not None else {})
+        self.tally.setText(tally_text(tally))
+
+
+def tally_text(tally: dict[str, int]) -> str:
+    """'Votes: Q4_K_M 3, Q8_0 1, tie 1' (most first), or '' when nobody voted."""
+    if not tally:
+        return ""
+    ordered = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "A/B votes: " + ", ".join(f"{name} {count}" for name, count in ordered)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text).replace("\n", "<br>")
