@@ -83,8 +83,8 @@ class ABChat(QWidget):
         self.blind = QCheckBox("Blind (names shown after the vote)")
         self.blind.setChecked(True)
         for combo in (self.first, self.second):
-            combo.currentIndexChanged.connect(self.reset)
-        self.blind.toggled.connect(self.reset)
+            combo.currentIndexChanged.connect(self._choice_changed)
+        self.blind.toggled.connect(self._choice_changed)
         pick.addWidget(self.first, 1)
         pick.addWidget(text_label("vs"))
         pick.addWidget(self.second, 1)
@@ -108,9 +108,11 @@ class ABChat(QWidget):
         votes = QHBoxLayout()
         self.vote_buttons = {"A": QPushButton("A is better"), TIE: QPushButton("Tie"),
                              "B": QPushButton("B is better")}
-        for key, button in self.vote_buttons.items():
+        self.vote_buttons["A"].clicked.connect(self._vote_a)
+        self.vote_buttons[TIE].clicked.connect(self._vote_tie)
+        self.vote_buttons["B"].clicked.connect(self._vote_b)
+        for button in self.vote_buttons.values():
             button.setEnabled(False)
-            button.clicked.connect(lambda _=False, k=key: self.vote(k))
             votes.addWidget(button)
         self.tally = text_label("", "Muted")
         votes.addWidget(self.tally, 1)
@@ -149,6 +151,9 @@ class ABChat(QWidget):
             self.second.setCurrentIndex(len(variants) - 1)
         self.reset()
         self._show_tally()
+
+    def _choice_changed(self, _value: object) -> None:
+        self.reset()
 
     def reset(self) -> None:
         """Forget the conversation and the engines (the choice of variants changed)."""
@@ -352,6 +357,15 @@ class ABChat(QWidget):
     def _enable_votes(self, on: bool) -> None:
         for button in self.vote_buttons.values():
             button.setEnabled(on)
+
+    def _vote_a(self) -> None:
+        self.vote("A")
+
+    def _vote_tie(self) -> None:
+        self.vote(TIE)
+
+    def _vote_b(self) -> None:
+        self.vote("B")
 
     def vote(self, key: str) -> None:
         """Record the vote ('A', 'B' or 'tie') for the shown comparison; reveal the names."""
