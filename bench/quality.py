@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
 from app.core import resources
+from app.engine import child
 from app.engine.evaluate import VariantDone, VariantResult, evaluate, measure_speed
 from bench._llama_tools import quantized, run_timed, smollm2_f16, tool, work_dir
 
@@ -75,13 +78,20 @@ def main() -> None:
     text_path = resources.resource(resources.EVALUATION_TEXT)
     text = text_path.read_text(encoding="utf-8")
 
+    # A home of its own: the reference's distributions are computed in this run, not read
+    # from an earlier run's cache, so its throughput is measured too.
+    os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-bench-home-")
     ours: dict[str, tuple[VariantResult, float]] = {}
+    child.keep_warm()  # as the app does: each variant's child is started ahead of its turn
+    child.wait_warm()
     start = time.perf_counter()
     for event in evaluate(ref, cands, text, max_chunks=args.chunks, threads=args.threads,
                           speed_reps=0):
         if isinstance(event, VariantDone):
             ours[Path(event.result.path).name] = (event.result, time.perf_counter() - start)
+            child.wait_warm()  # the next child's start is not the next variant's time
             start = time.perf_counter()
+    child.stop_warm()
     speeds = {p.name: measure_speed(p, 3, args.threads) for p in (ref, *cands)}
     perplexity = tool("llama-perplexity")
     bench = tool("llama-bench")
