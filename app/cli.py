@@ -425,6 +425,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from app.engine import layers
+    from app.engine.events import Progress
+
+    report = None
+    try:
+        for event in layers.tensor_errors(Path(args.reference), Path(args.candidate),
+                                          args.max_values):
+            if isinstance(event, Progress) and not args.json:
+                _print_progress("layers", event)
+            elif isinstance(event, layers.LayerReport):
+                report = event
+    except layers.LayerError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    assert report is not None
+    if args.json:
+        _print_json({**asdict(report), "sampled": report.sampled})
+        return 0
+    print("\r" + " " * 70, file=sys.stderr)
+    layer_ids, kinds, values = report.grid()
+    print(f"relative error of the dequantized weights, {Path(args.candidate).name} against "
+          f"{Path(args.reference).name}"
+          + (f" (tensors above {report.max_values:,} values sampled by rows)"
+             if report.sampled else ""))
+    print(f"{'layer':>5} " + " ".join(f"{k:>11.11}" for k in kinds))
+    for i, layer in enumerate(layer_ids):
+        print(f"{layer:>5} " + " ".join(f"{v:>11.3%}" if v == v else f"{'':>11}"
+                                        for v in values[i]))
+    for t in report.outside_blocks():
+        print(f"{t.name}: {t.reference_type} → {t.candidate_type}, {t.rel_error:.3%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -506,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-speed", action="store_true", help="skip pp512/tg128")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=cmd_eval)
+
+    lay = sub.add_parser("layers", help="per-tensor error of a quantization against its "
+                                        "reference, by layer and tensor kind")
+    lay.add_argument("reference", help="the higher-precision GGUF")
+    lay.add_argument("candidate", help="a quantization of the same model")
+    lay.add_argument("--max-values", type=int, default=1 << 20,
+                     help="read tensors larger than this from evenly spaced rows")
+    lay.add_argument("--json", action="store_true")
+    lay.set_defaults(func=cmd_layers)
 
     deq = sub.add_parser("dequantize", help="write an F16/F32 copy of a GGUF")
     deq.add_argument("src")

@@ -49,7 +49,7 @@ from app.engine.events import Progress
 
 TOP_K = 128
 TAIL_SAMPLES = 128
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: tail sampled from float32 probabilities
 CACHE_LIMIT_BYTES = 4 * 2**30  # oldest reference caches are removed beyond this
 _BLOCK_ROWS = 64  # rows per vectorized block in the reference pass (bounds float64 scratch)
 
@@ -183,8 +183,30 @@ def llama_build() -> str:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float32 (one temporary of the input's size)."""
     out: np.ndarray = logits - logits.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(out).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
-    out -= lse
+    # float32 sums: numpy sums a row pairwise, so the error stays ~1e-7 relative (3x faster
+    # than summing in float64, which converts every element)
+    out -= np.log(np.exp(out).sum(axis=1, keepdims=True))
+    return out
+
+
+def top_k(lp: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values (in no particular order).
+
+    A value partition finds each row's k-th largest value and a comparison picks the columns
+    (3x faster than ``argpartition``, which writes an int64 index for every element); rows
+    with ties at that value, where more than k columns qualify, fall back to argpartition.
+    """
+    rows, vocab = lp.shape
+    threshold = np.partition(lp, vocab - k, axis=1)[:, vocab - k]
+    hit_rows, hit_cols = np.nonzero(lp >= threshold[:, None])
+    counts = np.bincount(hit_rows, minlength=rows)
+    if np.all(counts == k):
+        return hit_cols.reshape(rows, k)
+    out = np.empty((rows, k), dtype=np.int64)
+    plain = counts == k
+    out[plain] = hit_cols[np.repeat(plain, counts)].reshape(-1, k)
+    tied = np.flatnonzero(~plain)
+    out[tied] = np.argpartition(-lp[tied], k - 1, axis=1)[:, :k]
     return out
 
 
@@ -193,7 +215,7 @@ def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
     """Top-k tokens and s systematic samples of the rest, for rows of log-probabilities."""
     rows, vocab = lp.shape
     k = min(k, vocab)
-    top = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+    top = top_k(lp, k) if k < vocab else np.tile(np.arange(vocab), (rows, 1))
     top_lp = np.take_along_axis(lp, top, 1)
     order = np.argsort(-top_lp, axis=1)
     top, top_lp = np.take_along_axis(top, order, 1), np.take_along_axis(top_lp, order, 1)
@@ -203,9 +225,9 @@ def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
     if vocab > k:
         for start in range(0, rows, _BLOCK_ROWS):  # blocks of rows, not a loop over tokens
             block = slice(start, min(start + _BLOCK_ROWS, rows))
-            p = np.exp(lp[block].astype(np.float64))
+            p = np.exp(lp[block])
             np.put_along_axis(p, top[block], 0.0, axis=1)
-            cum = np.cumsum(p, axis=1)
+            cum = np.cumsum(p, axis=1, dtype=np.float64)  # float64: the flat search below
             mass = cum[:, -1].copy()
             n = cum.shape[0]
             # one flat sorted array: row r's cumulative sums shifted by 2r (each row spans [0, 1])
@@ -305,8 +327,9 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
         t0 = time.perf_counter()
         for c in range(n_chunks):
             chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-            logits = runner.eval_chunk(chunk)
-            lq = log_softmax(logits[first:n_ctx - 1])
+            # logits only where they are scored (llama-perplexity asks for the same ones)
+            logits = runner.eval_chunk(chunk, outputs_from=first)
+            lq = log_softmax(logits[:n_ctx - 1 - first])
             rows = slice(c * n_scored, (c + 1) * n_scored)
             nxt = chunk[first + 1:]
             nll[rows] = -np.take_along_axis(lq, nxt[:, None].astype(np.int64), 1)[:, 0]

@@ -156,6 +156,8 @@ def _compute(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
         send(Progress(0, n_chunks, f"{len(tokens):,} tokens, {n_chunks} chunks of {n_ctx}"))
         for i in range(n_chunks):
             collector.new_graph()
+            # Logits for every token, as llama-imatrix asks: with fewer, llama.cpp drops the
+            # other rows inside the last layer and its statistics would change.
             runner.eval_chunk(tokens[i * n_ctx:(i + 1) * n_ctx])
             send(Progress(i + 1, n_chunks, f"chunk {i + 1}/{n_chunks}"))
     if not collector.sums:

@@ -145,8 +145,12 @@ class Runner:
         raise RunnerError("tokenization failed")
 
     def decode(self, tokens: np.ndarray, *, all_logits: bool = True, start: int = 0,
-               clear: bool = True) -> None:
-        """Decode ``tokens`` at positions ``start``…; logits for every position or the last."""
+               clear: bool = True, outputs_from: int = 0) -> None:
+        """Decode ``tokens`` at positions ``start``…; logits for the tokens from index
+        ``outputs_from`` on (or only the last without ``all_logits``).
+
+        Logits cost a vocabulary-wide matrix product per token (for a small model a fifth of
+        the work): ask only for those that will be read."""
         n = len(tokens)
         if not 0 < n <= self.n_ctx:
             raise RunnerError(f"a batch must have 1 to {self.n_ctx} tokens, not {n}")
@@ -156,8 +160,8 @@ class Runner:
         self._tokens[:n] = tokens
         self._pos[:n] = np.arange(start, start + n, dtype=np.int32)
         self._n_seq[:n] = 1
-        self._logits[:n] = 1 if all_logits else 0
-        self._logits[n - 1] = 1
+        self._logits[:n] = 0
+        self._logits[min(outputs_from, n - 1) if all_logits else n - 1:n] = 1
         self._batch.n_tokens = n
         status = ll.llama_decode(self.ctx, self._batch)
         if status != 0:
@@ -171,19 +175,22 @@ class Runner:
         for pos in range(1, n):
             self.decode(one, all_logits=False, start=pos, clear=False)
 
-    def eval_chunk(self, tokens: np.ndarray, first_bos: bool = True) -> np.ndarray:
-        """Evaluate ``tokens`` (at most n_ctx) from an empty cache; return their logits.
+    def eval_chunk(self, tokens: np.ndarray, first_bos: bool = True,
+                   outputs_from: int = 0) -> np.ndarray:
+        """Evaluate ``tokens`` (at most n_ctx) from an empty cache; return the logits of the
+        tokens from index ``outputs_from`` on.
 
         With ``first_bos`` the first token is replaced by BOS when the model uses one, as
-        llama.cpp's perplexity and imatrix tools do. The result is a (n, n_vocab) float32 view
-        of llama.cpp's buffer, valid until the next call.
+        llama.cpp's perplexity and imatrix tools do. The result is a (n - outputs_from,
+        n_vocab) float32 view of llama.cpp's buffer, valid until the next call.
         """
         tokens = np.array(tokens, dtype=np.int32)
         if first_bos and self.add_bos:
             tokens[0] = self.bos
-        self.decode(tokens)
+        outputs_from = min(outputs_from, len(tokens) - 1)
+        self.decode(tokens, outputs_from=outputs_from)
         ptr = self._ll.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_vocab))
+        return np.ctypeslib.as_array(ptr, shape=(len(tokens) - outputs_from, self.n_vocab))
 
     def close(self) -> None:
         ll = self._ll

@@ -141,3 +141,21 @@ def test_dequantize_writes_f16(tiny_model: Path, tmp_path: Path) -> None:
     result = _run("dequantize", str(tiny_model), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(_run("inspect", str(out), "--json").stdout)["file_type"] == "F16"
+
+
+def test_layers_json_and_table(tiny_model_f16: Path, tmp_path: Path) -> None:
+    quantized = _run("quantize", str(tiny_model_f16), "--type", "Q4_0", "--out-dir",
+                     str(tmp_path), "--json")
+    assert quantized.returncode == 0, quantized.stderr
+    candidate = json.loads(quantized.stdout)[0]["path"]
+    result = _run("layers", str(tiny_model_f16), candidate, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert not data["sampled"] and len(data["tensors"]) == 2 * 7 + 2
+    assert all(0 < t["rel_error"] < 0.2 for t in data["tensors"])
+    table = _run("layers", str(tiny_model_f16), candidate, "--max-values", "4096")
+    assert table.returncode == 0, table.stderr
+    assert "sampled by rows" in table.stdout and "ffn_down" in table.stdout
+    assert "token_embd.weight: F16 → Q4_0" in table.stdout
+    other = _run("layers", str(tiny_model_f16), str(tmp_path / "missing.gguf"))
+    assert other.returncode == 2 and "does not exist" in other.stderr

@@ -19,6 +19,7 @@ from app.engine.evaluate import (
     evaluate,
     log_softmax,
     reference_cache_dir,
+    top_k,
 )
 from app.engine.quantize import QuantizeOptions, quantize
 
@@ -44,6 +45,20 @@ def test_compact_reference_estimates_kld_of_full_distributions() -> None:
     got = compare_rows(lq, packed)
     assert abs(got["kld"].mean() / exact.mean() - 1) < 0.02
     assert np.array_equal(got["same_top"], lq.argmax(1) == lp.argmax(1))
+
+
+def test_top_k_finds_each_rows_largest_values_also_with_ties() -> None:
+    rng = np.random.default_rng(2)
+    lp = rng.standard_normal((50, 3000)).astype(np.float32)
+    lp[7, :20] = 9.0  # 20 equal values straddling the 16th place
+    lp[8, :] = 1.0  # a row of nothing but ties
+    top = top_k(lp, 16)
+    assert top.shape == (50, 16)
+    for r in range(50):
+        assert len(set(top[r])) == 16
+        expected = np.sort(lp[r])[-16:]
+        np.testing.assert_array_equal(np.sort(lp[r, top[r]]), expected)
+    assert set(top[7]) <= set(range(20))
 
 
 def test_the_reference_against_itself_scores_zero(tiny_model: Path) -> None:
