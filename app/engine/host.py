@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing as mp
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -232,15 +233,14 @@ class ModelHost:
 
     def _next(self, timeout: float) -> HostEvent:
         """Wait for the next event other than a log line; raise EngineCrashed on death."""
-        waited = 0.0
+        deadline = time.monotonic() + timeout  # wall time: poll() may return at once
         while True:
             event = self.poll(0.1)
             if isinstance(event, Crashed):
                 raise EngineCrashed(event)
             if event is not None and not isinstance(event, LogLine):
                 return event
-            waited += 0.1 if event is None else 0.0
-            if waited > timeout:
+            if event is None and time.monotonic() > deadline:
                 raise EngineError(f"The engine did not answer within {timeout:.0f} s.")
 
     # --- synchronous helpers ------------------------------------------------------------------
