@@ -156,9 +156,9 @@ class _Spares:
 _SPARES = _Spares()
 
 
-# What the engine's jobs (quantize, imatrix, evaluate) import in their child.
+# What the engine's jobs (quantize, imatrix, evaluate, the layer view) import in their child.
 ENGINE_MODULES = ("llama_cpp", "app.engine.quantize", "app.engine.imatrix",
-                  "app.engine.evaluate")
+                  "app.engine.evaluate", "app.engine.layers")
 
 
 def keep_warm(modules: tuple[str, ...] = ENGINE_MODULES) -> None:
