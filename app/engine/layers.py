@@ -18,6 +18,7 @@ engine: a damaged file or memory exhaustion there ends the job, not the app.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -202,6 +203,12 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
+def _child_errors() -> contextlib.AbstractContextManager[None]:
+    """A child's outcome as this module's errors (one wording for both entry points)."""
+    return child_errors(LayerError, LayerCancelled, cancelled_message="Cancelled.",
+                        crashed="The comparison stopped unexpectedly", strip=("LayerError: ",))
+
+
 def _errors_in_child(send: Callable[[Any], None], reference: str, candidate: str,
                      max_values: int) -> LayerReport:
     pairs = _pairs(Path(reference), Path(candidate))
@@ -224,9 +231,7 @@ def tensor_errors(reference: Path, candidate: Path, max_values: int = MAX_VALUES
     """Compare every weight matrix; yields Progress per tensor, then the LayerReport."""
     stream = stream_from_child(_errors_in_child, str(reference), str(candidate), max_values,
                                cancel=cancel)
-    with child_errors(LayerError, LayerCancelled, cancelled_message="Cancelled.",
-                      crashed="The comparison stopped unexpectedly",
-                      strip=("LayerError: ",)):
+    with _child_errors():
         while True:
             try:
                 yield next(stream)
@@ -273,8 +278,6 @@ def _detail_in_child(reference: str, candidate: str, name: str, max_values: int,
 def tensor_detail(reference: Path, candidate: Path, name: str, max_values: int = MAX_VALUES,
                   bins: int = 80) -> TensorDetail:
     """Histograms of one tensor: reference values, candidate values, and the error."""
-    with child_errors(LayerError, LayerCancelled, cancelled_message="Cancelled.",
-                      crashed="The comparison stopped unexpectedly",
-                      strip=("LayerError: ",)):
+    with _child_errors():
         return call_in_child(_detail_in_child, str(reference), str(candidate), name,
                              max_values, bins, timeout=600)

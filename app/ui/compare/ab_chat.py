@@ -12,6 +12,7 @@ comparison (``Storage.add_vote``), where the Compare tab and the exports show th
 
 from __future__ import annotations
 
+import html
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,6 +396,4 @@ def tally_text(tally: dict[str, int]) -> str:
 
 
 def _escape(text: str) -> str:
-    import html
-
     return html.escape(text).replace("\n", "<br>")
