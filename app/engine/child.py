@@ -103,8 +103,9 @@ class _Spare:
     conn: Connection
     ready: bool = False
 
-    def poll_ready(self, timeout: float = 0.0) -> bool:
-        """Whether the spare has done its imports (its first message is 'ready')."""
+    def poll_ready(self, timeout: float | None = 0.0) -> bool:
+        """Whether the spare has done its imports (its first message is 'ready'); waits up to
+        ``timeout`` seconds for it (None: until it says so or dies)."""
         if not self.ready and self.proc.is_alive():
             try:
                 if self.conn.poll(timeout):
@@ -184,12 +185,12 @@ def _start(kind: str, fn: Callable[..., Any], args: tuple[Any, ...]
     """A process running ``fn`` (``kind`` 'call' or 'stream'): the spare if any, else a new one."""
     spare = _SPARES.take()
     if spare is not None:
-        try:
-            spare.conn.send((kind, fn, args, dict(os.environ), str(Path.cwd())))
-            if spare.ready or spare.conn.recv() == ("ready",):
+        if spare.poll_ready(timeout=None):  # waits for its imports; False if it died
+            try:
+                spare.conn.send((kind, fn, args, dict(os.environ), str(Path.cwd())))
                 return spare.proc, spare.conn
-        except (EOFError, OSError):  # the spare died before taking the task: spawn instead
-            pass
+            except OSError:  # it died just now: spawn instead
+                pass
         spare.close()
     parent, child = _CTX.Pipe(duplex=False)
     target = _stream_entry if kind == "stream" else _entry

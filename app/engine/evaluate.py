@@ -215,7 +215,7 @@ def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
     """Top-k tokens and s systematic samples of the rest, for rows of log-probabilities."""
     rows, vocab = lp.shape
     k = min(k, vocab)
-    top = top_k(lp, k) if k < vocab else np.tile(np.arange(vocab), (rows, 1))
+    top = top_k(lp, k)
     top_lp = np.take_along_axis(lp, top, 1)
     order = np.argsort(-top_lp, axis=1)
     top, top_lp = np.take_along_axis(top, order, 1), np.take_along_axis(top_lp, order, 1)
