@@ -19,7 +19,7 @@ from pathlib import Path
 
 from app.core import chat_template
 from app.core.embedded import embedded_model_path
-from app.engine import llama_log
+from app.engine import llama_log, load_params
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling, Token
 
@@ -90,6 +90,11 @@ def main() -> None:
 
     llama_log.install()
     settings = LoadSettings(str(args.model), n_ctx=2048, n_threads=args.threads)
+    # the in-process baseline loads with the engine's safe parameters too (app.engine.load_params)
+    from llama_cpp import llama_cpp as low_level
+
+    defaults = low_level.llama_model_default_params
+    low_level.llama_model_default_params = lambda: load_params.apply(defaults())
     llm = llama_cpp.Llama(str(args.model), n_ctx=2048, n_threads=args.threads,
                           n_threads_batch=args.threads, n_batch=512, n_ubatch=512,
                           verbose=True)

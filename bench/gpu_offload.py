@@ -66,7 +66,7 @@ def main() -> None:
         results = {}
         for label, layers in (("CPU", 0), ("all GPU", -1)):
             load, gpu, pp, tg = run(model, layers)
-            est = estimate(info, 2048, layers, cpu_features=profile.cpu.features).gpu
+            est = estimate(info, 2048, layers, cpu_features=profile.repacking_features).gpu
             measured = f"{gpu / MIB:>8.0f}" if gpu is not None else f"{'-':>8}"
             predicted = f"{est.total / MIB:>9.0f}" if est is not None else f"{'-':>9}"
             print(f"{label:<10} {load:>7.2f} {measured} {predicted} {pp:>11.0f} {tg:>8.1f}")

@@ -11,17 +11,16 @@ larger, on every row.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 from app.core import chat_template
 from app.core.embedded import embedded_model_path
 from app.core.gguf_info import read_model_info
-from app.core.hardware import parse_linux_cpuinfo
 from app.core.memory import MIB, estimate
 from app.engine.child import call_in_child
 from app.engine.host import ModelHost
+from app.engine.probe import full_profile
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
 from tests.helpers.quantize import quantize
 from tests.helpers.tiny_model import write_tiny_llama
@@ -74,8 +73,7 @@ def main() -> None:
             out = work / f"smollm2-{name}.gguf"
             assert call_in_child(quantize, str(smol), str(out), ftype, True, timeout=600) == 0
             models.append((f"SmolLM2-135M {name} (from Q4_1)", out))
-    features = parse_linux_cpuinfo(Path("/proc/cpuinfo").read_text())[1] \
-        if sys.platform.startswith("linux") else ()
+    features = full_profile().repacking_features  # what the engine will repack here
     print("| model | ctx | estimate MiB | measured MiB | error | within target |\n"
           "|---|---:|---:|---:|---:|---|")
     worst = 0.0

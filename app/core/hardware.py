@@ -116,6 +116,28 @@ class LlamaBuild:
         """Devices other than the CPU."""
         return tuple(d for d in self.devices if d.kind != "cpu")
 
+    @property
+    def extra_buffers(self) -> bool:
+        """Whether the engine loads models with llama.cpp's extra CPU buffer types (weight
+        repacking): not with builds that have AMX, whose kernels crash (see
+        ``extra_buffers_safe``)."""
+        return extra_buffers_safe(self.system_info)
+
+
+AMX_MARK = "AMX_INT8 = 1"
+
+
+def extra_buffers_safe(system_info: str) -> bool:
+    """Whether llama.cpp's extra CPU buffer types can be used with this build.
+
+    A build with AMX (``AMX_INT8 = 1`` in llama.cpp's system info: a native build on a Xeon
+    Sapphire Rapids or later, or the CPU-variant build picking its AMX variant there) repacks
+    most quantized weights for its AMX kernels, and ``ggml_backend_amx_mul_mat`` segfaults on
+    the first prompt (llama.cpp issue 20824, reproduced here with SmolLM2 Q4_1 on one thread).
+    The engine then loads without extra buffer types, which also turns weight repacking off.
+    """
+    return AMX_MARK not in system_info
+
 
 @dataclass(frozen=True)
 class HardwareProfile:
@@ -136,6 +158,14 @@ class HardwareProfile:
     def gpus(self) -> tuple[BackendDevice, ...]:
         """GPUs llama.cpp can use (empty when the build is CPU-only or sees none)."""
         return self.llama.gpus if self.llama else ()
+
+    @property
+    def repacking_features(self) -> tuple[str, ...]:
+        """The CPU features that decide which weights llama.cpp repacks here; none when the
+        engine loads without extra buffer types (``LlamaBuild.extra_buffers``)."""
+        if self.llama is not None and not self.llama.extra_buffers:
+            return ()
+        return self.cpu.features
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -229,7 +229,7 @@ def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
     """Choose GPU layers (all that fit, unless given) and check the context; explain."""
     ram, vram, gpu_name = _budgets(profile)
     ctx = n_ctx or min(info.n_ctx_train or 4096, 4096)
-    features = profile.cpu.features
+    features = profile.repacking_features
 
     def est(layers: int, c: int) -> MemoryEstimate:
         return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,

@@ -21,7 +21,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from app.core import chat_template
-from app.engine import llama_log, process_stats
+from app.engine import llama_log, load_params, process_stats
 from app.engine.protocol import (
     Chat,
     Event,
@@ -86,7 +86,8 @@ class _StderrToLog(io.TextIOBase):
 @contextlib.contextmanager
 def _progress_callback(send: _Sender) -> Iterator[None]:
     """Report llama.cpp's load progress. llama-cpp-python's Llama() has no parameter for it, so
-    the default model parameters it starts from get our callback for the length of the load."""
+    the default model parameters it starts from get our callback (and the engine's
+    ``load_params``) for the length of the load."""
     import llama_cpp
     from llama_cpp import llama_cpp as low_level  # the module llama.py calls through
 
@@ -102,7 +103,7 @@ def _progress_callback(send: _Sender) -> Iterator[None]:
     original = low_level.llama_model_default_params
 
     def params_with_progress() -> Any:
-        params = original()
+        params = load_params.apply(original())
         params.progress_callback = callback
         return params
 

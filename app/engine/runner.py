@@ -93,12 +93,12 @@ class Runner:
                  n_gpu_layers: int = 0, cb_eval: Any = None) -> None:
         import llama_cpp
 
-        from app.engine import llama_log
+        from app.engine import llama_log, load_params
 
         llama_log.install()
         llama_cpp.llama_backend_init()
         self._ll = llama_cpp
-        mparams = llama_cpp.llama_model_default_params()
+        mparams = load_params.model_params()
         mparams.n_gpu_layers = n_gpu_layers
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:

@@ -83,6 +83,28 @@ def test_repack_rules_by_cpu() -> None:
     assert repack_types(("SSE3",)) == set()
 
 
+def test_a_build_with_amx_plans_without_repacking(tiny_q4_k_m: ModelInfo) -> None:
+    """Builds with AMX are loaded without extra buffer types (app.engine.load_params): the
+    plan must then count no repacked copy, while the same CPU with a build without AMX does."""
+    amx = replace(_profile(16 * GIB), llama=LlamaBuild(
+        "0.3", ("CPU",), (), "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1", False))
+    plain = replace(amx, llama=replace(amx.llama, system_info="CPU : AVX2 = 1 | REPACK = 1"))
+    assert amx.repacking_features == () and plain.repacking_features == AVX2
+    assert plan(tiny_q4_k_m, amx, n_ctx=512).estimate.cpu.repacked == 0
+    assert plan(tiny_q4_k_m, plain, n_ctx=512).estimate.cpu.repacked > 0
+
+
+def test_the_engine_loads_without_extra_buffers_exactly_on_amx_builds() -> None:
+    import llama_cpp
+
+    from app.core.hardware import extra_buffers_safe
+    from app.engine import load_params
+
+    info = llama_cpp.llama_print_system_info().decode()
+    params = load_params.model_params()
+    assert bool(params.use_extra_bufts) == extra_buffers_safe(info) == ("AMX_INT8 = 1" not in info)
+
+
 def test_sliding_window_layers_keep_only_their_window(tiny_model: Path) -> None:
     info = read_model_info(tiny_model)
     swa = replace(info, sliding_window=256, sliding_window_pattern=2)
