@@ -219,56 +219,98 @@ def _parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _run_pipeline(run_id: int, *, quiet: bool) -> dict[str, dict[str, Any]] | None:
+    """Run (or resume) a stored pipeline run, printing its progress on stderr; returns each
+    step's outputs, or None after printing why it stopped."""
+    from app.core.storage import Storage
+    from app.engine import child
+    from app.pipeline import events as ev
+    from app.pipeline.runner import Runner
+
+    store = Storage()
+    steps = len(store.query("SELECT id FROM steps WHERE run_id = ?", (run_id,)))
+    store.close()
+    if steps > 1:  # each next engine step finds a child ready instead of starting one
+        child.keep_warm()
+    try:
+        for event in Runner().run(run_id):
+            if isinstance(event, ev.RunFinished):
+                return event.outputs
+            if quiet:
+                continue
+            if isinstance(event, ev.StepProgress):
+                total = f"/{event.total}" if event.total else ""
+                eta = f" ~{event.eta_seconds:.0f} s left" if event.eta_seconds else ""
+                print(f"\r[{event.index + 1}] {event.done}{total} {event.message:<40.40}{eta}"
+                      + " " * 8, end="", file=sys.stderr, flush=True)
+            elif isinstance(event, ev.StepNote):
+                print(f"\rwarning: {event.message}", file=sys.stderr)
+            elif isinstance(event, ev.StepFinished):
+                how = "reused earlier result" if event.reused else f"{event.seconds:.1f} s"
+                print(f"\r[{event.index + 1}] {event.label}: done ({how})" + " " * 30,
+                      file=sys.stderr)
+    except ev.PipelineCancelled as exc:
+        print(f"\nstopped: {exc} Resume with: quantdesk wizard --resume {run_id}",
+              file=sys.stderr)
+        return None
+    except ev.PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return None
+    finally:
+        child.stop_warm()
+    return None
+
+
+def _create_run(plan: Any) -> int:
+    from app.core.storage import Storage
+    from app.pipeline import plans
+
+    store = Storage()
+    try:
+        return plans.create(store, plan)
+    finally:
+        store.close()
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from app.core import quant_types
-    from app.engine import child
     from app.engine import quantize as q
-    from app.engine.events import Progress
+    from app.pipeline import plans
 
     src = Path(args.src)
     if args.out and len(args.type) > 1:
         print("error: --out names one file; with several --type use --out-dir", file=sys.stderr)
         return 2
-    out_dir = Path(args.out_dir) if args.out_dir else src.parent
-    stem = quant_types.without_name(src.stem)
-    results: list[dict[str, Any]] = []
-    if len(args.type) > 1:  # each next type finds a child ready instead of starting one
-        child.keep_warm()
-    try:
-        for type_name in args.type:
-            options = q.QuantizeOptions(
-                quant=type_name.upper(), output_tensor_type=args.output_type,
-                token_embedding_type=args.embedding_type,
-                overrides=_parse_overrides(args.override), pure=args.pure,
+    types = [t.upper() for t in args.type]
+    overrides = _parse_overrides(args.override)
+    if args.dry_run:
+        try:
+            estimates = q.estimate_sizes(src, [q.QuantizeOptions(
+                quant=t, output_tensor_type=args.output_type,
+                token_embedding_type=args.embedding_type, overrides=overrides, pure=args.pure,
                 allow_requantize=args.allow_requantize, threads=args.threads,
-                imatrix=args.imatrix)
-            if args.dry_run:
-                est = q.estimate_size(src, options)
-                results.append(asdict(est))
-                if not args.json:
-                    print(f"{est.quant}: {format_bytes(est.bytes)} "
-                          f"({est.bits_per_weight:.2f} bits per weight)")
-                continue
-            out = Path(args.out) if args.out else out_dir / f"{stem}-{options.quant}.gguf"
-            for event in q.quantize(src, out, options):
-                if isinstance(event, q.Warning_):
-                    print(f"warning: {event.message}", file=sys.stderr)
-                elif isinstance(event, Progress) and not args.json:
-                    print(f"\r{options.quant} [{event.done:>4}/{event.total}] "
-                          f"{event.message:<40.40}", end="", file=sys.stderr, flush=True)
-                elif isinstance(event, q.Quantized):
-                    results.append({"path": str(event.path), "quant": event.quant,
-                                    "size": event.size, "seconds": round(event.seconds, 3)})
-                    if not args.json:
-                        print(f"\r{event.quant}: {event.path} ({format_bytes(event.size)}, "
-                              f"{event.seconds:.1f} s)" + " " * 20, file=sys.stderr)
-    except q.QuantizeError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+                imatrix=args.imatrix) for t in types])
+        except q.QuantizeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            _print_json([{**asdict(e), "tensor_types": len(e.tensor_types)} for e in estimates])
+        for est in estimates if not args.json else ():
+            print(f"{est.quant}: {format_bytes(est.bytes)} "
+                  f"({est.bits_per_weight:.2f} bits per weight)")
+        return 0
+    out_dir = Path(args.out_dir) if args.out_dir else src.parent
+    plan = plans.quantize_plan(
+        src, types, out_dir, imatrix=Path(args.imatrix) if args.imatrix else None,
+        overrides=overrides, output_type=args.output_type, embedding_type=args.embedding_type,
+        pure=args.pure, allow_requantize=args.allow_requantize, threads=args.threads,
+        out=Path(args.out) if args.out else None)
+    outputs = _run_pipeline(_create_run(plan), quiet=args.json)
+    if outputs is None:
         return 2
-    finally:
-        child.stop_warm()
+    results = [{k: outputs[s.key][k] for k in ("path", "quant", "size", "seconds")}
+               for s in plan.steps if s.kind == "quantize"]
     if args.json:
         _print_json(results)
     return 0
@@ -337,78 +379,55 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_source(path: str | None, bundled: str) -> Any:
+    """The bundled text, or the user's file (read once here so a bad file fails early)."""
+    from app.pipeline.events import PipelineError
+    from app.pipeline.texts import TextSource
+
+    text = TextSource(path=str(Path(path).resolve())) if path else TextSource(bundled=bundled)
+    try:
+        text.read()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return text
+
+
 def cmd_imatrix(args: argparse.Namespace) -> int:
-    from app.core import resources
-    from app.engine import imatrix as im
-    from app.engine.events import Progress
+    from app.pipeline import plans
 
     model = Path(args.model)
-    if args.text:
-        text_path = Path(args.text)
-        try:
-            text = text_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: cannot read {text_path}: {exc}", file=sys.stderr)
-            return 2
-        dataset = text_path.name
-    else:
-        text, dataset = resources.calibration_text(), "quantdesk-calibration"
-    out = Path(args.out) if args.out else model.with_name(f"{model.stem}.imatrix.gguf")
-    try:
-        for event in im.compute(model, text, out, n_ctx=args.ctx, max_chunks=args.chunks,
-                                threads=args.threads, dataset=dataset):
-            if isinstance(event, Progress):
-                if not args.json:
-                    _print_progress("imatrix", event)
-            elif args.json:
-                _print_json({"path": str(event.path), "chunks": event.chunks,
-                             "tokens": event.tokens, "tensors": event.tensors,
-                             "seconds": round(event.seconds, 3)})
-            else:
-                print(f"\r{event.path}: {event.tensors} tensors from {event.tokens:,} tokens "
-                      f"({event.seconds:.1f} s)" + " " * 30, file=sys.stderr)
-    except im.ImatrixError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+    text = _text_source(args.text, "calibration")
+    if text is None:
         return 2
+    out = Path(args.out) if args.out else model.with_name(f"{model.stem}.imatrix.gguf")
+    plan = plans.imatrix_plan(model, text, out, chunks=args.chunks, threads=args.threads,
+                              n_ctx=args.ctx)
+    outputs = _run_pipeline(_create_run(plan), quiet=args.json)
+    if outputs is None:
+        return 2
+    done = outputs["imatrix"]
+    if args.json:
+        _print_json({k: done[k] for k in ("path", "chunks", "tokens", "tensors", "seconds")})
+    else:
+        print(f"{done['path']}: {done['tensors']} tensors from {done['tokens']:,} tokens",
+              file=sys.stderr)
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from app.core import resources
+def _stored_evaluation(outputs: dict[str, dict[str, Any]]) -> tuple[int, Any]:
     from app.core.storage import Storage
-    from app.engine import evaluate as ev
-    from app.engine.events import Progress
+    from app.engine.evaluate import Evaluation
 
-    if args.text:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: cannot read {args.text}: {exc}", file=sys.stderr)
-            return 2
-        text_name = Path(args.text).name
-    else:
-        text, text_name = resources.evaluation_text(), "quantdesk-evaluation"
-    result = None
-    try:
-        for event in ev.evaluate(Path(args.reference), [Path(c) for c in args.candidates], text,
-                                 text_name=text_name, n_ctx=args.ctx, max_chunks=args.chunks,
-                                 speed_reps=0 if args.no_speed else 3, threads=args.threads):
-            if isinstance(event, Progress) and not args.json:
-                _print_progress("eval", event)
-            elif isinstance(event, ev.Evaluation):
-                result = event
-    except ev.EvalError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 2
-    assert result is not None
+    eval_id = int(outputs["summary"]["evaluation_id"])
     store = Storage()
-    eval_id = store.add_evaluation(f"{Path(args.reference).stem} vs "
-                                   f"{len(result.candidates)} variants", result.to_json())
-    store.close()
-    if args.json:
-        _print_json({"id": eval_id, **result.to_json()})
-        return 0
-    print("\r" + " " * 70, file=sys.stderr)
+    try:
+        return eval_id, Evaluation.from_json(store.evaluation(eval_id).result)
+    finally:
+        store.close()
+
+
+def _print_evaluation(result: Any, eval_id: int) -> None:
     print(f"{result.text_name}: {result.chunks} chunks of {result.n_ctx} "
           f"({result.reference.quality.tokens_scored:,} tokens scored); saved as evaluation "
           f"{eval_id}")
@@ -422,6 +441,130 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  if v.speed else "")
         print(f"{v.quant:<10} {format_bytes(v.size):>9} {v.bits_per_weight:>5.2f} "
               f"{q.ppl:>7.3f} ±{q.ppl_error:<5.3f} {kld} {speed}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from app.pipeline import plans
+
+    text = _text_source(args.text, "evaluation")
+    if text is None:
+        return 2
+    plan = plans.evaluate_plan(Path(args.reference), [Path(c) for c in args.candidates], text,
+                               chunks=args.chunks, speed_reps=0 if args.no_speed else 3,
+                               threads=args.threads, n_ctx=args.ctx)
+    outputs = _run_pipeline(_create_run(plan), quiet=args.json)
+    if outputs is None:
+        return 2
+    eval_id, result = _stored_evaluation(outputs)
+    if args.json:
+        _print_json({"id": eval_id, **result.to_json()})
+    else:
+        _print_evaluation(result, eval_id)
+    return 0
+
+
+def _wizard_run(args: argparse.Namespace) -> int | None:
+    """Plan a wizard run from the command line's choices; returns its id (None: said why)."""
+    from app.core.bandwidth import bandwidth
+    from app.engine.probe import full_profile
+    from app.pipeline import wizard
+    from app.pipeline.events import PipelineError
+
+    try:
+        source = wizard.resolve(args.source)
+        if not args.json:
+            print(f"Source: {source.label} ({source.summary()})", file=sys.stderr)
+            for note in source.notes:
+                print(f"  {note}", file=sys.stderr)
+        profile = full_profile()
+        options = wizard.type_options(source, profile, n_ctx=args.ctx, imatrix=args.imatrix,
+                                      bandwidth=bandwidth(profile))
+        by_quant = {o.quant: o for o in options}
+        if args.types == "auto":
+            types = [o.quant for o in options if o.ticked]
+        else:
+            types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+            for quant in types:
+                option = by_quant.get(quant)
+                if option is None:
+                    raise PipelineError(f"{quant} is not a type the wizard makes; choose from "
+                                        f"{', '.join(by_quant)}.")
+                if not option.allowed:
+                    raise PipelineError(f"{quant}: {option.why_not}")
+        calibration = _text_source(args.text, "calibration")
+        if calibration is None:
+            return None
+        rates, tokens = wizard.measure_rates(source, calibration)
+        choice = wizard.WizardChoice(
+            source, tuple(types), imatrix=args.imatrix, calibration=calibration,
+            evaluation=args.eval, kld_budget=args.kld_budget,
+            out_dir=Path(args.out_dir) if args.out_dir else None, rates=rates,
+            text_tokens=tokens)
+        plan = wizard.wizard_plan(choice)
+        timing = wizard.predict(source, [by_quant[t] for t in types], rates, tokens)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    run_id = _create_run(plan)
+    if not args.json:
+        print(f"Run {run_id}: {', '.join(types)}; importance matrix "
+              f"{'on' if args.imatrix else 'off'}; {args.eval} evaluation; about "
+              f"{timing.total(args.eval, args.imatrix) / 60:.1f} min here. Interrupted? "
+              f"quantdesk wizard --resume {run_id}", file=sys.stderr)
+    return run_id
+
+
+def cmd_wizard(args: argparse.Namespace) -> int:
+    from app.core import report
+    from app.core.runs import RunStore
+    from app.core.storage import Storage
+
+    if args.resume is None and not args.source:
+        print("error: give a SOURCE (a GGUF file, a Hugging Face folder or repo, or "
+              "'embedded'), or --resume RUN_ID", file=sys.stderr)
+        return 2
+    store = Storage()
+    try:
+        if args.resume is not None:
+            try:
+                budget = float(RunStore(store).run(args.resume).options.get(
+                    "kld_budget", args.kld_budget))
+            except KeyError:
+                print(f"error: there is no run {args.resume}", file=sys.stderr)
+                return 2
+            run_id: int | None = args.resume
+        else:
+            budget = args.kld_budget
+            run_id = _wizard_run(args)
+        if run_id is None:
+            return 2
+        outputs = _run_pipeline(run_id, quiet=args.json)
+        if outputs is None:
+            return 2
+        eval_id, result = _stored_evaluation(outputs)
+        rows = report.rows(result.to_json())
+        index, why = report.explain(rows, budget)
+        steps = [{"key": s.key, "label": s.label, "status": s.status, "seconds": s.seconds,
+                  "reused": s.reused_from is not None} for s in RunStore(store).steps(run_id)]
+    finally:
+        store.close()
+    recommended = rows[index] if index is not None else None
+    if args.json:
+        _print_json({"run_id": run_id, "evaluation_id": eval_id, "steps": steps,
+                     "recommendation": {"name": recommended["name"] if recommended else None,
+                                        "path": recommended["path"] if recommended else None,
+                                        "reason": why},
+                     "evaluation": result.to_json()})
+        return 0
+    print("\r" + " " * 70, file=sys.stderr)
+    _print_evaluation(result, eval_id)
+    print(f"\nRecommended: {why}")
+    if recommended:
+        print(f"  {recommended['path']}")
+    print("\nSteps:")
+    for step in steps:
+        how = "reused" if step["reused"] else f"{step['seconds'] or 0:.1f} s"
+        print(f"  {step['label']:<48} {how}")
     return 0
 
 
@@ -542,6 +685,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-speed", action="store_true", help="skip pp512/tg128")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=cmd_eval)
+
+    wiz = sub.add_parser("wizard", help="quantize a model to the types worth trying here, "
+                                        "measure each against the reference, recommend one")
+    wiz.add_argument("source", nargs="?", help="a GGUF file, a Hugging Face model folder, a "
+                                               "repo id (org/name), or 'embedded'")
+    wiz.add_argument("--types", default="auto",
+                     help="'auto' (the plan's pick for this machine) or a list: Q8_0,Q4_K_M")
+    wiz.add_argument("--imatrix", action=argparse.BooleanOptionalAction, default=True,
+                     help="calibrate with an importance matrix (default: on)")
+    wiz.add_argument("--text", help="calibration text, UTF-8 (default: the bundled one)")
+    wiz.add_argument("--eval", default="quick", choices=["quick", "standard", "thorough"],
+                     help="evaluation length (default quick)")
+    wiz.add_argument("--kld-budget", type=float, default=0.05,
+                     help="the quality budget the recommendation keeps to (mean KLD)")
+    wiz.add_argument("--ctx", type=int, default=4096, help="context to plan memory for")
+    wiz.add_argument("--out-dir", help="where the files go (default: QuantDesk's models "
+                                       "folder/MODEL)")
+    wiz.add_argument("--resume", type=int, metavar="RUN_ID",
+                     help="continue an interrupted run where it stopped")
+    wiz.add_argument("--json", action="store_true", help="print JSON")
+    wiz.set_defaults(func=cmd_wizard)
 
     lay = sub.add_parser("layers", help="per-tensor error of a quantization against its "
                                         "reference, by layer and tensor kind")

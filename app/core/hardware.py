@@ -319,6 +319,13 @@ def advice(profile: HardwareProfile) -> tuple[str, ...]:
             f"An {others[0]} GPU is present but llama.cpp uses none: a Vulkan build can use it. "
             "Reinstall with CMAKE_ARGS=\"-DGGML_VULKAN=on\" pip install --force-reinstall "
             "--no-cache-dir llama-cpp-python (needs the Vulkan SDK).")
+    if not profile.llama.extra_buffers:
+        lines.append(
+            "This llama.cpp build has AMX kernels, which crash on quantized models (llama.cpp "
+            "issue 20824), so QuantDesk loads models without them and without weight "
+            "repacking. For the repacked weights' speed, rebuild without AMX: CMAKE_ARGS=\""
+            "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON\" pip install "
+            "--force-reinstall --no-cache-dir llama-cpp-python.")
     return tuple(lines)
 
 

@@ -91,6 +91,11 @@ def by_name(name: str) -> QuantType:
         raise KeyError(f"unknown quant type {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
+def is_known(name: str) -> bool:
+    """Whether ``name`` is a type in the table (case-insensitive)."""
+    return name.upper() in _BY_NAME
+
+
 def by_ftype(ftype: int) -> QuantType | None:
     """Look a type up by llama.cpp's ftype id (``general.file_type``); None if unknown."""
     return _BY_FTYPE.get(ftype)

@@ -113,6 +113,42 @@ def recommendation(table: Sequence[Mapping[str, Any]], kld_budget: float = DEFAU
     return " ".join(parts)
 
 
+def _speed_words(ratio: float) -> str:
+    if ratio >= 1.05:
+        return f"{ratio:.1f}× faster generation"
+    if ratio <= 0.95:
+        return f"{1 / ratio:.1f}× slower generation"
+    return "about the same generation speed"
+
+
+def explain(table: Sequence[Mapping[str, Any]], kld_budget: float = DEFAULT_KLD_BUDGET
+            ) -> tuple[int | None, str]:
+    """The recommended row (the smallest within the quality budget, else the closest to it)
+    and why, in words from the measured numbers against the reference: 'Q4_K_M: 39% of the
+    F16 size, KLD 0.050, 85% same top token, 1.6× faster generation — the smallest within your
+    quality budget (KLD ≤ 0.05)'."""
+    reference = next((r for r in table if r["reference"]), None)
+    cands = [(i, r) for i, r in enumerate(table) if not r["reference"] and r["kld"] is not None]
+    if reference is None or not cands:
+        return None, "Evaluate at least one variant against a reference to get a " \
+                     "recommendation."
+    within = [(i, r) for i, r in cands if r["kld"] <= kld_budget]
+    if within:
+        index, pick = min(within, key=lambda ir: ir[1]["size_gib"])
+        why = f"the smallest within your quality budget (KLD ≤ {kld_budget:g})"
+    else:
+        index, pick = min(cands, key=lambda ir: ir[1]["kld"])
+        why = (f"none is within your quality budget (KLD ≤ {kld_budget:g}); this one comes "
+               "closest")
+    parts = [f"{pick['quant']}: {pick['size_gib'] / reference['size_gib']:.0%} of the "
+             f"{reference['quant']} size", f"KLD {pick['kld']:.3f}"]
+    if pick.get("same_top") is not None:
+        parts.append(f"{pick['same_top']:.0%} same top token")
+    if pick.get("tg") and reference.get("tg"):
+        parts.append(_speed_words(pick["tg"] / reference["tg"]))
+    return index, ", ".join(parts) + f" — {why}."
+
+
 def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     keys = ["name", "quant", "reference", "size_gib", "bpw", "ppl", "ppl_error", "kld",

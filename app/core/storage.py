@@ -54,6 +54,43 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # Pipeline runs (app.pipeline) and their steps: see app/core/runs.py.
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        title TEXT NOT NULL,
+        options_json TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+        error TEXT,
+        pid INTEGER,
+        pid_started REAL,
+        dismissed INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE steps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        params_json TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+        fingerprint TEXT,
+        outputs_json TEXT,
+        error TEXT,
+        reused_from INTEGER,
+        started_at REAL,
+        finished_at REAL,
+        seconds REAL,
+        UNIQUE (run_id, key)
+    );
+    CREATE INDEX steps_by_fingerprint ON steps(kind, fingerprint, status);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,7 +175,8 @@ class Storage:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -153,11 +191,15 @@ class Storage:
             raise StorageError(f"The database {self.path} was written by a newer QuantDesk "
                                f"(schema {version}); update QuantDesk to open it.")
         for step in range(version, SCHEMA_VERSION):
-            with self._transaction() as db:
+            with self.transaction() as db:
                 for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {step + 1}")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only statement."""
+        return list(self._db.execute(sql, params).fetchall())
 
     @property
     def schema_version(self) -> int:
@@ -171,7 +213,7 @@ class Storage:
                             sampling: dict[str, Any] | None = None) -> Conversation:
         """Add an empty conversation."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO conversations (title, system_prompt, model_path, sampling_json, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -215,13 +257,13 @@ class Storage:
             if value is not None:
                 sets.append(f"{column} = ?")
                 values.append(value)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
                        (*values, conversation_id))
 
     def delete_conversation(self, conversation_id: int) -> None:
         """Remove a conversation and its messages."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     # --- messages -----------------------------------------------------------------------------
@@ -232,7 +274,7 @@ class Storage:
                     metrics: dict[str, Any] | None = None) -> Message:
         """Append a finished (or stopped, or partial) message."""
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, status, error, model, "
                 "sampling_json, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -263,12 +305,12 @@ class Storage:
 
     def edit_message(self, message_id: int, content: str) -> None:
         """Replace a message's text."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
 
     def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete ``message_id`` and every later message of the conversation."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
                        (conversation_id, message_id))
 
@@ -278,7 +320,7 @@ class Storage:
 
     def add_evaluation(self, title: str, result: dict[str, Any]) -> int:
         """Store an evaluation's result; returns its id."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             cur = db.execute("INSERT INTO evaluations (title, result_json, created_at) "
                              "VALUES (?, ?, ?)", (title, json.dumps(result), time.time()))
             return int(cur.lastrowid or 0)
@@ -303,7 +345,7 @@ class Storage:
 
     def add_vote(self, evaluation_id: int, variant: str) -> dict[str, int]:
         """Count one A/B preference for ``variant``; returns the new tally."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT votes_json FROM evaluations WHERE id = ?",
                              (evaluation_id,)).fetchone()
             if row is None:
@@ -315,5 +357,5 @@ class Storage:
             return votes
 
     def delete_evaluation(self, evaluation_id: int) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,))

@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -71,7 +72,35 @@ def describe_exit(exitcode: int | None) -> str:
     return f"the process exited with code {exitcode}"
 
 
+_watching = False
+
+
+def exit_with_parent(interval: float = 0.5) -> None:
+    """In a child: end this process soon after the process that started it is gone.
+
+    A killed app (SIGKILL, a crash, the out-of-memory killer) cannot stop its children; without
+    this a quantizer or evaluation would go on using the CPU for minutes, writing a file nobody
+    will rename. The check is a daemon thread polling the parent's pid (a reparented child sees
+    another one); ``PR_SET_PDEATHSIG`` is not used because it fires when the *thread* that
+    started the child ends, and jobs start children from worker threads.
+    """
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _entry(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    exit_with_parent()
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as exc:
@@ -82,6 +111,7 @@ def _entry(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> N
 
 def _spare_entry(conn: Connection, modules: tuple[str, ...]) -> None:
     """A spare child: import what tasks will need, say so, then run the one task it is sent."""
+    exit_with_parent()
     for name in modules:
         with contextlib.suppress(Exception):  # the task itself will meet and report the error
             importlib.import_module(name)
@@ -232,6 +262,8 @@ class ChildCancelled(ChildError):
 
 
 def _stream_entry(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    exit_with_parent()
+
     def send(event: Any) -> None:
         conn.send(("event", event))
 

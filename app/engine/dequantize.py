@@ -23,6 +23,10 @@ class DequantizeError(Exception):
     """The source could not be read or the output not written."""
 
 
+class DequantizeCancelled(DequantizeError):
+    """The user cancelled; nothing was left behind."""
+
+
 @dataclass(frozen=True)
 class Dequantized:
     path: Path
@@ -32,44 +36,63 @@ class Dequantized:
 _FILE_TYPES = {"F16": 1, "F32": 0}
 
 
-def dequantize(src: Path, out: Path, target: str = "F16",
-               cancel: Callable[[], bool] | None = None) -> Iterator[Progress | Dequantized]:
-    """Write ``out`` with every tensor of ``src`` in ``target`` ('F16' or 'F32')."""
+def _write(send: Callable[[Progress], None], src: str, tmp: str, target: str) -> None:
+    """In the child: read every tensor of ``src``, widen it, write ``tmp``."""
     import gguf
 
+    reader = gguf.GGUFReader(src)
+    arch = str(reader.get_field("general.architecture").contents())  # type: ignore[union-attr]
+    writer = gguf.GGUFWriter(tmp, arch)
+    for name, fld in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type",
+                                                "general.alignment"):
+            continue
+        vtype = fld.types[0]
+        sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, fld.contents(), vtype, sub)
+    writer.add_file_type(_FILE_TYPES[target])
+    wide = np.float16 if target == "F16" else np.float32
+    total = len(reader.tensors)
+    for i, tensor in enumerate(reader.tensors):
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        data = data.astype(np.float32 if data.ndim == 1 or len(tensor.shape) == 1 else wide)
+        writer.add_tensor(tensor.name, data)
+        send(Progress(i + 1, total, tensor.name))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def dequantize(src: Path, out: Path, target: str = "F16",
+               cancel: Callable[[], bool] | None = None) -> Iterator[Progress | Dequantized]:
+    """Write ``out`` with every tensor of ``src`` in ``target`` ('F16' or 'F32').
+
+    The work runs in a child process (it is seconds of CPU-bound numpy per GB); cancel kills
+    it. The file is written under a temporary name beside ``out`` and renamed when it reads
+    back as a GGUF.
+    """
+    from app.engine.child import child_errors, stream_from_child
+
+    src, out = Path(src), Path(out)
     try:
         read_model_info(src)  # clear errors for broken files before the slow reader
     except GGUFError as exc:
         raise DequantizeError(str(exc)) from None
     if target not in _FILE_TYPES:
         raise DequantizeError(f"target must be F16 or F32, not {target}")
-    reader = gguf.GGUFReader(str(src))
-    arch = str(reader.get_field("general.architecture").contents())  # type: ignore[union-attr]
     tmp = out.with_name(f".{out.name}.part")
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        for name, fld in reader.fields.items():
-            if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type",
-                                                    "general.alignment"):
-                continue
-            vtype = fld.types[0]
-            sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(name, fld.contents(), vtype, sub)
-        writer.add_file_type(_FILE_TYPES[target])
-        wide = np.float16 if target == "F16" else np.float32
-        total = len(reader.tensors)
-        for i, tensor in enumerate(reader.tensors):
-            if cancel is not None and cancel():
-                raise DequantizeError("cancelled")
-            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            data = data.astype(np.float32 if data.ndim == 1 or len(tensor.shape) == 1 else wide)
-            writer.add_tensor(tensor.name, data)
-            yield Progress(i + 1, total, tensor.name)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        with child_errors(DequantizeError, DequantizeCancelled,
+                          cancelled_message="Cancelled; nothing was written.",
+                          crashed="Dequantizing stopped unexpectedly",
+                          failed_prefix="Dequantizing failed: "):
+            yield from stream_from_child(_write, str(src), str(tmp), target, cancel=cancel)
+        try:
+            read_model_info(tmp)
+        except GGUFError as exc:
+            raise DequantizeError(f"The F16 copy does not read back: {exc}") from None
         tmp.replace(out)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -451,41 +451,80 @@ class VariantDone:
     from_cache: bool = False
 
 
+def _check_readable(*paths: Path) -> None:
+    from app.core.gguf_info import GGUFError, read_model_info
+
+    for path in paths:
+        try:
+            read_model_info(Path(path))
+        except GGUFError as exc:
+            raise EvalError(str(exc)) from None
+
+
+def reference_pass(reference: Path, text: str, *, n_ctx: int = 512,
+                   max_chunks: int | None = None, speed_reps: int = 3,
+                   threads: int | None = None, cancel: Callable[[], bool] | None = None
+                   ) -> Generator[Progress, None, tuple[VariantResult, bool]]:
+    """Score the reference and cache its distributions (or find them cached); yields Progress,
+    returns (its result, whether it came from the cache)."""
+    reference = Path(reference)
+    _check_readable(reference)
+    cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
+    cached = (cache / "meta.json").exists()  # written last, when the reference pass succeeded
+    if cached:
+        # the reference's own numbers come from the cache: scoring it again is not needed
+        out = _reference_from_cache(cache)
+    else:
+        shutil.rmtree(cache, ignore_errors=True)
+        out = yield from _drive(reference, text, n_ctx, max_chunks, cache, True, speed_reps,
+                                threads, cancel)
+    os.utime(cache)
+    _prune_cache(cache)
+    return _variant(reference, out, True), cached
+
+
+def candidate_pass(reference: Path, candidate: Path, text: str, *, n_ctx: int = 512,
+                   max_chunks: int | None = None, speed_reps: int = 3,
+                   threads: int | None = None, cancel: Callable[[], bool] | None = None
+                   ) -> Generator[Progress, None, VariantResult]:
+    """Score one candidate against the reference's cached distributions (computing them first
+    when they are not cached); yields Progress, returns the candidate's result."""
+    reference, candidate = Path(reference), Path(candidate)
+    _check_readable(candidate)
+    cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
+    if not (cache / "meta.json").exists():
+        yield from reference_pass(reference, text, n_ctx=n_ctx, max_chunks=max_chunks,
+                                  speed_reps=speed_reps, threads=threads, cancel=cancel)
+    out = yield from _drive(candidate, text, n_ctx, max_chunks, cache, False, speed_reps,
+                            threads, cancel)
+    return _variant(candidate, out, False)
+
+
+def assemble(reference: VariantResult, candidates: Sequence[VariantResult], text: str, *,
+             text_name: str, n_ctx: int) -> Evaluation:
+    """The Evaluation of a reference and its candidates, all scored on ``text`` at ``n_ctx``."""
+    chunks = reference.quality.tokens_scored // _scored(n_ctx)[1]
+    return Evaluation(reference, tuple(candidates), text_name, text_sha256(text), n_ctx, chunks,
+                      llama_build())
+
+
 def evaluate(reference: Path, candidates: Sequence[Path], text: str, *, text_name: str = "",
              n_ctx: int = 512, max_chunks: int | None = None, speed_reps: int = 3,
              threads: int | None = None, cancel: Callable[[], bool] | None = None
              ) -> Iterator[Progress | VariantDone | Evaluation]:
     """Evaluate each candidate against the reference; yields Progress (prefixed with the file
     name), VariantDone per file, then the Evaluation."""
-    from app.core.gguf_info import GGUFError, read_model_info
-
-    reference = Path(reference)
-    for path in (reference, *candidates):
-        try:
-            read_model_info(Path(path))
-        except GGUFError as exc:
-            raise EvalError(str(exc)) from None
-    cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
-    cached = (cache / "meta.json").exists()  # written last, when the reference pass succeeded
+    _check_readable(Path(reference), *(Path(c) for c in candidates))
+    options: dict[str, Any] = {"n_ctx": n_ctx, "max_chunks": max_chunks,
+                               "speed_reps": speed_reps, "threads": threads, "cancel": cancel}
+    ref, cached = yield from reference_pass(Path(reference), text, **options)
+    yield VariantDone(ref, from_cache=cached)
     results = []
-    for path, is_ref in ((reference, True), *((Path(c), False) for c in candidates)):
-        if is_ref and cached:
-            # the reference's own numbers come from the cache: scoring it again is not needed
-            out = _reference_from_cache(cache)
-        else:
-            if is_ref:
-                shutil.rmtree(cache, ignore_errors=True)
-            out = yield from _drive(path, text, n_ctx, max_chunks, cache, is_ref, speed_reps,
-                                    threads, cancel)
-        result = _variant(path, out, is_ref)
+    for path in candidates:
+        result = yield from candidate_pass(Path(reference), Path(path), text, **options)
         results.append(result)
-        yield VariantDone(result, from_cache=is_ref and cached)
-        if is_ref:
-            os.utime(cache)
-            _prune_cache(cache)
-    chunks = results[0].quality.tokens_scored // _scored(n_ctx)[1]
-    yield Evaluation(results[0], tuple(results[1:]), text_name, text_sha256(text), n_ctx,
-                     chunks, llama_build())
+        yield VariantDone(result)
+    yield assemble(ref, results, text, text_name=text_name, n_ctx=n_ctx)
 
 
 def _reference_from_cache(cache: Path) -> dict[str, Any]:

@@ -308,6 +308,9 @@ class _Host:
 
 def serve(requests: Connection, events: Connection, stop_value: Synchronized) -> None:  # type: ignore[type-arg]
     """The child's main loop: answer requests until Shutdown or the parent goes away."""
+    from app.engine.child import exit_with_parent
+
+    exit_with_parent()
     send = _Sender(events)
     root = logging.getLogger()
     root.handlers[:] = [_LogForwarder(send)]

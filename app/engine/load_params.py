@@ -28,8 +28,8 @@ def extra_buffers() -> bool:
 
     info = (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace")
     safe = extra_buffers_safe(info)
-    if not safe:
-        log.warning("this llama.cpp build has AMX kernels, which crash on quantized models "
+    if not safe:  # said once to the user by the hardware advice (app.core.hardware)
+        log.info("this llama.cpp build has AMX kernels, which crash on quantized models "
                     "(llama.cpp issue 20824): loading without extra buffer types (no weight "
                     "repacking)")
     return safe

@@ -29,6 +29,10 @@ from app.engine.events import Progress
 _PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
 _FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
+# A dry run's line per tensor ends with the type it would get: "... -> 0.11 MiB (q8_0)", or,
+# for a tensor left as it is, "type =    f32, size =    0.002 MiB".
+_DRY_NEW_TYPE = re.compile(r"->\s*[\d.]+ MiB \((\w+)\)\s*$")
+_DRY_KEPT_TYPE = re.compile(r"type =\s*(\w+), size =\s*[\d.]+ MiB\s*$")
 UNQUANTIZED = {"F32", "F16", "BF16"}
 DISK_MARGIN = 64 * 1024 * 1024
 
@@ -73,12 +77,23 @@ class Quantized:
 
 
 @dataclass(frozen=True)
+class TensorType:
+    """In a dry run: the ggml type llama.cpp would give one tensor ('Q5_0', 'F32')."""
+
+    name: str
+    type_name: str
+
+
+@dataclass(frozen=True)
 class SizeEstimate:
-    """llama.cpp's dry-run answer: the output's size and average bits per weight."""
+    """llama.cpp's dry-run answer: the output's size, average bits per weight, and the type
+    each tensor would get (fallbacks included), so that the output can be described exactly
+    before it exists (``app.core.gguf_info.with_tensor_types``)."""
 
     quant: str
     bytes: int
     bits_per_weight: float
+    tensor_types: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -152,14 +167,32 @@ def _run_quantizer(send: Callable[[Any], None], src: str, dst: str, options: Qua
             send(line)
 
     llama_log.add_listener(on_line)
-    native = _Native()
-    params = _params(options, dry_run, native)
-    status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    try:
+        native = _Native()
+        params = _params(options, dry_run, native)
+        status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    finally:
+        llama_log.remove_listener(on_line)
     return int(status), tail
 
 
-def _check_source(src: Path, options: QuantizeOptions) -> tuple[int, list[str]]:
-    """Raise QuantizeError for sources that cannot work; return (n_params, warnings)."""
+def _dry_runs(src: str, dst: str, options: list[QuantizeOptions]) -> list[list[str]]:
+    """In the child: llama.cpp's dry run for each of ``options``; the lines each one sent."""
+    answers = []
+    for one in options:
+        lines: list[str] = []
+        status, tail = _run_quantizer(lines.append, src, dst, one, True)
+        if status != 0:
+            raise QuantizeError(f"llama.cpp's dry run for {one.quant} failed: "
+                                + (tail[-1] if tail else f"status {status}"))
+        answers.append(lines)
+    return answers
+
+
+def _check_source(src: Path, options: QuantizeOptions, dry_run: bool = False
+                  ) -> tuple[int, list[str]]:
+    """Raise QuantizeError for sources that cannot work; return (n_params, warnings). A dry
+    run needs no importance matrix (llama.cpp sizes the output without one)."""
     try:
         info = read_model_info(src)
     except GGUFError as exc:
@@ -188,7 +221,7 @@ def _check_source(src: Path, options: QuantizeOptions) -> tuple[int, list[str]]:
         if any(columns.get(name) != len(values) for name, values in imatrix.sums.items()):
             raise QuantizeError("The importance matrix was computed for a different model (its "
                                 "tensor names or sizes do not match this file's).")
-    elif target.needs_imatrix:
+    elif target.needs_imatrix and not dry_run:
         raise QuantizeError(f"{target.name} needs an importance matrix: without one its quality "
                             "collapses. Compute one from a calibration text first.")
     return info.n_params, warnings
@@ -204,7 +237,8 @@ def _check_disk(out: Path, n_params: int, quant: str) -> None:
 
 def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
            cancel: Callable[[], bool] | None
-           ) -> Generator[Progress | SizeEstimate | Warning_, None, tuple[int, list[str]]]:
+           ) -> Generator[Progress | SizeEstimate | Warning_ | TensorType, None,
+                          tuple[int, list[str]]]:
     """Run the quantizer child, turning its log lines into events; return (status, tail)."""
     stream = stream_from_child(_run_quantizer, str(src), str(dst), options, dry_run,
                                cancel=cancel)
@@ -218,13 +252,21 @@ def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
             except StopIteration as stop:
                 result: tuple[int, list[str]] = stop.value
                 return result
-            yield _event(line, options.quant)
+            yield from _events(line, options.quant)
 
 
-def _event(line: str, quant: str) -> Progress | SizeEstimate | Warning_:
+def _events(line: str, quant: str) -> Iterator[Progress | SizeEstimate | Warning_ | TensorType]:
     match = _PROGRESS.match(line)
     if match:
-        return Progress(int(match[1]), int(match[2]), match[3])
+        yield Progress(int(match[1]), int(match[2]), match[3])
+        new_type = _DRY_NEW_TYPE.search(line) or _DRY_KEPT_TYPE.search(line)
+        if new_type:
+            yield TensorType(match[3], new_type[1].upper())
+        return
+    yield _line_event(line, quant)
+
+
+def _line_event(line: str, quant: str) -> SizeEstimate | Warning_:
     fallback = _FALLBACK.search(line)
     if fallback:
         return Warning_(f"{fallback[1]} of {fallback[2]} tensors could not use {quant}'s block "
@@ -238,19 +280,42 @@ def _event(line: str, quant: str) -> Progress | SizeEstimate | Warning_:
 
 def estimate_size(src: Path, options: QuantizeOptions) -> SizeEstimate:
     """llama.cpp's dry run: the size the output will have (nothing is written)."""
-    _check_source(src, options)
-    size: SizeEstimate | None = None
-    for event in _drive(src, src.with_name(".dry-run.gguf"), options, True, None):
-        if isinstance(event, SizeEstimate):
-            size = event
-    if size is None:
-        raise QuantizeError("llama.cpp's dry run did not report a size.")
-    return size
+    return estimate_sizes(src, [options])[0]
+
+
+def estimate_sizes(src: Path, options: Sequence[QuantizeOptions]) -> list[SizeEstimate]:
+    """llama.cpp's dry run for several targets, in one child process: each output's size and
+    the type each of its tensors would get (nothing is written)."""
+    from app.engine.child import call_in_child
+
+    src = Path(src)
+    for one in options:
+        _check_source(src, one, dry_run=True)
+    with child_errors(QuantizeError, QuantizeCancelled, cancelled_message="Cancelled.",
+                      crashed="llama.cpp's quantizer stopped unexpectedly",
+                      strip=("QuantizeError: ",)):
+        answers = call_in_child(_dry_runs, str(src), str(src.with_name(".dry-run.gguf")),
+                                list(options), timeout=600)
+    estimates = []
+    for one, lines in zip(options, answers, strict=True):
+        size: SizeEstimate | None = None
+        types: list[tuple[str, str]] = []
+        for line in lines:
+            for event in _events(line, one.quant):
+                if isinstance(event, SizeEstimate):
+                    size = event
+                elif isinstance(event, TensorType):
+                    types.append((event.name, event.type_name))
+        if size is None:
+            raise QuantizeError(f"llama.cpp's dry run for {one.quant} did not report a size.")
+        estimates.append(SizeEstimate(size.quant, size.bytes, size.bits_per_weight,
+                                      tuple(types)))
+    return estimates
 
 
 def quantize(src: Path, out: Path, options: QuantizeOptions,
              cancel: Callable[[], bool] | None = None
-             ) -> Iterator[Progress | SizeEstimate | Warning_ | Quantized]:
+             ) -> Iterator[Progress | SizeEstimate | Warning_ | TensorType | Quantized]:
     """Quantize ``src`` to ``out``; yields Warning_s, Progress per tensor, the final size,
     then Quantized."""
     src, out = Path(src), Path(out)
@@ -280,7 +345,7 @@ def quantize(src: Path, out: Path, options: QuantizeOptions,
 
 def quantize_many(src: Path, targets: Sequence[tuple[QuantizeOptions, Path]],
                   cancel: Callable[[], bool] | None = None
-                  ) -> Iterator[Progress | SizeEstimate | Warning_ | Quantized]:
+                  ) -> Iterator[Progress | SizeEstimate | Warning_ | TensorType | Quantized]:
     """Several types from one source in one job; stops at the first failure."""
     for options, out in targets:
         yield from quantize(src, out, options, cancel)

@@ -1,0 +1,73 @@
+"""What quality to expect from a quant type before measuring: a small table of published and
+measured KL divergences (``resources/expected_quality.json``, its sources named there).
+
+Used where QuantDesk has to choose or explain before anything is measured (the wizard's plan).
+It is an expectation, labelled so wherever it is shown: a model's own evaluation replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from app.core.resources import resource
+
+# Upper bounds of mean KLD for the words we use (roughly: Q8_0/Q6_K, Q5/Q4_K, Q4_0/Q3, Q2/IQ2).
+BANDS: tuple[tuple[float, str], ...] = (
+    (0.01, "near-lossless"), (0.05, "small loss"), (0.15, "noticeable loss"),
+    (0.5, "large loss"), (float("inf"), "severe loss"))
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One source's figure for one type."""
+
+    source: str  # the source's short title ("Llama 3 8B")
+    kld: float
+    same_top: float | None
+    imatrix: bool  # measured with an importance matrix
+
+
+def band(kld: float) -> str:
+    """The words for a mean KLD: 'near-lossless' … 'severe loss'."""
+    return next(words for bound, words in BANDS if kld < bound)
+
+
+@cache
+def _table() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resource("expected_quality.json").read_text("utf-8"))
+    return data
+
+
+def sources() -> dict[str, dict[str, str]]:
+    """The table's sources: id → title, detail, url."""
+    found: dict[str, dict[str, str]] = _table()["sources"]
+    return found
+
+
+def expected(quant: str, imatrix: bool = False) -> list[Expected]:
+    """Each source's figure for ``quant``, the importance-matrix one when ``imatrix`` and it
+    exists (else the plain one, and vice versa)."""
+    entries: dict[str, dict[str, float]] = _table()["types"].get(quant.upper(), {})
+    found = []
+    for source_id, entry in entries.items():
+        title = sources()[source_id]["title"]
+        with_imatrix = (imatrix and "imatrix_kld" in entry) or "kld" not in entry
+        kld = entry["imatrix_kld"] if with_imatrix else entry["kld"]
+        found.append(Expected(title, kld, None if with_imatrix else entry.get("same_top"),
+                              with_imatrix))
+    return found
+
+
+def describe(quant: str, imatrix: bool = False) -> str:
+    """'expected KLD 0.028 (Llama 3 8B), 0.032 (SmolLM2 135M): small loss' — or a plain
+    'no published figure' when the table has none."""
+    figures = expected(quant, imatrix)
+    if not figures:
+        return "no published figure for this type"
+    parts = ", ".join(f"{e.kld:.3g} ({e.source}{', imatrix' if e.imatrix else ''})"
+                      for e in figures)
+    worst = max(e.kld for e in figures)
+    return f"expected KLD {parts}: {band(worst)}"
