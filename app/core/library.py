@@ -3,8 +3,15 @@
 Three places are scanned: the app's own models folder, the Hugging Face cache (through
 huggingface-hub's cache API), and folders the user adds (an LM Studio or other models folder).
 Files are never copied. A split model (``x-00001-of-00003.gguf``) is one entry; multimodal
-projector files (``mmproj*``) and unfinished downloads are skipped. A file that cannot be read
-is listed with the reason, not hidden.
+projector files (``mmproj*``), importance matrices (``*.imatrix.gguf``, written beside models by
+the quantizer) and unfinished downloads (``*.part``, and a split model while one of its parts
+is still a ``.part``) are skipped. A file that cannot be read is listed with the reason, not
+hidden.
+
+Removing an entry deletes exactly what ``removal_plan`` lists, which is also what the
+confirmation shows: a file (every part of a split model), a link (only the link, never what it
+points to), or, in the Hugging Face cache, the snapshot's link and its blob when no other
+snapshot still links to that blob.
 """
 
 from __future__ import annotations
@@ -48,7 +55,19 @@ def _is_model_file(path: Path) -> bool:
     name = path.name.lower()
     if not name.endswith(".gguf") or name.startswith(("mmproj", ".")):
         return False
+    if name.endswith(".imatrix.gguf") or name == "imatrix.gguf":  # a quantizer input, no model
+        return False
     return PARTIAL_SUFFIX not in name and ".incomplete" not in name
+
+
+def _part_of(path: Path) -> Path:
+    """The unfinished download of ``path`` (app.hub.download writes NAME.part beside NAME)."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _downloading(path: Path) -> bool:
+    """Whether ``path`` is a split model some of whose parts are still being downloaded."""
+    return any(not part.exists() and _part_of(part).exists() for part in split_parts(path))
 
 
 def _first_parts(files: Iterable[Path]) -> list[Path]:
@@ -125,7 +144,7 @@ class Library:
         def add(paths_: Iterable[Path], source: str, repos: dict[Path, str] | None = None) -> None:
             for path in _first_parts(paths_):
                 real = path.resolve()
-                if real in seen:
+                if real in seen or _downloading(path):
                     continue
                 seen.add(real)
                 info, error = self._read(path)
@@ -143,17 +162,72 @@ class Library:
         return entries
 
 
-def remove(entry: LibraryEntry) -> list[Path]:
-    """Delete a model's file(s) from disk (every split part; for the Hugging Face cache, the
-    snapshot link and the blob it points to). Returns what was deleted."""
-    targets = list(entry.info.split_files) if entry.info and entry.info.split_files else \
-        [entry.path]
+def _files_of(entry: LibraryEntry) -> list[Path]:
+    """The model's own files: every split part there is, or the one file."""
+    if entry.info is not None and entry.info.split_files:
+        return list(entry.info.split_files)
+    # An unreadable split model (a part missing, say) still owns the parts that are there;
+    # the library lists only the first, so leaving the others would orphan them unseen.
+    return [p for p in split_parts(entry.path) if p == entry.path or os.path.lexists(p)]
+
+
+def _hf_repo_of(link: Path) -> Path | None:
+    """The cache folder (``models--org--name``) of a file in one of its snapshots."""
+    for folder in link.parents:
+        if folder.parent.name == "snapshots":
+            return folder.parent.parent
+    return None
+
+
+def _hf_blob(link: Path) -> tuple[Path, Path] | None:
+    """For a snapshot link into the cache's blobs: (its repo folder, its blob)."""
+    repo = _hf_repo_of(link)
+    if repo is None or not link.is_symlink():
+        return None
+    blob = link.resolve()
+    if blob.parent != (repo / "blobs").resolve() or not blob.is_file():
+        return None
+    return repo, blob
+
+
+def _links_to(blob: Path, repo: Path) -> set[Path]:
+    """Every snapshot link (of every revision) in ``repo`` that points at ``blob``."""
+    found = set()
+    for root, _dirs, files in os.walk(repo / "snapshots"):  # links are not followed: good
+        for name in files:
+            path = Path(root) / name
+            if path.is_symlink() and path.resolve() == blob:
+                found.add(path)
+    return found
+
+
+def removal_plan(entry: LibraryEntry) -> list[Path]:
+    """Exactly the paths that ``remove(entry)`` deletes, in that order; the confirmation shows
+    this list.
+
+    A plain file is deleted (every part of a split model). A link is deleted, never the file it
+    points to, unless the link is a Hugging Face cache snapshot: then its blob goes too, but
+    only when no other snapshot or revision links to that blob.
+    """
+    files = _files_of(entry)
+    plan: list[Path] = []
+    for path in files:
+        plan.append(path)
+        cached = _hf_blob(path) if entry.source == SOURCE_HF else None
+        if cached is not None:
+            repo, blob = cached
+            if _links_to(blob, repo) <= set(files) and blob not in plan:
+                plan.append(blob)
+    return plan
+
+
+def remove(entry: LibraryEntry, plan: Iterable[Path] | None = None) -> list[Path]:
+    """Delete ``plan`` (by default ``removal_plan(entry)``: pass the one the person confirmed)
+    and return what was deleted. Links are removed as links; nothing they point to is touched
+    unless it is in the plan. Raises OSError at the first path that cannot be deleted."""
     deleted = []
-    for path in targets:
-        blob = path.resolve() if path.is_symlink() else None
-        path.unlink(missing_ok=True)
-        deleted.append(path)
-        if blob is not None and blob.exists():
-            blob.unlink()
-            deleted.append(blob)
+    for path in removal_plan(entry) if plan is None else plan:
+        if os.path.lexists(path):
+            path.unlink()
+            deleted.append(path)
     return deleted

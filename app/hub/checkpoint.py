@@ -1,9 +1,11 @@
 """Fetch a Hugging Face checkpoint (the files the GGUF converter reads) into a local folder.
 
 Only what conversion needs is fetched: ``config.json``, the tokenizer files and the weights
-(``*.safetensors`` with their index). Each file goes through ``download`` (resume, SHA-256
-verification for LFS files, disk-space check). A repo that only has PyTorch ``*.bin`` weights
-is refused with the reason: those are pickles, which can run code when loaded.
+(``*.safetensors`` with their index). The files go through ``download_files`` (resume without
+fetching finished files again, SHA-256 verification for LFS files, disk-space check, and names
+from the hub refused unless they stay inside the checkpoint's folder). A repo that only has
+PyTorch ``*.bin`` weights is refused with the reason: those are pickles, which can run code when
+loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.hub.download import Downloaded, Progress, download, remote_file, target_path
+from app.hub.download import Progress, download_files, remote_file, target_path
 from app.hub.errors import HubError, translated
 from app.hub.online import ensure_reachable
 
@@ -24,6 +26,8 @@ WANTED_EXACT = {"config.json", "generation_config.json", "tokenizer.json", "toke
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A fetched checkpoint: its folder and the files in it."""
+
     folder: Path
     files: tuple[str, ...]
 
@@ -53,15 +57,11 @@ def fetch_checkpoint(repo_id: str, dest_dir: Path, *, endpoint: str | None = Non
                      token: str | None = None, cancel: threading.Event | None = None
                      ) -> Iterator[Progress | Checkpoint]:
     """Download the checkpoint into DEST/org/repo/; yields overall Progress, then Checkpoint."""
+    # built first, so that a repo id that would leave DEST is refused before any request
+    folder = target_path(dest_dir, repo_id, "config.json").parent
     names = checkpoint_files(repo_id, endpoint=endpoint, token=token)
     remotes = [remote_file(repo_id, n, token=token, endpoint=endpoint) for n in names]
-    total = sum(r.size for r in remotes)
-    before = 0
-    for remote in remotes:
-        for event in download(remote, dest_dir, token=token, cancel=cancel):
-            if isinstance(event, Progress):
-                yield Progress(before + event.done, total, event.speed, None,
-                               f"{remote.filename}: {event.message}")
-            elif isinstance(event, Downloaded):
-                before += event.size
-    yield Checkpoint(target_path(dest_dir, repo_id, "config.json").parent, names)
+    for event in download_files(remotes, dest_dir, token=token, cancel=cancel):
+        if isinstance(event, Progress):  # each file's Downloaded adds nothing for the caller
+            yield event
+    yield Checkpoint(folder, names)

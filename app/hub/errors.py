@@ -42,6 +42,10 @@ class Paused(HubError):
     """The user paused; the partial file is kept for resuming."""
 
 
+class RefusedName(HubError):
+    """The hub offered a repo id or file name that would not stay inside its folder on disk."""
+
+
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
@@ -65,6 +69,9 @@ def translated(what: str) -> Iterator[None]:
                           "Hugging Face token that can see it.") from None
     except (errors.EntryNotFoundError, errors.RemoteEntryNotFoundError):
         raise HubNotFound(f"{what} was not found in the repository.") from None
+    except errors.HFValidationError as exc:
+        # the client's own check of a repo id or revision (a name from a search hit, say)
+        raise RefusedName(f"{what} is not a valid Hugging Face name: {exc}") from None
     except errors.OfflineModeIsEnabled:
         raise HubOffline("Hugging Face is switched off (HF_HUB_OFFLINE is set).") from None
     except errors.HfHubHTTPError as exc:

@@ -7,12 +7,16 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.hub.download import Downloaded, Progress, download, remote_file
+from app.hub.download import Progress, download_files, remote_file
 from app.hub.errors import Cancelled, HubError, Paused
 
 
 class DownloadJob(QObject):
-    """Downloads ``files`` of ``repo_id`` one after the other into ``dest``."""
+    """Downloads ``files`` of ``repo_id`` one after the other into ``dest``.
+
+    Resuming (after a pause, or a new job after the app was closed) fetches only what is
+    missing: ``download_files`` checks finished parts instead of fetching them again.
+    """
 
     progress = Signal(object)  # Progress, with done/total over all parts
     finished = Signal(list)  # list[Path]
@@ -54,18 +58,13 @@ class DownloadJob(QObject):
         try:
             remotes = [remote_file(self.repo_id, f, endpoint=self.endpoint, token=self.token)
                        for f in self.files]
-            total = sum(r.size for r in remotes)
-            before = 0
             paths: list[Path] = []
-            for remote in remotes:
-                for event in download(remote, self.dest, token=self.token, cancel=self._cancel,
-                                      pause=self._pause):
-                    if isinstance(event, Progress):
-                        self.progress.emit(Progress(before + event.done, total, event.speed,
-                                                    event.eta, event.message))
-                    elif isinstance(event, Downloaded):
-                        paths.append(event.path)
-                before += remote.size
+            for event in download_files(remotes, self.dest, token=self.token,
+                                        cancel=self._cancel, pause=self._pause):
+                if isinstance(event, Progress):
+                    self.progress.emit(event)
+                else:
+                    paths.append(event.path)
             self.finished.emit(paths)
         except Cancelled:
             self.cancelled.emit()

@@ -5,12 +5,20 @@ X-Linked-Etag holding the SHA-256, X-Linked-Size), honours Range requests, and r
 request so tests can check that resumed downloads do not fetch bytes again. Tests can make a
 file corrupt (its bytes differ from its published SHA-256), make a path answer an error status,
 or cut a transfer off after some bytes.
+
+Repo ids and file names are whatever the test chooses, hostile ones included ('../../x',
+'C:/x', names with control characters or backslashes): a file is found by the path the client
+actually requests (percent-decoded, and with '.' and '..' collapsed the way HTTP clients do), so
+the server hands over the bytes of a hostile name as a hostile hub would, and only the client's
+side can refuse them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
+import sys
 import threading
 import time
 import urllib.parse
@@ -33,6 +41,27 @@ class Request:
     path: str
     range: str | None
     authorization: str | None
+    file: tuple[str, str] | None = None  # (repo_id, filename) when it asked for a file
+    sent: int = 0  # body bytes written to the client (less than asked when it went away)
+
+    @property
+    def start(self) -> int:
+        """Where the requested range starts (0 without a Range header)."""
+        if self.range and self.range.startswith("bytes="):
+            return int(self.range[6:].split("-")[0])
+        return 0
+
+
+def _route(path: str) -> str:
+    """A path as the server compares it: dot segments collapsed, as an HTTP client does."""
+    return posixpath.normpath(path)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a client killed or cut off mid-body (the point of several tests) is not a server bug
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -84,8 +113,16 @@ class FakeHub:
 
             def _handle(self, head: bool) -> None:
                 url = urllib.parse.urlparse(self.path)
-                hub.requests.append(Request(self.command, url.path, self.headers.get("Range"),
-                                            self.headers.get("Authorization")))
+                request = Request(self.command, url.path, self.headers.get("Range"),
+                                  self.headers.get("Authorization"))
+                hub.requests.append(request)
+                wanted = _route(urllib.parse.unquote(url.path))
+                for repo_id, filename in list(hub.files):
+                    if _route(f"/{repo_id}/resolve/main/{filename}") == wanted:
+                        if self._refused(repo_id):
+                            return None
+                        request.file = (repo_id, filename)
+                        return self._file(repo_id, filename, head, request)
                 parts = url.path.strip("/").split("/")
                 if parts[:2] == ["api", "models"] and len(parts) == 2:
                     return self._search(urllib.parse.parse_qs(url.query))
@@ -98,7 +135,7 @@ class FakeHub:
                     repo_id, filename = "/".join(parts[:2]), "/".join(parts[4:])
                     if self._refused(repo_id):
                         return None
-                    return self._file(repo_id, filename, head)
+                    return self._error(404, "EntryNotFound")
                 return self._error(404, "RepoNotFound")
 
             def _refused(self, repo_id: str) -> bool:
@@ -115,14 +152,9 @@ class FakeHub:
                     return True
                 return False
 
-            def _file(self, repo_id: str, filename: str, head: bool) -> None:
-                f = hub.files.get((repo_id, filename))
-                if f is None:
-                    return self._error(404, "EntryNotFound")
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes="):
-                    start = int(rng[6:].split("-")[0])
+            def _file(self, repo_id: str, filename: str, head: bool, request: Request) -> None:
+                f = hub.files[(repo_id, filename)]
+                start = request.start
                 body = f.served[start:]
                 self.send_response(206 if start else 200)
                 self.send_header("X-Repo-Commit", COMMIT)
@@ -139,10 +171,12 @@ class FakeHub:
                 if hub.cut_after is not None:
                     self.wfile.write(body[: hub.cut_after])
                     self.wfile.flush()
+                    request.sent = min(len(body), hub.cut_after)
                     self.close_connection = True
                     return None
                 for i in range(0, len(body), 65536):
                     self.wfile.write(body[i:i + 65536])
+                    request.sent += len(body[i:i + 65536])
                     if hub.delay:
                         time.sleep(hub.delay)
                 return None
@@ -170,9 +204,11 @@ class FakeHub:
                     found.sort(key=lambda m: -int(m[sort]))  # type: ignore[call-overload]
                 self._json(found)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: stop() (every test's teardown) waits up to one poll interval
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)
         self.thread.start()
         return self
 
@@ -182,5 +218,9 @@ class FakeHub:
 
     def body_bytes(self, repo_id: str, filename: str) -> list[str | None]:
         """Range headers of the GET requests made for one file."""
-        path = f"/{repo_id}/resolve/main/{filename}"
-        return [r.range for r in self.requests if r.method == "GET" and r.path == path]
+        return [r.range for r in self.gets(repo_id, filename)]
+
+    def gets(self, repo_id: str, filename: str, since: int = 0) -> list[Request]:
+        """The GET requests (body fetches) for one file, from request number ``since`` on."""
+        return [r for r in self.requests[since:]
+                if r.method == "GET" and r.file == (repo_id, filename)]

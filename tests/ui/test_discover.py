@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from app.core.settings import Settings
 from app.engine.probe import full_profile
 from app.ui.pages.models import ModelsPage
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.split_model import split_model_parts
 
 REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"
 
@@ -115,3 +117,61 @@ def test_token_button_saves_to_the_keyring(page: ModelsPage) -> None:
         assert backend.store == {}
     finally:
         keyring.set_keyring(previous)
+
+
+SPLIT_REPO = "org/Split-GGUF"
+
+
+def test_pause_and_resume_of_a_split_model_fetches_no_finished_part(
+        qtbot: QtBot, page: ModelsPage, hub: FakeHub) -> None:
+    parts = split_model_parts("Split-Q4_K_M", 3, 2560 * 1024 + 5)
+    for name, data in parts.items():
+        hub.add(SPLIT_REPO, name, data)
+    first, second, third = sorted(parts)
+    folder = paths.models_dir() / SPLIT_REPO
+    hub.delay = 0.02  # the pause lands while the second part's last 1.5 MiB take 0.5 s
+    discover = page.discover
+    with qtbot.waitSignal(discover.files_listed, timeout=10_000):
+        discover.open_repo(SPLIT_REPO)
+    assert discover.files.item(0, 1).text() == "3 parts"
+    discover.files.selectRow(0)
+    discover.download_button.click()
+    part = folder / (second + ".part")
+    qtbot.waitUntil(lambda: part.exists() and part.stat().st_size > 0, timeout=20_000)
+    job = discover.job
+    assert job is not None
+    with qtbot.waitSignal(job.paused, timeout=10_000):
+        discover.pause_button.click()
+    assert discover.pause_button.text() == "Resume" and "paused" in discover.status.text()
+    kept = part.stat().st_size
+    with qtbot.waitSignal(page.library_scanned, timeout=10_000):
+        page.rescan()
+    assert page.entries == []  # the finished first part alone is not offered as a model
+
+    hub.delay = 0.0
+    with qtbot.waitSignal(page.library_scanned, timeout=20_000):
+        discover.pause_button.click()  # Resume
+    assert "Downloaded and verified" in discover.status.text()
+    assert hub.body_bytes(SPLIT_REPO, first) == [None]  # fetched once, before the pause
+    assert [r.start for r in hub.gets(SPLIT_REPO, second)] == [0, kept]  # resumed at its end
+    assert hub.body_bytes(SPLIT_REPO, third) == [None]
+    for name, data in parts.items():
+        assert hashlib.sha256((folder / name).read_bytes()).digest() == \
+            hashlib.sha256(data).digest()
+    assert [e.path for e in page.entries] == [folder / first]
+    assert page.entries[0].info is not None and page.entries[0].info.split_count == 3
+
+
+def test_a_hostile_file_name_is_refused_with_a_clear_message(
+        qtbot: QtBot, page: ModelsPage, hub: FakeHub, tmp_path: Path) -> None:
+    hub.add("org/Hostile-GGUF", "../../../escaped-Q4_K_M.gguf", b"GGUF" * 1000)
+    discover = page.discover
+    with qtbot.waitSignal(discover.files_listed, timeout=10_000):
+        discover.open_repo("org/Hostile-GGUF")
+    discover.files.selectRow(0)
+    discover.download_button.click()
+    qtbot.waitUntil(lambda: discover.job is None, timeout=10_000)
+    assert "will not write to disk" in discover.status.text()
+    assert "'../../../escaped-Q4_K_M.gguf'" in discover.status.text()
+    assert not list(tmp_path.rglob("*escaped*"))
+    assert discover.download_button.isEnabled()

@@ -6,10 +6,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from app.core import paths
+from app.core.settings import Settings
 from app.ui.main_window import MainWindow
+from app.ui.pages.models import ModelsPage
+from tests.unit.test_gguf_info import _write_split
 
 MakeWindow = Callable[[Path | None], MainWindow]
 
@@ -67,3 +72,54 @@ def test_add_folder_then_remove(qtbot: QtBot, tiny_model: Path, tmp_path: Path,
     assert not (folder / "mine.gguf").exists()
     assert page.table.rowCount() == 0
     qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+
+
+def _listed(text: str) -> set[Path]:
+    """The paths a removal confirmation lists (one per indented line)."""
+    return {Path(line.strip()) for line in text.splitlines() if line.startswith("    ")}
+
+
+def _on_disk(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_symlink() or p.is_file()}
+
+
+def test_remove_confirmation_lists_exactly_what_is_deleted(
+        qtbot: QtBot, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "elsewhere" / "real.gguf"
+    real.parent.mkdir()
+    shutil.copyfile(tiny_model, real)
+    folder = tmp_path / "my-models"
+    folder.mkdir()
+    (folder / "linked.gguf").symlink_to(real)
+    _write_split(folder, 2)
+    shown: list[str] = []
+    answer = QMessageBox.StandardButton.No
+
+    def question(_parent: object, _title: str, text: str) -> QMessageBox.StandardButton:
+        shown.append(text)
+        return answer
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    page = ModelsPage(None, Settings(model_folders=[str(folder)]))
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=10_000)
+    names = [e.path.name for e in page.entries]
+    assert names == ["linked.gguf", "tiny-00001-of-00002.gguf"]
+
+    before = _on_disk(tmp_path)
+    page.table.selectRow(0)
+    page.remove_selected()  # answered No: nothing goes
+    assert _on_disk(tmp_path) == before
+
+    answer = QMessageBox.StandardButton.Yes
+    for expected in ([folder / "linked.gguf"],
+                     [folder / "tiny-00001-of-00002.gguf", folder / "tiny-00002-of-00002.gguf"]):
+        page.table.selectRow(0)
+        before = _on_disk(tmp_path)
+        with qtbot.waitSignal(page.library_scanned, timeout=10_000):
+            page.remove_selected()
+        assert _listed(shown[-1]) == set(expected)
+        assert before - _on_disk(tmp_path) == set(expected)  # what it said, and only that
+    assert "only the link is deleted" in shown[1] and str(real) in shown[1]
+    assert real.read_bytes() == tiny_model.read_bytes()
+    assert page.table.rowCount() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -14,11 +15,22 @@ from pathlib import Path
 import pytest
 
 from app.core import paths
-from app.core.library import Library
-from app.hub.download import Downloaded, Progress, download, part_path, remote_file, target_path
+from app.core.library import SOURCE_APP, Library, LibraryEntry
+from app.hub.checkpoint import Checkpoint, fetch_checkpoint
+from app.hub.download import (
+    Downloaded,
+    Progress,
+    RemoteFile,
+    download,
+    download_files,
+    part_path,
+    remote_file,
+    target_path,
+)
 from app.hub.errors import (
     Cancelled,
     DiskFull,
+    HubError,
     HubNotFound,
     HubOffline,
     HubServerError,
@@ -26,6 +38,7 @@ from app.hub.errors import (
     VerificationFailed,
 )
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.split_model import split_model_parts
 
 REPO, NAME = "org/tiny-GGUF", "tiny-Q8_0.gguf"
 DATA = os.urandom(3 * 1024 * 1024 + 123)
@@ -175,3 +188,153 @@ def test_disk_space_is_checked_before_downloading(hub: FakeHub,
     with pytest.raises(DiskFull, match=r"only 0\.00 GiB is free"):
         _run(hub)
     assert hub.body_bytes(REPO, NAME) == []
+
+
+# --- files already in place, and models of several parts ------------------------------------
+
+SPLIT_REPO = "org/split-GGUF"
+
+
+@pytest.fixture
+def split_hub(hub: FakeHub) -> dict[str, bytes]:
+    """A real three-part GGUF model (about 2.5 MiB a part) on the hub."""
+    parts = split_model_parts("split-Q4_K_M", 3, 2560 * 1024 + 99)
+    for name, data in parts.items():
+        hub.add(SPLIT_REPO, name, data)
+    return parts
+
+
+def _remotes(hub: FakeHub, parts: dict[str, bytes]) -> list[RemoteFile]:
+    return [remote_file(SPLIT_REPO, name, endpoint=hub.endpoint) for name in sorted(parts)]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _models() -> list[LibraryEntry]:
+    return [e for e in Library().scan() if e.source == SOURCE_APP]
+
+
+def test_a_verified_file_in_place_is_not_fetched_again(hub: FakeHub) -> None:
+    first = _run(hub)[-1]
+    assert isinstance(first, Downloaded) and not first.reused
+    again = _run(hub, progress_interval=0)[-1]
+    assert isinstance(again, Downloaded) and again.reused
+    assert again.path == first.path and again.sha256 == _sha(DATA)
+    assert hub.body_bytes(REPO, NAME) == [None]  # one fetch in all
+
+
+def test_a_damaged_file_in_place_is_fetched_again_and_replaced(hub: FakeHub) -> None:
+    target = target_path(paths.models_dir(), REPO, NAME)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(bytes(len(DATA)))  # the right size, the wrong bytes
+    done = _run(hub)[-1]
+    assert isinstance(done, Downloaded) and not done.reused
+    assert target.read_bytes() == DATA and hub.body_bytes(REPO, NAME) == [None]
+
+
+def test_split_download_progress_covers_every_part(hub: FakeHub,
+                                                   split_hub: dict[str, bytes]) -> None:
+    events = list(download_files(_remotes(hub, split_hub), paths.models_dir(),
+                                 progress_interval=0))
+    total = sum(len(d) for d in split_hub.values())
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert all(p.total == total for p in progress)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    assert progress[-1].done == total
+    done = [e for e in events if isinstance(e, Downloaded)]
+    assert [d.path.name for d in done] == sorted(split_hub)
+    assert all(d.path.read_bytes() == split_hub[d.path.name] for d in done)
+
+
+def test_split_download_pause_then_resume_fetches_no_finished_part(
+        hub: FakeHub, split_hub: dict[str, bytes]) -> None:
+    first, second, third = sorted(split_hub)
+    hub.delay = 0.002
+    pause = threading.Event()
+    with pytest.raises(Paused, match=second):
+        for event in download_files(_remotes(hub, split_hub), paths.models_dir(), pause=pause,
+                                    progress_interval=0):
+            if isinstance(event, Progress) and event.done > len(split_hub[first]) + 512 * 1024:
+                pause.set()
+    folder = paths.models_dir() / SPLIT_REPO
+    kept = part_path(folder / second).stat().st_size
+    assert (folder / first).read_bytes() == split_hub[first] and 0 < kept < len(split_hub[second])
+    assert _models() == []  # neither the finished first part nor the part file is a model
+
+    hub.delay = 0.0
+    events = list(download_files(_remotes(hub, split_hub), paths.models_dir()))
+    assert [e.reused for e in events if isinstance(e, Downloaded)] == [True, False, False]
+    assert hub.body_bytes(SPLIT_REPO, first) == [None]
+    assert hub.body_bytes(SPLIT_REPO, second) == [None, f"bytes={kept}-"]
+    assert hub.body_bytes(SPLIT_REPO, third) == [None]
+    for name, data in split_hub.items():
+        assert _sha((folder / name).read_bytes()) == _sha(data)
+    [model] = _models()
+    assert model.path == folder / first and model.info is not None
+    assert model.info.split_count == 3
+
+
+def _download_all_in_child(endpoint: str, home: str, names: list[str]) -> None:
+    os.environ["QUANTDESK_HOME"] = home
+    remotes = [remote_file(SPLIT_REPO, n, endpoint=endpoint) for n in names]
+    for _ in download_files(remotes, paths.models_dir()):
+        pass
+
+
+def test_killed_split_download_resumes_without_fetching_finished_parts(
+        hub: FakeHub, split_hub: dict[str, bytes], quantdesk_home: Path) -> None:
+    first, second, _ = sorted(split_hub)
+    hub.delay = 0.02  # 64 KiB per 20 ms: the kill lands well inside the second part
+    child = mp.get_context("spawn").Process(
+        target=_download_all_in_child, args=(hub.endpoint, str(quantdesk_home), sorted(split_hub)))
+    child.start()
+    folder = paths.models_dir() / SPLIT_REPO
+    part = part_path(folder / second)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 512 * 1024):
+        time.sleep(0.01)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    kept = part.stat().st_size
+    assert (folder / first).read_bytes() == split_hub[first] and 0 < kept < len(split_hub[second])
+    assert _models() == []
+
+    hub.delay = 0.0
+    list(download_files(_remotes(hub, split_hub), paths.models_dir()))
+    assert hub.body_bytes(SPLIT_REPO, first) == [None]
+    assert hub.body_bytes(SPLIT_REPO, second) == [None, f"bytes={kept}-"]
+    for name, data in split_hub.items():
+        assert _sha((folder / name).read_bytes()) == _sha(data)
+    assert [m.path.name for m in _models()] == [first]
+
+
+def test_a_write_that_fails_for_another_reason_says_so(hub: FakeHub) -> None:
+    target = target_path(paths.models_dir(), REPO, NAME)
+    part_path(target).mkdir(parents=True)  # the part's name is taken by a folder
+    with pytest.raises(HubError, match=f"Writing {NAME} to .* failed") as failed:
+        _run(hub)
+    assert not isinstance(failed.value, DiskFull)
+
+
+def test_checkpoint_fetch_places_what_conversion_needs_and_resumes_for_free(hub: FakeHub) -> None:
+    files = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+             "tokenizer.json": b"{}", "model.safetensors": DATA, "README.md": b"# hi",
+             "pytorch_model.bin": b"pickle"}
+    for name, data in files.items():
+        hub.add("org/ckpt", name, data)
+    events = list(fetch_checkpoint("org/ckpt", paths.checkpoints_dir(), endpoint=hub.endpoint))
+    done = events[-1]
+    assert isinstance(done, Checkpoint)
+    assert done.folder == paths.checkpoints_dir() / "org" / "ckpt"
+    assert done.files == ("config.json", "model.safetensors", "tokenizer.json")
+    assert sorted(p.name for p in done.folder.iterdir()) == list(done.files)
+    assert all((done.folder / n).read_bytes() == files[n] for n in done.files)
+    last = events[-2]
+    assert isinstance(last, Progress)
+    assert last.done == last.total == sum(len(files[n]) for n in done.files)
+    fetched = len([r for r in hub.requests if r.method == "GET" and r.file])
+    list(fetch_checkpoint("org/ckpt", paths.checkpoints_dir(), endpoint=hub.endpoint))
+    assert len([r for r in hub.requests if r.method == "GET" and r.file]) == fetched

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 from app.core import memory
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
-from app.core.library import Library, LibraryEntry, remove
+from app.core.library import Library, LibraryEntry, removal_plan, remove
 from app.core.settings import Settings
 from app.core.units import format_bytes, format_params
 from app.jobs.task import Task
@@ -209,17 +209,35 @@ class ModelsPage(QWidget):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(entry.path.parent)))
 
     def remove_selected(self, confirm: bool = True) -> None:
-        """Delete the selected model's files after confirmation."""
+        """Delete the selected model's files after confirmation. The dialog lists exactly the
+        paths that are deleted (``removal_plan``), and only those are."""
         entry = self.selected()
         if entry is None:
             return
+        plan = removal_plan(entry)
         if confirm:
-            answer = QMessageBox.question(
-                self, "Remove model", f"Delete {entry.path.name} from disk?\n{entry.path}")
+            answer = QMessageBox.question(self, "Remove model", removal_text(plan))
             if answer != QMessageBox.StandardButton.Yes:
                 return
         try:
-            remove(entry)
+            remove(entry, plan)
         except OSError as exc:
             QMessageBox.warning(self, "Remove model", f"Could not delete it: {exc}")
         self.rescan()
+
+
+def removal_text(plan: list[Path]) -> str:
+    """The confirmation: every path that will be deleted, one per line (indented), and for a
+    link, that what it points to stays."""
+    lines = ["Delete from disk:", *(f"    {path}" for path in plan)]
+    for path in plan:
+        if not path.is_symlink():
+            continue
+        target = path.resolve()
+        if target in plan:  # a Hugging Face cache blob that nothing else links to
+            lines += ["", f"{path.name} is a link; the data it points to goes too, as no other "
+                          "revision uses it."]
+        else:
+            lines += ["", f"{path.name} is a link: only the link is deleted; the file it points "
+                          f"to stays ({target})."]
+    return "\n".join(lines)
