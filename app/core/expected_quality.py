@@ -61,13 +61,19 @@ def expected(quant: str, imatrix: bool = False) -> list[Expected]:
     return found
 
 
-def describe(quant: str, imatrix: bool = False) -> str:
-    """'expected KLD 0.028 (Llama 3 8B), 0.032 (SmolLM2 135M): small loss' — or a plain
-    'no published figure' when the table has none."""
+def describe(quant: str, imatrix: bool = False, short: bool = False) -> str:
+    """'expected KLD 0.028 (Llama 3 8B, imatrix), 0.032 (SmolLM2 135M, imatrix): small loss'
+    — or 'no published figure' when the table has none. ``short`` leaves out the prefix and
+    the imatrix marks (for a column whose heading says both)."""
     figures = expected(quant, imatrix)
     if not figures:
         return "no published figure for this type"
-    parts = ", ".join(f"{e.kld:.3g} ({e.source}{', imatrix' if e.imatrix else ''})"
+    parts = ", ".join(f"{e.kld:.3g} ({e.source}{', imatrix' if e.imatrix and not short else ''})"
                       for e in figures)
     worst = max(e.kld for e in figures)
-    return f"expected KLD {parts}: {band(worst)}"
+    return f"{parts}: {band(worst)}" if short else f"expected KLD {parts}: {band(worst)}"
+
+
+def sources_text() -> str:
+    """Where the table's figures come from, in a sentence per source."""
+    return "\n".join(f"{s['title']}: {s['detail']}" for s in sources().values())

@@ -22,3 +22,15 @@ def format_params(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.0f} M"
     return f"{n / 1e3:.0f} K"
+
+
+def format_duration(seconds: float | None) -> str:
+    """'45 s', '3 min', '1 h 20 min' (rounded for a person, not a log)."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"

@@ -354,6 +354,8 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
             arrays["vocab"][0] = runner.n_vocab
             for a in arrays.values():
                 a.flush()
+    if speed_reps:
+        send(Progress(n_chunks, n_chunks, "measuring speed (pp512, tg128)"))
     speed = _speed_only(model, speed_reps, threads) if speed_reps else None
     result: dict[str, Any] = {"nll": nll, "chunks": n_chunks, "seconds": seconds,
                               "load_seconds": load_seconds, "speed": speed,

@@ -182,19 +182,15 @@ class Download(Kind):
         stop = threading.Event()
         remotes = [dl.remote_file(params["repo_id"], f, revision=params.get("revision", "main"),
                                   token=token) for f in params["files"]]
-        total = sum(r.size for r in remotes)
-        before, paths = 0, []
-        for remote in remotes:
-            for event in dl.download(remote, Path(params["dest"]), token=token, cancel=stop):
-                if ctx.cancel():
-                    stop.set()
-                if isinstance(event, dl.Progress):
-                    yield Progress(before + event.done, total, f"{remote.filename}: "
-                                   f"{event.message}")
-                elif isinstance(event, dl.Downloaded):
-                    before += event.size
-                    paths.append(str(event.path))
-        return {"path": paths[0], "paths": paths, "size": total}
+        paths = []
+        for event in dl.download_files(remotes, Path(params["dest"]), token=token, cancel=stop):
+            if ctx.cancel():
+                stop.set()
+            if isinstance(event, dl.Progress):
+                yield Progress(event.done, event.total, event.message)
+            else:
+                paths.append(str(event.path))
+        return {"path": paths[0], "paths": paths, "size": sum(r.size for r in remotes)}
 
     def predict(self, params: dict[str, Any], rates: Rates) -> float:
         return float(params.get("expected_bytes", 1e9)) / rates.download_bytes_per_s

@@ -24,6 +24,8 @@ from app.core.bandwidth import Bandwidth
 from app.core.gguf_info import GGUFError, ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.planned_model import with_tensor_types
+from app.core.runs import RunStore
+from app.core.storage import Storage
 from app.core.units import format_bytes, format_params
 from app.pipeline import plans
 from app.pipeline.events import PipelineError
@@ -178,6 +180,20 @@ def from_repo(repo_id: str, *, endpoint: str | None = None) -> Source:
                   model_name=plans.stem(Path(best.files[0])))
 
 
+def converter_problem() -> str | None:
+    """Why a Hugging Face checkpoint cannot be converted here (the converter is missing or
+    broken), or None."""
+    from app.engine.convert import INSTALL_HINT, ConvertError, check_ready, missing_requirements
+
+    if missing_requirements():
+        return f"Converting needs the converter, which is not installed. {INSTALL_HINT}"
+    try:
+        check_ready()
+    except ConvertError as exc:
+        return str(exc)
+    return None
+
+
 def resolve(text: str, *, endpoint: str | None = None) -> Source:
     """'embedded', a GGUF file, a Hugging Face folder, or 'org/repo'."""
     from app.core.embedded import DISPLAY_NAME, embedded_model_path
@@ -224,9 +240,28 @@ def _candidates(imatrix: bool) -> list[str]:
     return [q for q in PREFERENCE if imatrix or not quant_types.by_name(q).needs_imatrix]
 
 
+_SIZE_CACHE: dict[tuple[str, int, float, str], tuple[int, tuple[tuple[str, str], ...]]] = {}
+
+
 def _sizes(source: Source, quants: Sequence[str]
            ) -> dict[str, tuple[int, tuple[tuple[str, str], ...]]]:
-    """Each type's size and tensor types: the dry run on a local GGUF, else bits per weight."""
+    """Each type's size and tensor types: the dry run on a local GGUF (remembered per file
+    and type, so a changed context or option asks llama.cpp nothing again), else bits per
+    weight."""
+    if source.info is not None:
+        stat = Path(source.location).stat()
+        keys = {q: (source.location, stat.st_size, stat.st_mtime, q) for q in quants}
+        missing = [q for q, key in keys.items() if key not in _SIZE_CACHE]
+        if missing:
+            _SIZE_CACHE.update({keys[q]: found for q, found in _dry_runs(source,
+                                                                         missing).items()})
+        return {q: _SIZE_CACHE[keys[q]] for q in quants}
+    n = source.n_params or 0
+    return {q: (quant_types.by_name(q).estimated_bytes(n), ()) for q in quants}
+
+
+def _dry_runs(source: Source, quants: Sequence[str]
+              ) -> dict[str, tuple[int, tuple[tuple[str, str], ...]]]:
     if source.info is not None:
         from app.engine.quantize import QuantizeError, QuantizeOptions, estimate_sizes
 
@@ -236,8 +271,25 @@ def _sizes(source: Source, quants: Sequence[str]
         except QuantizeError as exc:
             raise PipelineError(str(exc)) from None
         return {e.quant: (e.bytes, e.tensor_types) for e in found}
-    n = source.n_params or 0
-    return {q: (quant_types.by_name(q).estimated_bytes(n), ()) for q in quants}
+    return {}
+
+
+def refusals(source: Source, sizes: dict[str, int]) -> dict[str, str]:
+    """Why each type in ``sizes`` (predicted bytes) will not be made from ``source``: the
+    source's own type, and, for an already quantized source, anything as large as it."""
+    found = {}
+    for quant, size in sizes.items():
+        if quant == source.precision:
+            found[quant] = "This is the type of the file you have."
+        elif source.quantized and source.size and size >= source.size:
+            found[quant] = (f"As large as your {source.precision} file or larger: it cannot be "
+                            "better than it.")
+    return found
+
+
+def predicted_sizes(source: Source, quants: Sequence[str]) -> dict[str, int]:
+    """Each type's predicted size in bytes (llama.cpp's dry run for a local GGUF)."""
+    return {q: size for q, (size, _) in _sizes(source, quants).items()}
 
 
 def _planned_info(source: Source, quant: str, tensor_types: tuple[tuple[str, str], ...]
@@ -275,22 +327,18 @@ def _config_info(folder: Path, quant: str, n_params: int) -> ModelInfo | None:
 def type_options(source: Source, profile: HardwareProfile, *, n_ctx: int = 4096,
                  imatrix: bool = True, bandwidth: Bandwidth | None = None,
                  ticked: int = DEFAULT_TICKED) -> list[TypeOption]:
-    """Every type worth considering for ``source`` on this machine, largest first, with the
-    ``ticked`` best spread of them pre-ticked."""
+    """Every type worth considering for ``source`` on this machine: those that can be made,
+    largest first, then those refused (with why); the ``ticked`` best spread pre-ticked."""
     from app.core.recommend import tokens_per_second
 
     quants = _candidates(imatrix)
     sizes = _sizes(source, quants)
+    refused = refusals(source, {q: size for q, (size, _) in sizes.items()})
     options = []
     for quant in quants:
         size, types = sizes[quant]
         qt = quant_types.by_name(quant)
-        allowed, why = True, ""
-        if quant == source.precision:
-            allowed, why = False, "This is the type of the file you have."
-        elif source.quantized and source.size and size >= source.size:
-            allowed, why = False, (f"As large as your {source.precision} file or larger: "
-                                   "it cannot be better than it.")
+        allowed, why = quant not in refused, refused.get(quant, "")
         info = _planned_info(source, quant, types)
         fit = badge = None
         mem = tps = None
@@ -302,8 +350,8 @@ def type_options(source: Source, profile: HardwareProfile, *, n_ctx: int = 4096,
         bpw = size * 8 / source.n_params if source.n_params else qt.bits_per_weight
         options.append(TypeOption(
             quant, size, bool(types), bpw, mem, fit, badge or "memory known after conversion",
-            tps, expected_quality.describe(quant, imatrix), allowed, why))
-    options.sort(key=lambda o: -o.size)
+            tps, expected_quality.describe(quant, imatrix, short=True), allowed, why))
+    options.sort(key=lambda o: (not o.allowed, -o.size))  # what can be made first
     return _tick(options, ticked)
 
 
@@ -509,3 +557,51 @@ def wizard_plan(choice: WizardChoice) -> plans.RunPlan:
                "rates": (choice.rates or Rates()).to_json()}
     return plans.RunPlan("wizard", f"{source.label} → {', '.join(choice.types)}", tuple(steps),
                          options)
+
+
+# ------------------------------------------------------------------------------------ after
+
+@dataclass(frozen=True)
+class RunFile:
+    """A file a run made, as the results page offers it for deleting."""
+
+    label: str
+    path: Path
+    size: int
+    role: str  # "variant", "reference" or "imatrix"
+
+
+def run_files(store: Storage, run_id: int) -> list[RunFile]:
+    """The files the run made that still exist: each quantization, the reference when the run
+    made it (a copy of a quantized source, or a conversion), and the importance matrix. The
+    user's own source file is never among them."""
+    found = []
+    for step in RunStore(store).steps(run_id):
+        path = Path((step.outputs or {}).get("path", ""))
+        if step.status != "done" or not path.is_file():
+            continue
+        if step.kind == "quantize":
+            found.append(RunFile(f"{step.params['options']['quant']} ({path.name})", path,
+                                 path.stat().st_size, "variant"))
+        elif step.kind in ("dequantize", "convert"):
+            found.append(RunFile(f"the F16 reference ({path.name})", path, path.stat().st_size,
+                                 "reference"))
+        elif step.kind == "imatrix":
+            found.append(RunFile(f"the importance matrix ({path.name})", path,
+                                 path.stat().st_size, "imatrix"))
+    return found
+
+
+def delete_files(store: Storage, run_id: int, paths: Sequence[Path]) -> int:
+    """Delete those of ``paths`` that the run made (anything else is refused); returns the
+    bytes freed."""
+    made = {f.path.resolve(): f for f in run_files(store, run_id)}
+    freed = 0
+    for path in paths:
+        entry = made.get(Path(path).resolve())
+        if entry is None:
+            raise PipelineError(f"{path} was not made by this run; QuantDesk deletes only "
+                                "files it made.")
+        entry.path.unlink(missing_ok=True)
+        freed += entry.size
+    return freed

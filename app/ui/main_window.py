@@ -6,23 +6,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QHBoxLayout, QListWidget, QMainWindow, QStackedWidget, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QListWidget,
+    QMainWindow,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.core import settings as settings_store
 from app.core.embedded import DISPLAY_NAME
 from app.core.hardware import HardwareProfile
 from app.core.settings import Settings
 from app.core.storage import Storage
-from app.engine import child
+from app.jobs import warm
 from app.jobs.engine_client import EngineClient
 from app.ui.chat.chat_page import ChatPage
 from app.ui.compare.page import QuantizeComparePage
 from app.ui.pages.hardware import HardwarePage
 from app.ui.pages.models import ModelsPage
+from app.ui.resume_banner import ResumeBanner
+from app.ui.wizard.wizard_page import WizardPage
+
+WIZARD = "Quantize wizard"
 
 
 class MainWindow(QMainWindow):
-    """Hardware, Models, Chat, Quantize & Compare."""
+    """Hardware, Models, Chat, the quantize wizard, Quantize & Compare."""
 
     def __init__(self, probe: Callable[[], HardwareProfile], embedded_model: Path | None,
                  store: Storage, engine: EngineClient, settings: Settings,
@@ -48,22 +59,51 @@ class MainWindow(QMainWindow):
         self.models_page.open_in_chat.connect(self._open_in_chat)
         self.compare_page = QuantizeComparePage(store)
         self.hardware_page.profile_ready.connect(self.compare_page.set_hardware)
+        self.wizard_page = WizardPage(store, settings, embedded_model is not None)
+        self.hardware_page.profile_ready.connect(self.wizard_page.set_hardware)
+        self.wizard_page.chat_requested.connect(self._open_in_chat)
+        self.wizard_page.ab_requested.connect(self._open_ab_chat)
+        self.wizard_page.default_requested.connect(self._set_default_model)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
-                           ("Chat", self.chat_page), ("Quantize & Compare", self.compare_page)):
+                           ("Chat", self.chat_page), (WIZARD, self.wizard_page),
+                           ("Quantize & Compare", self.compare_page)):
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
 
+        self.resume_banner = ResumeBanner(store)
+        self.resume_banner.resume_requested.connect(self._resume_run)
+        right = QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        right.setSpacing(0)
+        right.addWidget(self.resume_banner)
+        right.addWidget(self.pages, 1)
         central = QWidget()
         layout = QHBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.sidebar)
-        layout.addWidget(self.pages, 1)
+        layout.addLayout(right, 1)
         self.setCentralWidget(central)
 
         self.hardware_page.refresh()
+        self.resume_banner.refresh()
+
+    def _open_ab_chat(self, evaluation_id: int, first: str, second: str) -> None:
+        self.compare_page.tabs.setCurrentWidget(self.compare_page.compare)
+        self.compare_page.compare.open_ab_chat(evaluation_id, first, second)
+        self.show_page("Quantize & Compare")
+
+    def _set_default_model(self, path: str) -> None:
+        self.settings.default_model = path
+        if self._save_settings:
+            settings_store.save(self.settings)
+        self.chat_page.model_bar.add_model(Path(path))
+
+    def _resume_run(self, run_id: int) -> None:
+        self.show_page(WIZARD)
+        self.wizard_page.resume(run_id)
 
     def _open_in_chat(self, path: str) -> None:
         self.chat_page.model_bar.select(Path(path))
@@ -74,7 +114,8 @@ class MainWindow(QMainWindow):
         """Save a reply in progress and the settings, end the engine."""
         self.chat_page.shutdown()
         self.compare_page.shutdown()
-        child.stop_warm()
+        self.wizard_page.shutdown()
+        warm.stop_warm()
         if self._save_settings:
             settings_store.save(self.settings)
         super().closeEvent(event)

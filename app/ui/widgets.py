@@ -40,6 +40,14 @@ def text_label(text: str = "", object_name: str | None = None, selectable: bool 
     return label
 
 
+def set_role(widget: QWidget, name: str) -> None:
+    """Give ``widget`` the style sheet's look for ``name`` ('Warning', 'Muted', '' for none),
+    re-applied at once (Qt styles by object name only when a widget is polished)."""
+    widget.setObjectName(name)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
+
+
 def page_title(text: str) -> QLabel:
     """The heading at the top of a page."""
     label = QLabel(text)

@@ -63,7 +63,9 @@ def test_missing_embedded_model_is_explained(qtbot: QtBot, make_window: MakeWind
 def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path, make_window: MakeWindow) -> None:
     window = make_window(smollm2)
     names = [window.sidebar.item(i).text() for i in range(window.sidebar.count())]
-    assert names == ["Hardware", "Models", "Chat", "Quantize & Compare"]
+    assert names == ["Hardware", "Models", "Chat", "Quantize wizard", "Quantize & Compare"]
+    window.show_page("Quantize wizard")
+    assert window.pages.currentWidget() is window.wizard_page
     window.show_page("Chat")
     assert window.pages.currentWidget() is window.chat_page
     window.show_page("Quantize & Compare")

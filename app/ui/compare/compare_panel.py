@@ -3,13 +3,10 @@ export, and the stored evaluations to reopen."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -19,38 +16,23 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from app.core import report, resources
+from app.core import report
 from app.core.storage import Storage
-from app.engine import evaluate as ev
-from app.engine.events import Progress
-from app.jobs.engine_job import EngineJob
+from app.core.units import format_duration
+from app.jobs.pipeline_job import PipelineJob
+from app.pipeline import events as ev
+from app.pipeline import plans
+from app.pipeline.texts import TextSource
 from app.ui.compare.ab_chat import ABChat, tally_text
 from app.ui.compare.charts import QualityChart, bar_chart, png
+from app.ui.compare.comparison_table import ComparisonTable
 from app.ui.compare.layer_view import LayerView
 from app.ui.widgets import Card, text_label
-
-REFERENCE_BG = QColor("#e8eefc")
-BEST_BG = QColor("#d7f2dc")
-
-
-class NumberItem(QTableWidgetItem):
-    """Sorts by its number, not its text."""
-
-    def __init__(self, text: str, value: float | None) -> None:
-        super().__init__(text)
-        self.value = value if value is not None else float("inf")
-
-    def __lt__(self, other: QTableWidgetItem) -> bool:
-        if isinstance(other, NumberItem):
-            return self.value < other.value
-        return self.text() < other.text()
 
 
 class ComparePanel(QWidget):
@@ -59,7 +41,7 @@ class ComparePanel(QWidget):
     def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.store = store
-        self.job: EngineJob | None = None
+        self.job: PipelineJob | None = None
         self.current: dict[str, Any] | None = None
         self.current_id: int | None = None
         self.table_rows: list[dict[str, Any]] = []
@@ -114,6 +96,10 @@ class ComparePanel(QWidget):
 
         top = QHBoxLayout()
         self.stored = QComboBox()
+        # long titles must not widen the window (the open list shows them whole)
+        self.stored.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.stored.setMinimumContentsLength(30)
         self.stored.currentIndexChanged.connect(self._open_stored)
         top.addWidget(text_label("Comparison:"))
         top.addWidget(self.stored, 1)
@@ -137,10 +123,7 @@ class ComparePanel(QWidget):
         layout.addWidget(self.votes)
 
         self.tabs = QTabWidget()
-        self.table = QTableWidget(0, len(report.COLUMNS))
-        self.table.setHorizontalHeaderLabels([c.title for c in report.COLUMNS])
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
+        self.table = ComparisonTable()
         self.tabs.addTab(self.table, "Table")
         self.quality_chart = QualityChart()
         self.tabs.addTab(self.quality_chart, "Quality vs size")
@@ -184,14 +167,9 @@ class ComparePanel(QWidget):
         if not ref.is_file() or not cands:
             self.status.setText("Choose a reference file and at least one variant.")
             return
-        text = resources.evaluation_text()
-        chunks = self.chunks.value()
-
-        def run(cancel: Callable[[], bool]) -> Iterator[Any]:
-            yield from ev.evaluate(ref, cands, text, text_name="quantdesk-evaluation",
-                                   max_chunks=chunks, cancel=cancel)
-
-        self.job = EngineJob(run, (ev.EvalCancelled,), self)
+        plan = plans.evaluate_plan(ref, cands, TextSource.evaluation(),
+                                   chunks=self.chunks.value())
+        self.job = PipelineJob(plans.create(self.store, plan), self)
         self.job.progress.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.job.failed.connect(lambda m: self._stopped(f"Stopped: {m}"))
@@ -202,22 +180,24 @@ class ComparePanel(QWidget):
         self.job.start()
 
     def _on_event(self, event: object) -> None:
-        if isinstance(event, Progress):
-            self.progress.setRange(0, max(event.total, 1))
-            self.progress.setValue(event.done)
-            self.status.setText(event.message)
-        elif isinstance(event, ev.VariantDone):
-            self.status.setText(f"{event.result.name}: PPL {event.result.quality.ppl:.3f}"
-                                + (" (reference from cache)" if event.from_cache else ""))
+        if isinstance(event, ev.RunProgress):
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(round(event.fraction * 1000))
+        elif isinstance(event, ev.StepProgress):
+            eta = f" · {format_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            self.status.setText(f"{event.message}{eta}")
+        elif isinstance(event, ev.StepFinished) and "result" in event.outputs:
+            result = event.outputs["result"]
+            cached = event.reused or event.outputs.get("from_cache")
+            self.status.setText(f"{result['name']}: PPL {result['quality']['ppl']:.3f}"
+                                + (" (measured earlier)" if cached else ""))
 
     def _on_finished(self, result: object) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        if isinstance(result, ev.Evaluation):
-            title = f"{Path(result.reference.path).stem} vs {len(result.candidates)} variants"
-            new_id = self.store.add_evaluation(title, result.to_json())
+        if isinstance(result, ev.RunFinished):
             self.status.setText("Done; the comparison is saved.")
-            self.reload(select=new_id)
+            self.reload(select=int(result.outputs["summary"]["evaluation_id"]))
 
     def _stopped(self, message: str) -> None:
         self.run_button.setEnabled(True)
@@ -247,24 +227,7 @@ class ComparePanel(QWidget):
     def show_evaluation(self, evaluation: dict[str, Any], eval_id: int | None = None) -> None:
         self.current, self.current_id = evaluation, eval_id
         self.table_rows = report.rows(evaluation)
-        winners = report.best(self.table_rows)
-        self.table.setSortingEnabled(False)
-        self.table.setRowCount(len(self.table_rows))
-        for i, r in enumerate(self.table_rows):
-            for j, col in enumerate(report.COLUMNS):
-                value = r[col.key]
-                text = report.cell_text(col, value)
-                if col.key == "name" and r["reference"]:
-                    text += "  (reference)"
-                item = (NumberItem(text, value) if col.better else QTableWidgetItem(text))
-                if r["reference"]:
-                    item.setBackground(QBrush(REFERENCE_BG))
-                if winners.get(col.key) == i:
-                    item.setBackground(QBrush(BEST_BG))
-                    item.setToolTip("best of the variants")
-                self.table.setItem(i, j, item)
-        self.table.setSortingEnabled(True)
-        self.table.resizeColumnsToContents()
+        self.table.show_rows(self.table_rows)
         self.quality_chart.show_rows(self.table_rows)
         self._replace_chart("speed_chart", bar_chart(
             "Speed (pp512, tg128)", self.table_rows, [("pp", "prompt"), ("tg", "generation")],
@@ -281,6 +244,16 @@ class ComparePanel(QWidget):
                                             for v in (reference, *candidates)])
         votes = self.store.evaluation(eval_id).votes if eval_id is not None else {}
         self.votes.setText(tally_text(votes))
+
+    def open_ab_chat(self, evaluation_id: int, first: str, second: str) -> None:
+        """Show the stored evaluation's A/B chat with ``first`` and ``second`` (model paths)
+        chosen."""
+        self.reload(select=evaluation_id)
+        self.tabs.setCurrentWidget(self.ab_chat)
+        for combo, path in ((self.ab_chat.first, first), (self.ab_chat.second, second)):
+            index = combo.findText(Path(path).stem)
+            if index >= 0:
+                combo.setCurrentIndex(index)
 
     def shutdown(self) -> None:
         """End the A/B chat's engines and any running job (the window closes)."""

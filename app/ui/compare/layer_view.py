@@ -216,6 +216,9 @@ class LayerView(QWidget):
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
         self.candidate = QComboBox()
+        self.candidate.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.candidate.setMinimumContentsLength(24)
         self.analyze_button = QPushButton("Analyze")
         self.analyze_button.setObjectName("Primary")
         self.analyze_button.clicked.connect(self.analyze)

@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from app.core.hardware import HardwareProfile
 from app.core.storage import Storage
-from app.engine import child
+from app.jobs import warm
 from app.ui.compare.compare_panel import ComparePanel
 from app.ui.compare.quantize_panel import QuantizePanel
 from app.ui.widgets import page_title
@@ -20,7 +20,7 @@ class QuantizeComparePage(QWidget):
         layout.setContentsMargins(24, 20, 24, 20)
         layout.addWidget(page_title("Quantize & Compare"))
         self.tabs = QTabWidget()
-        self.quantize = QuantizePanel()
+        self.quantize = QuantizePanel(store)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.quantize)
@@ -33,13 +33,14 @@ class QuantizeComparePage(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         """Someone about to quantize or compare: have an engine child ready, so that a job does
         not wait 0.3 s for Python and llama.cpp to start (the main window lets it go)."""
-        child.keep_warm()
+        warm.keep_warm()
         super().showEvent(event)
 
     def set_hardware(self, profile: HardwareProfile) -> None:
         self.compare.ab_chat.set_hardware(profile)
 
     def shutdown(self) -> None:
+        self.quantize.shutdown()
         self.compare.shutdown()
 
     def _to_compare(self, reference: str, candidates: list[str]) -> None:

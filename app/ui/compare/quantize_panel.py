@@ -1,16 +1,16 @@
-"""Quantize a model to several types in one job, optionally calibrated with an importance matrix.
+"""Quantize a model to several types in one run, optionally calibrated with an importance matrix.
 
-The source is a GGUF (F16/BF16/F32 is best) or a Hugging Face folder, converted to F16 first
-(that needs the ``convert`` extra; the panel says how to add it when it is missing). With
-calibration on, an importance matrix is computed from the bundled calibration text (or the
-user's file) before quantizing, and reused for every target type.
+The panel collects the choices and shows the run; the run itself is the pipeline's
+(``app.pipeline.plans.quantize_plan``), the same one ``quantdesk quantize`` uses, stored and
+resumable. The source is a GGUF (F16/BF16/F32 is best) or a Hugging Face folder, converted to
+F16 first. A source that is already quantized (the embedded model is Q4_1) gets an F16 copy
+made first, which becomes the reference for comparing; types that would be as large as it or
+larger are not made, because re-quantizing a low-bit file can only add error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -27,12 +27,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import paths, quant_types, resources
-from app.engine import convert as convert_mod
-from app.engine import imatrix as imatrix_mod
-from app.engine import quantize as quantize_mod
-from app.engine.events import Progress
-from app.jobs.engine_job import EngineJob
+from app.core import paths, quant_types
+from app.core.embedded import embedded_model_path
+from app.core.storage import Storage
+from app.core.units import format_duration
+from app.jobs.pipeline_job import PipelineJob
+from app.jobs.task import Task
+from app.pipeline import events as ev
+from app.pipeline import plans, wizard
+from app.pipeline.events import PipelineError
+from app.pipeline.texts import TextSource
 from app.ui.widgets import Card, text_label
 
 TARGETS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_XS")
@@ -45,21 +49,27 @@ class QuantizePanel(QWidget):
 
     compare_requested = Signal(str, list)  # reference path, candidate paths
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.job: EngineJob | None = None
+        self.store = store
+        self.job: PipelineJob | None = None
         self.outputs: list[Path] = []
+        self.reference: Path | None = None
         layout = QVBoxLayout(self)
 
         source = Card("1. Source model")
         row = QHBoxLayout()
         self.source = QLineEdit()
         self.source.setPlaceholderText("A GGUF file (F16 is best) or a Hugging Face model folder")
+        embedded = QPushButton("Embedded model")
+        embedded.setToolTip("SmolLM2-135M-Instruct, which comes with QuantDesk")
+        embedded.clicked.connect(self._use_embedded)
         browse = QPushButton("GGUF file…")
         browse.clicked.connect(self._pick_file)
         folder = QPushButton("Hugging Face folder…")
         folder.clicked.connect(self._pick_folder)
         row.addWidget(self.source, 1)
+        row.addWidget(embedded)
         row.addWidget(browse)
         row.addWidget(folder)
         source.body.addLayout(row)
@@ -130,6 +140,13 @@ class QuantizePanel(QWidget):
 
     # ------------------------------------------------------------------ inputs
 
+    def _use_embedded(self) -> None:
+        path = embedded_model_path()
+        if path is None:
+            self.convert_note.setText("The embedded model is not installed.")
+            return
+        self.source.setText(str(path))
+
     def _pick_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Source GGUF", "", "GGUF models (*.gguf)")
         if path:
@@ -139,11 +156,10 @@ class QuantizePanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Hugging Face model folder")
         if folder:
             self.source.setText(folder)
-            missing = convert_mod.missing_requirements()
-            self.convert_note.setText(
-                "The folder is converted to F16 GGUF first." if not missing else
-                f"Converting needs the converter, which is not installed. "
-                f"{convert_mod.INSTALL_HINT}")
+            task = Task(wizard.converter_problem)
+            task.finished.connect(lambda problem: self.convert_note.setText(
+                problem or "The folder is converted to F16 GGUF first."))
+            task.start()
 
     def _calibration_changed(self, index: int) -> None:
         if index == 2:
@@ -157,55 +173,59 @@ class QuantizePanel(QWidget):
     def selected_types(self) -> list[str]:
         return [name for name, box in self.checks.items() if box.isChecked()]
 
-    # ------------------------------------------------------------------ the job
+    # ------------------------------------------------------------------ the run
 
-    def _plan(self) -> Callable[[Callable[[], bool]], Iterator[Any]]:
-        source = Path(self.source.text().strip())
+    def _calibration(self) -> TextSource | None:
+        index = self.calibration.currentIndex()
+        if index == 0:
+            return None
+        return TextSource(path=self.calibration_file) if index == 2 else \
+            TextSource.calibration()
+
+    def _plan(self, source: Path, types: list[str]) -> plans.RunPlan:
+        """The run: for an already quantized GGUF, an F16 reference first (see the module's
+        docstring); raises PipelineError for a source that cannot be used."""
         out_dir = Path(self.out_dir.text().strip() or paths.models_dir())
-        types = self.selected_types()
-        calibration = self.calibration.currentIndex()
-        calib_file = self.calibration_file
         overrides = (("attn_v", "Q6_K"), ("ffn_down", "Q6_K")) if (
             self.keep_sensitive.isChecked()) else ()
-
-        def run(cancel: Callable[[], bool]) -> Iterator[Any]:
-            src = source
-            if src.is_dir():
-                f16 = out_dir / f"{src.name}-F16.gguf"
-                yield from convert_mod.convert(src, f16, "F16", cancel=cancel)
-                src = f16
-            stem = quant_types.without_name(src.stem)
-            imatrix_path = None
-            if calibration:
-                text = (Path(calib_file).read_text(encoding="utf-8") if calibration == 2
-                        else resources.calibration_text())
-                imatrix_path = out_dir / f"{stem}.imatrix.gguf"
-                yield from imatrix_mod.compute(src, text, imatrix_path, cancel=cancel,
-                                               dataset=Path(calib_file).name if calibration == 2
-                                               else "quantdesk-calibration")
-            targets = [(quantize_mod.QuantizeOptions(
-                t, overrides=overrides, allow_requantize=True,
-                imatrix=str(imatrix_path) if imatrix_path else None),
-                out_dir / f"{stem}-{t}{'-imat' if imatrix_path else ''}.gguf") for t in types]
-            yield ("source", src)
-            yield from quantize_mod.quantize_many(src, targets, cancel)
-
-        return run
+        if source.is_dir():
+            return plans.quantize_plan(source, types, out_dir, calibration=self._calibration(),
+                                       overrides=overrides)
+        found = wizard.from_gguf(source)
+        steps: list[plans.StepSpec] = []
+        if found.quantized:
+            reference = plans.reference_path(out_dir, found.model_name)
+            steps.append(plans.dequantize_step(source, reference, found.precision))
+            refused = wizard.refusals(found, wizard.predicted_sizes(found, types))
+            for quant, why in refused.items():
+                self.results.addItem(f"⚠ {quant} not made: {why}")
+            types = [t for t in types if t not in refused]
+            if not types:
+                raise PipelineError(f"Every type you ticked is as large as the "
+                                    f"{found.precision} file or larger; tick smaller ones.")
+            source = reference
+        plan = plans.quantize_plan(source, types, out_dir, calibration=self._calibration(),
+                                   overrides=overrides)
+        return plans.RunPlan(plan.kind, plan.title, (*steps, *plan.steps), plan.options)
 
     def start(self) -> None:
         source = Path(self.source.text().strip())
-        if not source.exists():
+        if not self.source.text().strip() or not source.exists():
             self.status.setText("Choose a source model first: a GGUF file or a model folder.")
             return
         if not self.selected_types():
             self.status.setText("Tick at least one type to make.")
             return
         self.outputs = []
-        self.reference: Path | None = source if source.is_file() else None
         self.results.clear()
-        self.job = EngineJob(self._plan(), (quantize_mod.QuantizeCancelled,
-                                            imatrix_mod.ImatrixCancelled,
-                                            convert_mod.ConvertCancelled), self)
+        try:
+            plan = self._plan(source, self.selected_types())
+        except PipelineError as exc:
+            self.status.setText(f"Stopped: {exc}")
+            return
+        self.reference = next((Path(s.params["source"]) for s in plan.steps
+                               if s.kind == "quantize"), None)
+        self.job = PipelineJob(plans.create(self.store, plan), self)
         self.job.progress.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.job.failed.connect(self._on_failed)
@@ -223,24 +243,28 @@ class QuantizePanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_event(self, event: object) -> None:
-        if isinstance(event, Progress):
-            self.progress.setRange(0, max(event.total, 1) if event.total else 0)
-            if event.total:
-                self.progress.setValue(event.done)
-            self.status.setText(event.message)
-        elif isinstance(event, quantize_mod.Warning_):
+        if isinstance(event, ev.RunProgress):
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(round(event.fraction * 1000))
+        elif isinstance(event, ev.StepProgress):
+            eta = f" · {format_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            self.status.setText(f"{event.message}{eta}")
+        elif isinstance(event, ev.StepNote):
             self.results.addItem(f"⚠ {event.message}")
-        elif isinstance(event, quantize_mod.Quantized):
-            self.outputs.append(event.path)
-            self.results.addItem(f"✓ {event.quant}: {event.path.name} "
-                                 f"({event.size / 2**20:,.1f} MiB, {event.seconds:.1f} s)")
-        elif isinstance(event, imatrix_mod.Computed):
-            self.results.addItem(f"✓ importance matrix from {event.tokens:,} tokens "
-                                 f"({event.seconds:.1f} s)")
-        elif isinstance(event, convert_mod.Converted):
-            self.results.addItem(f"✓ converted to {event.path.name}")
-        elif isinstance(event, tuple) and event[0] == "source":
-            self.reference = event[1]
+        elif isinstance(event, ev.StepFinished):
+            self._finished_step(event)
+
+    def _finished_step(self, event: ev.StepFinished) -> None:
+        out = event.outputs
+        how = "made earlier, reused" if event.reused else f"{event.seconds:.1f} s"
+        if event.key.startswith("quantize:"):
+            self.outputs.append(Path(out["path"]))
+            self.results.addItem(f"✓ {out['quant']}: {Path(out['path']).name} "
+                                 f"({out['size'] / 2**20:,.1f} MiB, {how})")
+        elif event.key == "imatrix":
+            self.results.addItem(f"✓ importance matrix from {out['tokens']:,} tokens ({how})")
+        elif event.key in ("convert", "reference"):
+            self.results.addItem(f"✓ reference {Path(out['path']).name} ({how})")
 
     def _on_finished(self, _last: object) -> None:
         self._set_running(False)
@@ -255,8 +279,14 @@ class QuantizePanel(QWidget):
 
     def _on_cancelled(self) -> None:
         self._set_running(False)
-        self.status.setText("Cancelled; unfinished files were removed.")
+        self.status.setText("Cancelled; unfinished files were removed. Start again to go on "
+                            "where it stopped.")
 
     def _compare(self) -> None:
         if self.reference is not None:
             self.compare_requested.emit(str(self.reference), [str(p) for p in self.outputs])
+
+    def shutdown(self) -> None:
+        """Cancel a running quantization (the window closes)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
