@@ -64,6 +64,7 @@ class MainWindow(QMainWindow):
         self.wizard_page.chat_requested.connect(self._open_in_chat)
         self.wizard_page.ab_requested.connect(self._open_ab_chat)
         self.wizard_page.default_requested.connect(self._set_default_model)
+        self.models_page.quantize_requested.connect(self._quantize)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
                            ("Chat", self.chat_page), (WIZARD, self.wizard_page),
                            ("Quantize & Compare", self.compare_page)):
@@ -100,6 +101,10 @@ class MainWindow(QMainWindow):
         if self._save_settings:
             settings_store.save(self.settings)
         self.chat_page.model_bar.add_model(Path(path))
+
+    def _quantize(self, path: str) -> None:
+        self.show_page(WIZARD)
+        self.wizard_page.start_from(path)
 
     def _resume_run(self, run_id: int) -> None:
         self.show_page(WIZARD)

@@ -143,3 +143,25 @@ def test_a_dismissed_run_is_not_offered_again(qtbot: QtBot, tiny_model_f16: Path
     assert not window.resume_banner.isVisibleTo(window)
     assert make_window(None).resume_banner.isHidden()
     store.close()
+
+
+def test_the_models_page_opens_the_wizard_on_the_chosen_model(
+        qtbot: QtBot, tiny_model_f16: Path, make_window: Callable[[Path | None], MainWindow]
+        ) -> None:
+    import shutil
+
+    from app.core import paths
+
+    copy = paths.models_dir() / "mine" / tiny_model_f16.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(tiny_model_f16, copy)
+    window = make_window(None)
+    models = window.models_page
+    qtbot.waitUntil(lambda: any(e.path == copy for e in models.entries), timeout=30_000)
+    models.table.selectRow(next(i for i, e in enumerate(models.entries) if e.path == copy))
+    models.quantize_button.click()
+    page = window.wizard_page
+    assert window.sidebar.currentItem().text() == WIZARD and page.step == SOURCE
+    qtbot.waitUntil(lambda: page.source is not None and page.source.location == str(copy),
+                    timeout=30_000)
+    assert page.source_step.file.text() == str(copy)

@@ -40,6 +40,7 @@ class ModelsPage(QWidget):
     model_inspected = Signal(object)  # the embedded model's ModelInfo
     library_scanned = Signal(list)
     open_in_chat = Signal(str)
+    quantize_requested = Signal(str)  # a model path, for the quantize wizard
 
     def __init__(self, embedded: Path | None, settings: Settings | None = None,
                  hub_endpoint: str | None = None, parent: QWidget | None = None) -> None:
@@ -69,6 +70,10 @@ class ModelsPage(QWidget):
         self.rescan_button.clicked.connect(self.rescan)
         self.chat_button = QPushButton("Open in chat")
         self.chat_button.clicked.connect(self._open_selected)
+        self.quantize_button = QPushButton("Quantize && compare…")
+        self.quantize_button.setToolTip("Open the quantize wizard on this model: find its best "
+                                        "quantization for this machine")
+        self.quantize_button.clicked.connect(self._quantize_selected)
         self.reveal_button = QPushButton("Show in folder")
         self.reveal_button.clicked.connect(self._reveal_selected)
         self.remove_button = QPushButton("Remove…")
@@ -76,7 +81,8 @@ class ModelsPage(QWidget):
         for button in (self.add_folder_button, self.rescan_button):
             buttons.addWidget(button)
         buttons.addStretch()
-        for button in (self.chat_button, self.reveal_button, self.remove_button):
+        for button in (self.chat_button, self.quantize_button, self.reveal_button,
+                       self.remove_button):
             buttons.addWidget(button)
         library.body.addLayout(buttons)
         self.table = row_table(COLUMNS)
@@ -202,6 +208,11 @@ class ModelsPage(QWidget):
         entry = self.selected()
         if entry is not None and entry.info is not None:
             self.open_in_chat.emit(str(entry.path))
+
+    def _quantize_selected(self) -> None:
+        entry = self.selected()
+        if entry is not None and entry.info is not None:
+            self.quantize_requested.emit(str(entry.path))
 
     def _reveal_selected(self) -> None:
         entry = self.selected()
