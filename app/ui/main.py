@@ -16,8 +16,8 @@ from app.core import settings as settings_store
 from app.core.embedded import embedded_model_path
 from app.core.resources import resource
 from app.core.storage import Storage, StorageError
-from app.engine.probe import full_profile
 from app.jobs.engine_client import EngineClient
+from app.jobs.probe import full_profile
 from app.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,7 @@ histogram, reference beside candidate, and the distribution of the error.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PySide6.QtCharts import QChart, QChartView, QLineSeries, QValueAxis
@@ -29,9 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine import layers
-from app.engine.events import Progress
+from app.jobs import layers_job as layers
 from app.jobs.engine_job import EngineJob
+from app.jobs.layers_job import Progress
 from app.ui.widgets import text_label
 
 # Viridis, sampled: perceptually even, readable in grey, kind to colour-blind eyes.
@@ -277,11 +275,7 @@ class LayerView(QWidget):
             self._show_report(self._reports[key])
             return
         reference, candidate, max_values = self.reference, Path(path), self.max_values
-
-        def run(cancel: Callable[[], bool]) -> Iterator[Any]:
-            yield from layers.tensor_errors(reference, candidate, max_values, cancel=cancel)
-
-        self.job = EngineJob(run, (layers.LayerCancelled,), self)
+        self.job = layers.errors_job(reference, candidate, max_values, self)
         self.job.progress.connect(self._on_progress)
         self.job.finished.connect(lambda r: self._on_finished(key, r))
         self.job.failed.connect(lambda m: self._stopped(f"Could not analyze: {m}"))
@@ -341,12 +335,8 @@ class LayerView(QWidget):
         if self.report is None or (self.detail_job and self.detail_job.running):
             return
         reference, candidate = Path(self.report.reference), Path(self.report.candidate)
-        max_values = self.report.max_values
-
-        def run(cancel: Callable[[], bool]) -> Iterator[Any]:
-            yield layers.tensor_detail(reference, candidate, name, max_values)
-
-        self.detail_job = EngineJob(run, (layers.LayerCancelled,), self)
+        self.detail_job = layers.detail_job(reference, candidate, name,
+                                            self.report.max_values, self)
         self.detail_job.finished.connect(self._show_detail)
         self.detail_job.failed.connect(lambda m: self.detail_title.setText(m))
         self.detail_title.setText(f"Reading {name}…")

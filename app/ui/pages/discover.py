@@ -23,11 +23,9 @@ from PySide6.QtWidgets import (
 from app.core import capacity, memory, paths
 from app.core.hardware import HardwareProfile
 from app.core.units import format_bytes
-from app.hub import search as hub_search
-from app.hub.download import Progress
-from app.hub.errors import HubError
-from app.hub.token import delete_token, get_token, set_token
+from app.jobs import hub as hub_search
 from app.jobs.download_job import DownloadJob
+from app.jobs.hub import HubError, Progress, delete_token, get_token, set_token
 from app.jobs.task import Task
 from app.ui.widgets import row_table
 
