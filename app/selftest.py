@@ -21,6 +21,9 @@ def _probe() -> str:
     from app.engine.probe import full_profile
 
     profile = full_profile()
+    if profile.llama is not None and profile.llama.problems:  # an installer with other bindings
+        raise RuntimeError("llama-cpp-python differs from the tested one: "
+                           + "; ".join(profile.llama.problems))
     backends = ", ".join(profile.llama.backends) if profile.llama else "none"
     return (f"{profile.cpu.model or 'CPU'}, {profile.ram_total / 2**30:.0f} GiB, "
             f"llama.cpp backends: {backends}")

@@ -110,6 +110,7 @@ class LlamaBuild:
     devices: tuple[BackendDevice, ...]
     system_info: str
     supports_gpu_offload: bool
+    problems: tuple[str, ...] = ()  # differences from what the engine relies on (compat)
 
     @property
     def gpus(self) -> tuple[BackendDevice, ...]:
@@ -319,6 +320,9 @@ def advice(profile: HardwareProfile) -> tuple[str, ...]:
             f"An {others[0]} GPU is present but llama.cpp uses none: a Vulkan build can use it. "
             "Reinstall with CMAKE_ARGS=\"-DGGML_VULKAN=on\" pip install --force-reinstall "
             "--no-cache-dir llama-cpp-python (needs the Vulkan SDK).")
+    if profile.llama.problems:
+        lines.append("This llama-cpp-python differs from the one QuantDesk is tested with, so "
+                     "some features will fail: " + "; ".join(profile.llama.problems) + ".")
     if not profile.llama.extra_buffers:
         lines.append(
             "This llama.cpp build has AMX kernels, which crash on quantized models (llama.cpp "

@@ -58,6 +58,8 @@ def read_llama_build() -> LlamaBuild:
     """Enumerate llama.cpp's backends and devices with their free and total memory."""
     import llama_cpp
 
+    from app.engine import compat
+
     lib = _ggml()
     llama_cpp.llama_backend_init()
     if lib.ggml_backend_reg_count() == 0:  # backends built as loadable modules
@@ -85,4 +87,5 @@ def read_llama_build() -> LlamaBuild:
         devices=tuple(devices),
         system_info=_text(llama_cpp.llama_print_system_info()).strip(),
         supports_gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        problems=tuple(compat.problems(llama_cpp)),
     )
