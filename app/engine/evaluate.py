@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from app.engine.child import (
+    NO_ROOM_ERRNOS,
     ChildCancelled,
     ChildCrashed,
     ChildFailed,
@@ -383,9 +384,40 @@ def _open_cache(folder: Path, total: int, mode: str) -> dict[str, Any]:
                 raise EvalError("The cached reference does not match this evaluation; it will "
                                 "be rebuilt on the next run.")
         else:
-            arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            try:
+                arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                _reserve(path)
+            except OSError as exc:
+                if exc.errno not in NO_ROOM_ERRNOS:
+                    raise
+                raise EvalError(_no_room_for_cache(exc.errno, folder, total)) from None
         arrays[name] = arr
     return arrays
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole of a new cache file now. The cache is written through memory maps,
+    and a mapped page the disk has no room for kills the process (SIGBUS) part-way through the
+    pass; reserved first, a full disk is an OSError here, before any work."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:  # not on macOS or Windows: there the risk remains
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        allocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in NO_ROOM_ERRNOS:
+            raise
+        # a file system that cannot reserve: write through the map as before
+    finally:
+        os.close(fd)
+
+
+def _no_room_for_cache(err: int, folder: Path, total: int) -> str:
+    per_token = TOP_K * (4 + 2) + TAIL_SAMPLES * (4 + 2) + 4 + 4 + 4
+    return (f"The reference's token distributions ({total * per_token / 2**20:.0f} MiB) cannot "
+            f"be stored in {folder.parent} ({os.strerror(err)}). Free some space on that disk, "
+            "or evaluate a shorter text (fewer chunks), then try again.")
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -553,16 +585,25 @@ def _drive(path: Path, text: str, n_ctx: int, max_chunks: int | None, cache: Pat
                     out: dict[str, Any] = stop.value
                     break
                 yield Progress(event.done, event.total, f"{path.name}: {event.message}")
-        except (ChildCancelled, ChildCrashed):
-            if reference:  # a half-written reference cache must not be read later
+        except (ChildCancelled, ChildCrashed, ChildFailed):
+            # A half-written reference cache must not be read later (meta.json, written last,
+            # marks a whole one), and must not keep its disk space: it may be why it failed.
+            if reference:
                 shutil.rmtree(cache, ignore_errors=True)
             raise
     if reference:
         speed = out["speed"]
         from app.core.atomic import write_text_atomic
 
-        write_text_atomic(cache / "meta.json", json.dumps({
-            "chunks": out["chunks"], "seconds": out["seconds"],
-            "load_seconds": out["load_seconds"], "peak_rss": out["peak_rss"],
-            "speed": asdict(speed) if speed else None, "reference": str(path)}))
+        try:
+            write_text_atomic(cache / "meta.json", json.dumps({
+                "chunks": out["chunks"], "seconds": out["seconds"],
+                "load_seconds": out["load_seconds"], "peak_rss": out["peak_rss"],
+                "speed": asdict(speed) if speed else None, "reference": str(path)}))
+        except OSError as exc:
+            shutil.rmtree(cache, ignore_errors=True)
+            if exc.errno not in NO_ROOM_ERRNOS:
+                raise EvalError(f"The reference's results could not be stored in "
+                                f"{cache.parent}: {exc.strerror or exc}.") from None
+            raise EvalError(_no_room_for_cache(exc.errno, cache, len(out["nll"]))) from None
     return out

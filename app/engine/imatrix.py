@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.child import child_errors, stream_from_child
+from app.engine.child import child_errors, no_room, no_room_message, stream_from_child
 from app.engine.events import Progress
 
 MIN_BATCH = 16  # llama.cpp's imatrix tool ignores smaller batches
@@ -188,6 +188,11 @@ def save(imatrix: Imatrix, path: Path) -> None:
         writer.close()
         tmp.replace(path)
     except OSError as exc:
+        # numpy's tofile reports a failed write without its errno: ask the system again
+        room = no_room(tmp, exc)
+        if room is not None and room.errno is not None:
+            raise ImatrixError("The importance matrix could not be written: "
+                               + no_room_message(room.errno, path)) from None
         raise ImatrixError(f"The importance matrix could not be written to {path}: "
                            f"{exc.strerror or exc}") from None
     finally:

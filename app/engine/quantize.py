@@ -23,7 +23,7 @@ from typing import Any
 
 from app.core import quant_types
 from app.core.gguf_info import GGUFError, read_model_info
-from app.engine.child import child_errors, stream_from_child
+from app.engine.child import child_errors, no_room, stream_from_child
 from app.engine.events import Progress
 
 _PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
@@ -173,6 +173,12 @@ def _run_quantizer(send: Callable[[Any], None], src: str, dst: str, options: Qua
         status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     finally:
         llama_log.remove_listener(on_line)
+    if status != 0 and not dry_run:
+        # llama.cpp reports a failed write as "basic_ios::clear: iostream error": ask the system
+        # here, in the process that wrote, whether the disk (or a size limit) was the cause
+        room = no_room(Path(dst))
+        if room is not None:
+            raise room
     return int(status), tail
 
 
@@ -236,16 +242,17 @@ def _check_disk(out: Path, n_params: int, quant: str) -> None:
 
 
 def _drive(src: Path, dst: Path, options: QuantizeOptions, dry_run: bool,
-           cancel: Callable[[], bool] | None
+           cancel: Callable[[], bool] | None, out: Path
            ) -> Generator[Progress | SizeEstimate | Warning_ | TensorType, None,
                           tuple[int, list[str]]]:
-    """Run the quantizer child, turning its log lines into events; return (status, tail)."""
+    """Run the quantizer child writing ``dst`` (the temporary file of ``out``), turning its log
+    lines into events; return (status, tail)."""
     stream = stream_from_child(_run_quantizer, str(src), str(dst), options, dry_run,
                                cancel=cancel)
     with child_errors(QuantizeError, QuantizeCancelled,
                       cancelled_message="Quantization cancelled; nothing was written.",
                       crashed="llama.cpp's quantizer stopped unexpectedly",
-                      failed_prefix="Quantization failed: "):
+                      failed_prefix="Quantization failed: ", target=out):
         while True:
             try:
                 line = next(stream)
@@ -327,7 +334,7 @@ def quantize(src: Path, out: Path, options: QuantizeOptions,
     tmp = out.with_name(f".{out.name}.part")
     start = time.perf_counter()
     try:
-        status, tail = yield from _drive(src, tmp, options, False, cancel)
+        status, tail = yield from _drive(src, tmp, options, False, cancel, out)
         if status != 0:
             errors = [ln for ln in tail if "error" in ln.lower() or "failed" in ln.lower()]
             raise QuantizeError("llama.cpp could not quantize the model: "

@@ -1,4 +1,8 @@
-"""The Hugging Face token, kept in the OS keyring: never in the database, settings or logs."""
+"""The Hugging Face token, kept in the OS keyring: never in the database, settings or logs.
+
+Every token read or saved here is registered with the log redaction (``app.core.logsetup``),
+so that a log line quoting it by accident (an error from the HTTP client, say) hides it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import logging
 from typing import Any
 
+from app.core import logsetup
 from app.hub.errors import HubError
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,8 @@ def get_token() -> str | None:
     except errors as exc:
         log.warning("the OS keyring cannot be read (%s)", type(exc).__name__)
         return None
+    if value:
+        logsetup.add_secret(value)
     return value or None
 
 
@@ -40,6 +47,7 @@ def set_token(token: str) -> None:
     token = token.strip()
     if not token.startswith("hf_") or len(token) < 10:
         raise HubError("That does not look like a Hugging Face token (they start with 'hf_').")
+    logsetup.add_secret(token)  # before anything could log it
     keyring, errors = _keyring()
     try:
         keyring.set_password(SERVICE, ACCOUNT, token)

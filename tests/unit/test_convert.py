@@ -22,6 +22,8 @@ from app.engine.convert import (
 from app.engine.events import Progress
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling
+from app.hub.checkpoint import Checkpoint, fetch_checkpoint
+from tests.helpers.fake_hub import FakeHub
 from tests.helpers.hf_checkpoint import write_hf_llama
 
 
@@ -53,6 +55,17 @@ def test_an_overwritten_gguf_copy_is_detected(monkeypatch: pytest.MonkeyPatch,
         check_ready()
 
 
+def _generates(model: Path, tokens: int = 6) -> None:
+    host = ModelHost()
+    try:
+        host.load_sync(LoadSettings(str(model), n_ctx=128))
+        reply = list(host.chat_stream([ChatMessage("user", "cats and dogs")],
+                                      Sampling(max_tokens=tokens, ignore_eos=True)))[-1]
+        assert isinstance(reply, ReplyDone) and reply.metrics.generated_tokens == tokens
+    finally:
+        host.shutdown()
+
+
 @pytest.mark.parametrize("out_type", ["F16", "Q8_0"])
 def test_checkpoint_converts_loads_and_generates(checkpoint: Path, tmp_path: Path,
                                                  out_type: str) -> None:
@@ -69,14 +82,39 @@ def test_checkpoint_converts_loads_and_generates(checkpoint: Path, tmp_path: Pat
     assert info.architecture == "llama" and info.file_type == out_type
     assert info.n_layers == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
-    host = ModelHost()
+    _generates(out)
+
+
+def test_a_checkpoint_fetched_from_the_hub_converts_and_loads(checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    """The whole way in from Hugging Face, with the real client against the local hub."""
+    repo = "org/tiny-llama-hf"
+    hub = FakeHub()
+    published = {f.name: f.read_bytes() for f in checkpoint.iterdir()}
+    for name, data in published.items():
+        hub.add(repo, name, data)
+    hub.add(repo, "pytorch_model.bin", b"a pickle, never fetched")  # conversion reads safetensors
+    hub.start()
     try:
-        host.load_sync(LoadSettings(str(out), n_ctx=128))
-        reply = list(host.chat_stream([ChatMessage("user", "cats and dogs")],
-                                      Sampling(max_tokens=6, ignore_eos=True)))[-1]
-        assert isinstance(reply, ReplyDone) and reply.metrics.generated_tokens == 6
+        events = list(fetch_checkpoint(repo, tmp_path / "checkpoints", endpoint=hub.endpoint))
     finally:
-        host.shutdown()
+        hub.stop()
+    fetched = events[-1]
+    assert isinstance(fetched, Checkpoint)
+    assert fetched.folder == tmp_path / "checkpoints" / "org" / "tiny-llama-hf"
+    assert sorted(fetched.files) == sorted(published)
+    assert {p.name: p.read_bytes() for p in fetched.folder.iterdir()} == published
+    assert hub.gets(repo, "pytorch_model.bin") == []
+    progress = [e for e in events if not isinstance(e, Checkpoint)]
+    assert progress[-1].done == progress[-1].total == sum(map(len, published.values()))
+
+    out = tmp_path / "models" / "tiny-llama-hf-F16.gguf"
+    done = list(convert(fetched.folder, out))[-1]
+    assert isinstance(done, Converted)
+    info = read_model_info(out)
+    assert info.architecture == "llama" and info.file_type == "F16" and info.n_layers == 2
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    _generates(out)
 
 
 def test_unsupported_architecture_is_named(checkpoint: Path, tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,9 +14,11 @@ import pytest
 from app.core import resources
 from app.core.storage import Storage
 from app.engine.evaluate import (
+    EvalCancelled,
     EvalError,
     Evaluation,
     VariantDone,
+    VariantResult,
     compare_rows,
     compress_reference,
     evaluate,
@@ -21,7 +26,9 @@ from app.engine.evaluate import (
     reference_cache_dir,
     top_k,
 )
+from app.engine.events import Progress
 from app.engine.quantize import QuantizeOptions, quantize
+from tests.helpers.engine_children import is_gone, the_job_child
 
 TEXT = resources.evaluation_text()
 
@@ -141,3 +148,59 @@ def test_results_are_stored_and_reopened(tiny_model: Path, tiny_model_f16: Path)
     assert again.votes == {result.candidates[0].name: 1}
     assert reopened.text_sha256 and reopened.build.startswith("llama-cpp-python")
     assert reopened.reference.fingerprint != ""
+
+
+def _numbers(result: VariantResult) -> dict[str, Any]:
+    """What an evaluation measures of a variant's quality (its timing aside)."""
+    quality = asdict(result.quality)
+    del quality["seconds"]
+    return quality
+
+
+def _cancel_at(tiny_model: Path, candidate: Path, stop_on: str, cache: Path
+               ) -> tuple[list[object], Any]:
+    """Evaluate until a chunk of the pass whose messages start with ``stop_on`` is done, then
+    cancel; returns what came before and the child that was running the pass."""
+    seen: list[object] = []
+    running: list[Any] = []
+    with pytest.raises(EvalCancelled, match="cancelled"):
+        for event in evaluate(tiny_model, [candidate], TEXT, n_ctx=128, max_chunks=40,
+                              speed_reps=0, cancel=lambda: bool(running)):
+            seen.append(event)
+            if isinstance(event, Progress) and event.message.startswith(stop_on) \
+                    and event.done >= 1 and not running:
+                running.append(the_job_child())
+                if stop_on.startswith(tiny_model.name):  # the reference, half written now
+                    assert (cache / "nll.npy").is_file() and not (cache / "meta.json").exists()
+                assert event.done < event.total
+    return seen, running[0]
+
+
+def test_cancel_kills_the_child_and_leaves_no_reference_a_later_run_would_read(
+        tiny_model: Path, tiny_model_f16: Path) -> None:
+    cache = reference_cache_dir(tiny_model, TEXT, 128, 40)
+    uninterrupted = _run(tiny_model, [tiny_model_f16], n_ctx=128, max_chunks=40)[-1]
+    assert isinstance(uninterrupted, Evaluation)
+    shutil.rmtree(cache)  # start again from nothing (the cache's place seeds its sampling)
+    ref_name = f"{tiny_model.name}: "
+
+    seen, child = _cancel_at(tiny_model, tiny_model_f16, ref_name, cache)
+    assert is_gone(child)
+    assert not any(isinstance(e, VariantDone) for e in seen)
+    assert not cache.exists()  # the half-written reference was removed
+
+    seen, child = _cancel_at(tiny_model, tiny_model_f16, f"{tiny_model_f16.name}: ",
+                             cache)
+    assert is_gone(child)
+    reference = [e for e in seen if isinstance(e, VariantDone)]
+    assert len(reference) == 1 and not reference[0].from_cache  # computed again, in full
+    assert _numbers(reference[0].result) == _numbers(uninterrupted.reference)
+    assert (cache / "meta.json").is_file()  # a complete reference stays for the next run
+
+    events = _run(tiny_model, [tiny_model_f16], n_ctx=128, max_chunks=40)
+    done = [e for e in events if isinstance(e, VariantDone)]
+    assert done[0].from_cache
+    result = events[-1]
+    assert isinstance(result, Evaluation)
+    assert _numbers(result.reference) == _numbers(uninterrupted.reference)
+    assert _numbers(result.candidates[0]) == _numbers(uninterrupted.candidates[0])

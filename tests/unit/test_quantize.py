@@ -23,6 +23,7 @@ from app.engine.quantize import (
     quantize,
     quantize_many,
 )
+from tests.helpers.engine_children import is_gone, the_job_child
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -96,6 +97,28 @@ def test_cancel_leaves_no_file(smollm2_f16: Path, tmp_path: Path) -> None:
                 seen.append(event)
     assert seen and seen[0].total == 272
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_quantizer_killed_mid_job_is_explained_and_leaves_nothing(
+        smollm2_f16: Path, tiny_model_f16: Path, tmp_path: Path) -> None:
+    """SIGKILL (what the out-of-memory killer sends) while llama_model_quantize runs."""
+    out = tmp_path / "killed.gguf"
+    killed = []
+    with pytest.raises(QuantizeError) as raised:
+        for event in quantize(smollm2_f16, out, QuantizeOptions("Q4_K_M")):
+            if isinstance(event, Progress) and not killed:
+                assert event.done < event.total  # 272 tensors: it is mid-job
+                killed.append(the_job_child())
+                killed[0].kill()
+    assert not isinstance(raised.value, QuantizeCancelled)
+    assert str(raised.value) == ("llama.cpp's quantizer stopped unexpectedly: the process was "
+                                 "killed by SIGKILL (often the system ran out of memory).")
+    assert is_gone(killed[0])
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its .part
+
+    done = list(quantize(tiny_model_f16, out, QuantizeOptions("Q8_0")))[-1]
+    assert isinstance(done, Quantized) and read_model_info(out).file_type == "Q8_0"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 def test_fallback_types_are_reported(smollm2_f16: Path, tmp_path: Path) -> None:
