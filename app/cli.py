@@ -745,5 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run one CLI command; return the process exit code."""
+    from app.core import logsetup
+
     args = build_parser().parse_args(list(argv))
+    logsetup.configure()  # the same log file and secret redaction as the window's
     return int(args.func(args))

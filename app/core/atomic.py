@@ -7,6 +7,7 @@ final rename is atomic), is flushed to disk, and only then replaces the target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import IO
 
 PARTIAL_SUFFIX = ".part"
+# Errors of a write that found no room: a full disk, a full quota, a file larger than the file
+# system (FAT32: 4 GiB) or the process's file-size limit allows. One rule for every writer
+# (downloads, engine jobs).
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager

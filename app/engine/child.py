@@ -31,6 +31,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.core.atomic import NO_ROOM_ERRNOS
+
 T = TypeVar("T")
 
 _CTX = mp.get_context("spawn")
@@ -328,9 +330,6 @@ def stream_from_child(fn: Callable[..., Any], *args: Any,
         _SPARES.start_spare()
 
 
-# Errors of a write that found no room: a full disk, a full quota, a file larger than the file
-# system (FAT32: 4 GiB) or the process's file-size limit allows.
-NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # How the child reports an OSError raised in it: "OSError: [Errno 28] No space left on device"
 _CHILD_OS_ERROR = re.compile(r"^\w+: \[Errno (\d+)\]")
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from app.core.atomic import NO_ROOM_ERRNOS
 from app.engine.child import (
-    NO_ROOM_ERRNOS,
     ChildCancelled,
     ChildCrashed,
     ChildFailed,
@@ -314,7 +314,10 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
         cache_dir = Path(cache)
         if reference:
             arrays = _open_cache(cache_dir, total, "w+")
-            rng = np.random.default_rng(int(hashlib.sha256(cache.encode()).hexdigest()[:8], 16))
+            # seeded by the cache's name (what it caches), not its path: the same evaluation in
+            # another data folder samples the same tail tokens and gives the same numbers
+            rng = np.random.default_rng(int(hashlib.sha256(cache_dir.name.encode()).hexdigest()[:8],
+                                            16))
         else:
             arrays = _open_cache(cache_dir, total, "r")
             if arrays["vocab"][0] != runner.n_vocab:

@@ -16,7 +16,6 @@ folder is refused (RefusedName) before anything is asked or written.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import shutil
 import threading
@@ -25,7 +24,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.atomic import PARTIAL_SUFFIX
+from app.core.atomic import NO_ROOM_ERRNOS, PARTIAL_SUFFIX
 from app.core.paths import UnsafeName, contained
 from app.hub.errors import (
     Cancelled,
@@ -41,8 +40,6 @@ from app.hub.online import ensure_reachable
 CHUNK = 1024 * 1024
 PART_SUFFIX = PARTIAL_SUFFIX  # one suffix for every unfinished file: the library skips it
 DISK_MARGIN = 64 * 1024 * 1024
-# errors of a write that ran out of room: a full disk, a quota, a file-size limit
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def _hashed(path: Path, hasher: hashlib._Hash, remote: RemoteFile, message: str,
 
 
 def _write_failed(remote: RemoteFile, folder: Path, exc: OSError, done: int) -> HubError:
-    if exc.errno in _NO_ROOM:
+    if exc.errno in NO_ROOM_ERRNOS:
         return DiskFull(f"Writing {remote.filename} failed: {exc.strerror}. Free some space on "
                         f"{folder} (or choose another models folder) and download it again: the "
                         f"{done / 2**20:.0f} MiB fetched so far are kept and will not be "
