@@ -414,8 +414,9 @@ def predict(source: Source, types: Sequence[TypeOption], rates: Rates,
     calibration = min(tokens.get("calibration", 20_000), 512 * 10_000)
     imatrix = KINDS["imatrix"].predict({"expected_tokens": calibration}, rates)
     f16_size = (source.n_params or size / 2) * 2
-    quantize = sum(KINDS["quantize"].predict({"source": "", "expected_source_bytes": f16_size},
-                                             rates) for _ in types)
+    quantize = sum(KINDS["quantize"].predict({"source": "", "expected_source_bytes": f16_size,
+                                              "options": {"quant": t.quant}}, rates)
+                   for t in types)
     evaluate = {}
     for length in plans.EVAL_LENGTHS:
         params = {"chunks": eval_chunks(length, tokens.get("evaluation")), "n_ctx": plans.N_CTX,
