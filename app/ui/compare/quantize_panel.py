@@ -157,9 +157,11 @@ class QuantizePanel(QWidget):
         if folder:
             self.source.setText(folder)
             task = Task(wizard.converter_problem)
-            task.finished.connect(lambda problem: self.convert_note.setText(
-                problem or "The folder is converted to F16 GGUF first."))
+            task.finished.connect(self._converter_checked)
             task.start()
+
+    def _converter_checked(self, problem: str | None) -> None:
+        self.convert_note.setText(problem or "The folder is converted to F16 GGUF first.")
 
     def _calibration_changed(self, index: int) -> None:
         if index == 2:

@@ -143,8 +143,12 @@ class ModelsPage(QWidget):
         self.rescan_button.setEnabled(False)
         task = Task(self._library.scan)
         task.finished.connect(self._scanned)
-        task.failed.connect(lambda msg: self.rescan_button.setEnabled(True))
+        task.failed.connect(self._scan_failed)
         task.start()
+
+    def _scan_failed(self, message: str) -> None:
+        self.rescan_button.setEnabled(True)
+        self.rescan_button.setToolTip(f"The last scan failed: {message}")
 
     def _scanned(self, entries: list[LibraryEntry]) -> None:
         self.entries = entries

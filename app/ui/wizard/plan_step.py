@@ -35,6 +35,7 @@ from app.core.units import format_bytes, format_duration
 from app.jobs.probe import full_profile
 from app.jobs.task import Task
 from app.pipeline import plans, wizard
+from app.pipeline.events import PipelineError
 from app.pipeline.steps import Rates
 from app.pipeline.texts import TextSource
 from app.pipeline.wizard import Source, Timing, TypeOption
@@ -49,6 +50,7 @@ _GREY = QColor("#8a8a8a")
 
 @dataclass(frozen=True)
 class _Computed:
+    generation: int  # which request this answers
     profile: HardwareProfile
     options: list[TypeOption]
     rates: Rates | None
@@ -197,29 +199,37 @@ class PlanStep(QWidget):
                            "each type would be…" if rates is None else "Updating…")
         self.ready.emit(False)
 
-        def compute() -> _Computed:
-            found_profile = profile or full_profile()
-            options = wizard.type_options(source, found_profile, n_ctx=n_ctx, imatrix=imatrix,
-                                          bandwidth=bandwidth(found_profile))
-            found_rates, tokens = (rates, self.tokens) if rates is not None else \
-                wizard.measure_rates(source, calibration)
-            return _Computed(found_profile, options, found_rates, tokens)
+        tokens = self.tokens
 
+        def compute() -> _Computed | str:  # the reason when no plan can be made
+            try:
+                found_profile = profile or full_profile()
+                options = wizard.type_options(source, found_profile, n_ctx=n_ctx,
+                                              imatrix=imatrix, bandwidth=bandwidth(found_profile))
+                found_rates, found_tokens = (rates, tokens) if rates is not None else \
+                    wizard.measure_rates(source, calibration)
+            except PipelineError as exc:
+                return str(exc)
+            return _Computed(generation, found_profile, options, found_rates, found_tokens)
+
+        # bound methods, not lambdas: if the page is gone when the answer comes, Qt drops them
         task = Task(compute)
-        task.finished.connect(lambda done: self._computed(generation, done))
-        task.failed.connect(lambda message: self._failed(generation, message))
+        task.finished.connect(self._computed)
+        task.failed.connect(self._failed)
         task.start()
 
-    def _computed(self, generation: int, done: _Computed) -> None:
-        if generation != self._generation:
+    def _computed(self, done: _Computed | str) -> None:
+        if isinstance(done, str):
+            self._failed(done)
             return
+        if done.generation != self._generation:
+            return  # an option changed meanwhile; a newer answer is coming
         self.profile, self.options, self.rates, self.tokens = (done.profile, done.options,
                                                                done.rates, done.tokens)
         self._fill()
 
-    def _failed(self, generation: int, message: str) -> None:
-        if generation == self._generation:
-            self.intro.setText(f"The plan could not be made: {message}")
+    def _failed(self, message: str) -> None:
+        self.intro.setText(f"The plan could not be made: {message}")
 
     def _fill(self) -> None:
         source = self.source

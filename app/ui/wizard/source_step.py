@@ -24,6 +24,7 @@ from app.core.library import Library
 from app.core.settings import Settings
 from app.jobs.task import Task
 from app.pipeline import wizard
+from app.pipeline.events import PipelineError
 from app.pipeline.wizard import Source
 from app.ui.widgets import Card, set_role, text_label
 
@@ -178,14 +179,28 @@ class SourceStep(QWidget):
         self.found_text.setText("")
         self.notes.setText("")
         self.found.show()
-        task = Task(lambda: wizard.resolve(query))
-        task.finished.connect(lambda source, q=query: self._resolved(q, source))
-        task.failed.connect(lambda message, q=query: self._failed(q, message))
+        def read() -> tuple[str, Source | str]:  # the reason when it cannot be used
+            try:
+                return query, wizard.resolve(query)
+            except PipelineError as exc:
+                return query, str(exc)
+
+        # bound methods, not lambdas: if the page is gone when the answer comes, Qt drops them
+        task = Task(read)
+        task.finished.connect(self._answered)
+        task.failed.connect(self._failed)
         task.start()
 
-    def _resolved(self, query: str, source: Source) -> None:
+    def _answered(self, answer: tuple[str, Source | str]) -> None:
+        query, found = answer
         if query != self._asked:
             return  # another choice was made meanwhile
+        if isinstance(found, str):
+            self._failed(found)
+        else:
+            self._resolved(found)
+
+    def _resolved(self, source: Source) -> None:
         self.source = source
         self.found.title.setText(source.label)
         self.found_text.setText(source.summary() + (f"\n{source.location}"
@@ -194,9 +209,7 @@ class SourceStep(QWidget):
         self.notes.setText("\n\n".join(source.notes))
         self.resolved.emit(source)
 
-    def _failed(self, query: str, message: str) -> None:
-        if query != self._asked:
-            return
+    def _failed(self, message: str) -> None:
         self.found.title.setText("This cannot be used")
         self.found_text.setText("")
         set_role(self.notes, "Warning")
