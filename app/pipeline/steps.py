@@ -181,7 +181,8 @@ class Download(Kind):
         token = get_token()
         stop = threading.Event()
         remotes = [dl.remote_file(params["repo_id"], f, revision=params.get("revision", "main"),
-                                  token=token) for f in params["files"]]
+                                  token=token, endpoint=params.get("endpoint"))
+                   for f in params["files"]]
         paths = []
         for event in dl.download_files(remotes, Path(params["dest"]), token=token, cancel=stop):
             if ctx.cancel():
@@ -217,7 +218,8 @@ class Checkpoint(Kind):
         stop = threading.Event()
         folder = ""
         for event in ck.fetch_checkpoint(params["repo_id"], Path(params["dest"]),
-                                         token=get_token(), cancel=stop):
+                                         endpoint=params.get("endpoint"), token=get_token(),
+                                         cancel=stop):
             if ctx.cancel():
                 stop.set()
             if isinstance(event, ck.Checkpoint):

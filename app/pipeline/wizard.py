@@ -57,6 +57,7 @@ class Source:
     files: tuple[str, ...] = ()  # repo-gguf: the files to download
     notes: tuple[str, ...] = ()
     model_name: str = ""  # the stem outputs are named after
+    endpoint: str | None = None  # the hub a repo source was found on (None: the default)
 
     @property
     def quantized(self) -> bool:
@@ -76,7 +77,8 @@ class Source:
         return {"kind": self.kind, "location": self.location, "label": self.label,
                 "architecture": self.architecture, "n_params": self.n_params,
                 "precision": self.precision, "size": self.size, "files": list(self.files),
-                "notes": list(self.notes), "model_name": self.model_name}
+                "notes": list(self.notes), "model_name": self.model_name,
+                "endpoint": self.endpoint}
 
 
 def _reference_notes(precision: str) -> tuple[str, ...]:
@@ -158,26 +160,32 @@ def from_repo(repo_id: str, *, endpoint: str | None = None) -> Source:
     except HubError as exc:
         raise PipelineError(str(exc)) from None
     name = repo_id.split("/")[-1]
+
+    def params(quant: str, size: int) -> int:  # until the file is here, from its size
+        return int(size * 8 / quant_types.by_name(quant).bits_per_weight)
+
     full = [q for q in found.quants if q.quant in UNQUANTIZED]
     if full:
         best = full[0]
-        return Source("repo-gguf", repo_id, repo_id, None, None, best.quant, best.size,
-                      files=best.files, notes=(f"{best.quant} GGUF from {repo_id} is "
-                                               "downloaded and used as the reference.",),
-                      model_name=plans.stem(Path(best.files[0])))
+        return Source("repo-gguf", repo_id, repo_id, None, params(best.quant, best.size),
+                      best.quant, best.size, files=best.files,
+                      notes=(f"{best.quant} GGUF from {repo_id} is downloaded and used as the "
+                             "reference.",),
+                      model_name=plans.stem(Path(best.files[0])), endpoint=endpoint)
     if found.has_safetensors:
         return Source("repo-checkpoint", repo_id, repo_id, None, None, "safetensors", None,
                       notes=(f"The checkpoint is downloaded from {repo_id} and converted to "
-                             "F16 GGUF: that file is the reference.",), model_name=name)
+                             "F16 GGUF: that file is the reference. Sizes and memory are known "
+                             "once it is converted.",), model_name=name, endpoint=endpoint)
     known = [q for q in found.quants if quant_types.is_known(q.quant)]
     if not known:
         raise PipelineError(f"{repo_id} has no GGUF files and no safetensors checkpoint.")
     best = max(known, key=lambda q: quant_types.by_name(q.quant).bits_per_weight)
-    return Source("repo-gguf", repo_id, repo_id, None, None, best.quant, best.size,
-                  files=best.files, notes=(f"{repo_id} has no 16-bit file; its "
-                                           f"{best.quant} file is downloaded.",
-                                           *_reference_notes(best.quant)),
-                  model_name=plans.stem(Path(best.files[0])))
+    return Source("repo-gguf", repo_id, repo_id, None, params(best.quant, best.size),
+                  best.quant, best.size, files=best.files,
+                  notes=(f"{repo_id} has no 16-bit file; its {best.quant} file is downloaded.",
+                         *_reference_notes(best.quant)),
+                  model_name=plans.stem(Path(best.files[0])), endpoint=endpoint)
 
 
 def converter_problem() -> str | None:
@@ -365,7 +373,7 @@ def _tick(options: list[TypeOption], count: int) -> list[TypeOption]:
     for quant in PREFERENCE:
         option = by_quant.get(quant)
         if option is None or not option.allowed or option.fit == "too_large" or \
-                option.size in sizes or len(chosen) >= count:
+                (option.size and option.size in sizes) or len(chosen) >= count:
             continue
         chosen.add(quant)
         sizes.add(option.size)
@@ -516,7 +524,7 @@ def wizard_plan(choice: WizardChoice) -> plans.RunPlan:
         downloaded = target_path(dest, source.location, source.files[0])
         steps.append(plans.StepSpec("download", "download", f"Download {source.files[0]}", {
             "repo_id": source.location, "files": list(source.files), "dest": str(dest),
-            "expected_bytes": source.size or 0}))
+            "endpoint": source.endpoint, "expected_bytes": source.size or 0}))
         reference = downloaded
         if source.quantized:
             reference = plans.reference_path(out_dir, model)
@@ -526,7 +534,8 @@ def wizard_plan(choice: WizardChoice) -> plans.RunPlan:
         steps.append(plans.StepSpec("checkpoint", "checkpoint",
                                     f"Download the checkpoint {source.location}", {
                                         "repo_id": source.location,
-                                        "dest": str(paths.checkpoints_dir())}))
+                                        "dest": str(paths.checkpoints_dir()),
+                                        "endpoint": source.endpoint}))
         reference = plans.reference_path(out_dir, model)
         steps.append(plans.convert_step(folder, reference))
     imatrix = None

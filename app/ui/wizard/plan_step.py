@@ -248,7 +248,9 @@ class PlanStep(QWidget):
             speed = f"~{option.tokens_per_second:.0f} tokens/s" if option.tokens_per_second \
                 else "–"
             memory = format_bytes(option.memory) if option.memory else "–"
-            cells = (option.quant, format_bytes(option.size) + ("" if option.exact else " (est.)"),
+            size = "after conversion" if not option.size else \
+                format_bytes(option.size) + ("" if option.exact else " (est.)")
+            cells = (option.quant, size,
                      f"{option.bits_per_weight:.2f}", memory, option.badge, speed,
                      option.expectation)
             for j, text in enumerate(cells, start=1):
