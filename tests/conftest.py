@@ -10,6 +10,17 @@ from app.core.embedded import embedded_model_path
 from tests.helpers.tiny_model import write_tiny_llama
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_core_dumps() -> None:
+    """Several tests crash engine children on purpose (SIGSEGV, aborts): where the machine
+    allows core dumps, each would leave a core file of ~100 MB in the working folder. The
+    limit is inherited by every process the tests start."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
 @pytest.fixture(autouse=True)
 def quantdesk_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty QUANTDESK_HOME: nothing touches the user's data."""

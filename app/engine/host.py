@@ -5,7 +5,14 @@ while another reply runs (``EngineBusy``) so replies never interleave, and turns
 into a ``Crashed`` event carrying the exit code or signal and llama.cpp's last log lines.
 
 Callers either poll events themselves (the Qt bridge does, on a thread) or use the synchronous
-helpers ``load_sync`` and ``chat_stream`` (the CLI and benchmarks do).
+helpers ``load_sync`` and ``chat_stream`` (the CLI and benchmarks do). Whoever polls must keep
+polling while a reply runs: the child holds each token until the one before has been read
+(see ``host_child``), which is what makes a stop take effect within one token.
+
+A load that failed may have left the child half-allocated, or the child may be unable to
+allocate at all (an address-space limit, memory taken by others); so may a reply that ran out
+of memory (``Failed.unusable``). Then the next load starts a fresh child instead of asking that
+one again.
 """
 
 from __future__ import annotations
@@ -85,8 +92,11 @@ class ModelHost:
         self._requests: mp.connection.Connection | None = None
         self._events: mp.connection.Connection | None = None
         self._stop = _CTX.Value("q", -1, lock=False)
+        # Tokens of the running reply read by this side; only this side writes it.
+        self._consumed = _CTX.Value("q", 0, lock=False)
         self._ids = itertools.count(1)
         self._crash_reported = False
+        self._replace_child = False
         self.active_request: int | None = None
         self.loaded: Loaded | None = None
         self.log_tail: deque[str] = deque(maxlen=40)
@@ -99,6 +109,11 @@ class ModelHost:
         return self._proc is not None and self._proc.is_alive()
 
     @property
+    def current(self) -> Loaded | None:
+        """The loaded model, if any (``loaded``, under the name chat sessions use)."""
+        return self.loaded
+
+    @property
     def pid(self) -> int | None:
         """The child's process id (for tests and diagnostics)."""
         return self._proc.pid if self._proc else None
@@ -109,13 +124,15 @@ class ModelHost:
             return
         req_recv, req_send = _CTX.Pipe(duplex=False)
         ev_recv, ev_send = _CTX.Pipe(duplex=False)
-        self._proc = _CTX.Process(target=host_child.serve, args=(req_recv, ev_send, self._stop),
+        self._proc = _CTX.Process(target=host_child.serve,
+                                  args=(req_recv, ev_send, self._stop, self._consumed),
                                   name="quantdesk-model-host", daemon=True)
         self._proc.start()
         req_recv.close()
         ev_send.close()
         self._requests, self._events = req_send, ev_recv
         self._crash_reported = False
+        self._replace_child = False
         self.active_request = None
         self.loaded = None
 
@@ -154,6 +171,8 @@ class ModelHost:
         """Load a model (unloading the current one); events: LoadProgress…, Loaded or Failed."""
         if self.active_request is not None:
             raise EngineBusy("A reply is being generated; stop it before switching models.")
+        if self._replace_child:
+            self.kill()
         self.start()
         self.loaded = None
         self._send(Load(settings))
@@ -166,6 +185,7 @@ class ModelHost:
             raise EngineError("The engine is not running: load a model first.")
         request_id = next(self._ids)
         self.active_request = request_id
+        self._consumed.value = 0  # the child is idle: no token of another reply is in flight
         self._send(Chat(request_id, tuple(messages), sampling or Sampling()))
         return request_id
 
@@ -223,8 +243,15 @@ class ModelHost:
         if isinstance(event, LogLine):
             self.log_tail.append(event.text)
             _llama_log.log(event.level, "%s", event.text)
+        elif isinstance(event, Token):
+            if event.request_id == self.active_request:
+                self._consumed.value += 1  # lets the child sample the next token
         elif isinstance(event, Loaded):
             self.loaded = event
+        elif isinstance(event, Failed) and (event.request_id is None or event.unusable):
+            self._replace_child = True  # the next load gets a fresh child
+            if event.request_id is not None and event.request_id == self.active_request:
+                self.active_request = None
         elif isinstance(event, (ReplyDone, Failed)) and (
                 getattr(event, "request_id", None) == self.active_request):
             self.active_request = None

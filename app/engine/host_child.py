@@ -3,6 +3,15 @@
 Runs ``serve()`` in a spawned process. Everything llama.cpp or llama-cpp-python says goes back to
 the parent as ``LogLine`` events (so the parent has the last lines even if this process dies).
 One request at a time; a running reply checks the shared stop value after every token.
+
+A reply never runs more than one token ahead of its reader: before it streams a token, it waits
+until the parent has read every token it sent (the shared ``consumed`` count). So when the parent
+asks to stop after reading a token, at most one more token can reach it — the one already on its
+way — however busy the parent was. The next token is computed while the parent reads, so the
+wait costs nothing unless the reader falls behind.
+
+The chat template is rendered within a ``RenderBudget`` and can be cancelled by Stop, so a
+runaway template ends with a clear error and this process stays usable.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import ctypes
 import gc
 import io
 import logging
+import signal
 import sys
 import threading
 import time
@@ -21,6 +31,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from app.core import chat_template
+from app.core.chat_template import RenderBudget
 from app.engine import llama_log, load_params, process_stats
 from app.engine.protocol import (
     Chat,
@@ -124,10 +135,19 @@ def _gpu_used_bytes() -> int | None:
     return sum((d.memory_total or 0) - (d.memory_free or 0) for d in gpus)
 
 
+def _nothing_generated(seconds: float) -> ReplyMetrics:
+    """The metrics of a reply stopped before its prompt was even ready."""
+    return ReplyMetrics(prompt_tokens=0, generated_tokens=0, ttft_seconds=0.0,
+                        prompt_tokens_per_second=0.0, generation_tokens_per_second=0.0,
+                        total_seconds=seconds, peak_rss_bytes=process_stats.peak_rss_bytes())
+
+
 class _Host:
-    def __init__(self, send: _Sender, stop_value: Synchronized) -> None:  # type: ignore[type-arg]
+    def __init__(self, send: _Sender, stop_value: Synchronized,  # type: ignore[type-arg]
+                 consumed: Synchronized) -> None:  # type: ignore[type-arg]
         self.send = send
         self.stop_value = stop_value
+        self.consumed = consumed
         self.llm: Any = None
         self.settings: LoadSettings | None = None
         self.template: str | None = None
@@ -215,13 +235,23 @@ class _Host:
             self.send(Failed(req.request_id, "No model is loaded: load one before chatting."))
             return
         received = time.perf_counter()
+
+        def stop_requested_now() -> bool:
+            return bool(self.stop_value.value == req.request_id)
+
         try:
             prompt = chat_template.render(
                 self.template,
                 [chat_template.Message(m.role, m.content) for m in req.messages],
-                bos_token=self.bos_text, eos_token=self.eos_text)
+                bos_token=self.bos_text, eos_token=self.eos_text, budget=RenderBudget(),
+                cancelled=stop_requested_now)
+        except chat_template.TemplateCancelled:  # Stop pressed while the template ran
+            self.send(ReplyDone(req.request_id, "", "stopped",
+                                _nothing_generated(time.perf_counter() - received)))
+            return
         except chat_template.TemplateError as exc:
-            self.send(Failed(req.request_id, str(exc)))
+            reason = str(exc)
+            self.send(Failed(req.request_id, reason[:1].upper() + reason[1:]))
             return
         if self.bos_text and prompt.startswith(self.bos_text) and self.llm._model.add_bos_token():
             prompt = prompt[len(self.bos_text):]  # llama.cpp adds BOS itself
@@ -241,13 +271,25 @@ class _Host:
         stop_requested = [False]
         sampled = [0]
         longest = [0]
+        sent = [0]
+
+        def wait_for_reader() -> None:
+            # Hold the next token until the parent has read every one sent (or asked to stop):
+            # the reply stays within one token of its reader. Sleep, not spin: on a small
+            # machine the reader needs the CPU this process would burn.
+            waited = 0
+            while self.consumed.value < sent[0] and not stop_requested_now():
+                waited += 1
+                time.sleep(0 if waited < 20 else 0.0002)
 
         def stop_now(ids: Any, _logits: Any) -> bool:
-            # Called by llama-cpp-python after every sampled token, even while it holds text
-            # back (a possible stop string, an incomplete UTF-8 sequence): Stop acts within one
-            # token whatever is being streamed. It also counts the tokens kept, the end-of-turn
-            # token included; the extra call after the last token passes no longer sequence.
-            stop_requested[0] = self.stop_value.value == req.request_id
+            # Called by llama-cpp-python after every sampled token, before it is streamed, even
+            # while it holds text back (a possible stop string, an incomplete UTF-8 sequence):
+            # Stop acts within one token whatever is being streamed. It also counts the tokens
+            # kept, the end-of-turn token included; the extra call after the last token passes
+            # no longer sequence.
+            wait_for_reader()
+            stop_requested[0] = stop_requested_now()
             if len(ids) > longest[0] and not stop_requested[0]:
                 longest[0] = len(ids)
                 sampled[0] += 1
@@ -278,14 +320,23 @@ class _Host:
                     if not text_parts:
                         ttft = time.perf_counter() - received
                     text_parts.append(choice["text"])
+                    sent[0] += 1
                     self.send(Token(req.request_id, choice["text"]))
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
             if stop_requested[0]:
                 finish_reason = "stopped"
+        except MemoryError:
+            log.error("generation ran out of memory after %d tokens", sampled[0])
+            self.send(Failed(req.request_id,
+                             "The engine ran out of memory while generating; the reply is kept "
+                             "as far as it got. Reload the model (or pick a smaller one) to go "
+                             "on.", tuple(llama_log.recent_lines(20)), unusable=True))
+            return
         except Exception as exc:
             log.exception("generation failed")
-            self.send(Failed(req.request_id, f"Generation failed: {exc}",
+            self.send(Failed(req.request_id,
+                             f"Generation failed: {exc or type(exc).__name__}",
                              tuple(llama_log.recent_lines(20))))
             return
         perf = llama_cpp.llama_perf_context(ctx)
@@ -306,11 +357,17 @@ class _Host:
         )))
 
 
-def serve(requests: Connection, events: Connection, stop_value: Synchronized) -> None:  # type: ignore[type-arg]
-    """The child's main loop: answer requests until Shutdown or the parent goes away."""
+def serve(requests: Connection, events: Connection, stop_value: Synchronized,  # type: ignore[type-arg]
+          consumed: Synchronized) -> None:  # type: ignore[type-arg]
+    """The child's main loop: answer requests until Shutdown or the parent goes away.
+    ``stop_value`` holds the id of the request to stop; ``consumed`` counts the tokens of the
+    running reply that the parent has read."""
     from app.engine.child import exit_with_parent
 
     exit_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what it means
+    # (stop the reply, shut this process down); dying here would lose the reply's end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     send = _Sender(events)
     root = logging.getLogger()
     root.handlers[:] = [_LogForwarder(send)]
@@ -318,7 +375,7 @@ def serve(requests: Connection, events: Connection, stop_value: Synchronized) ->
     logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
     sys.stderr = _StderrToLog()
     llama_log.install()
-    host = _Host(send, stop_value)
+    host = _Host(send, stop_value, consumed)
     while True:
         try:
             request = requests.recv()

@@ -121,11 +121,13 @@ class ReplyDone:
 
 @dataclass(frozen=True)
 class Failed:
-    """A request failed; the child is still alive and usable (unless the load failed)."""
+    """A request failed; the child is still alive. After a failed load, or when ``unusable``
+    (it ran out of memory), the parent's next load starts a fresh child instead."""
 
     request_id: int | None
     message: str
     log_tail: tuple[str, ...] = ()
+    unusable: bool = False
 
 
 @dataclass(frozen=True)

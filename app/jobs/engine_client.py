@@ -3,6 +3,11 @@
 A reader thread waits on the child's event pipe and its process sentinel *without* holding the
 lock, then takes the lock only to read what is ready; the UI thread's calls (chat, stop, load)
 therefore never wait behind a blocking read.
+
+``EngineClient`` is a ``ChatEngine`` (``app.pipeline.chat_session``): a chat session starts and
+stops replies through it and is handed every event through the ``engine_event`` signal, on the UI
+thread. Its own ``busy`` is the engine's view, cleared on the reader thread as soon as a reply
+ends there; whether the *session* has finished with a reply is the session's ``busy``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from app.engine.protocol import (
     Loaded,
     LoadProgress,
     LoadSettings,
+    LogLine,
     ReplyDone,
     Sampling,
     Token,
@@ -42,6 +48,7 @@ class EngineClient(QObject):
     reply_failed = Signal(int, str)  # request id, message
     crashed = Signal(object)  # Crashed
     unloaded = Signal()
+    engine_event = Signal(object)  # every event but log lines and load progress (for sessions)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -121,6 +128,8 @@ class EngineClient(QObject):
 
     def _dispatch(self, event: object) -> None:
         try:
+            if not isinstance(event, (LogLine, LoadProgress)):
+                self.engine_event.emit(event)
             if isinstance(event, Token):
                 self.token.emit(event.request_id, event.text)
             elif isinstance(event, LoadProgress):

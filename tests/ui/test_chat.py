@@ -1,9 +1,11 @@
-"""Chat flows on the tiny model: streaming, stop, regenerate, edit, crash, restart."""
+"""Chat flows on the tiny model: streaming, stop, regenerate, edit, crash, restart, and the
+page as a view of its chat session (the race between a reply's end and the next send)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +18,10 @@ from app.core import hardware, storage
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
+from app.pipeline.chat_session import SessionState
 from app.ui.chat.chat_page import ChatPage
 from app.ui.main_window import MainWindow
+from tests.helpers.tiny_model import write_tiny_llama
 
 MakePage = Callable[..., ChatPage]
 
@@ -48,8 +52,8 @@ def test_send_streams_tokens_and_saves_the_reply(qtbot: QtBot, make_page: MakePa
                                                  store: Storage) -> None:
     page = make_page(max_tokens=200)
     growth: list[int] = []
-    page.engine.token.connect(lambda _rid, _t: growth.append(len(page._pending.text)
-                                                             if page._pending else -1))
+    page.engine.token.connect(lambda _rid, _t: growth.append(len(page.session.reply.text)
+                                                             if page.session.reply else -1))
     reply = _send(qtbot, page, "Hello there")
     assert len(growth) > 10 and growth == sorted(growth)  # tokens arrived one by one
     assert reply.role == "assistant" and reply.status == storage.STATUS_COMPLETE
@@ -132,7 +136,7 @@ def test_system_prompt_and_sampling_are_per_conversation(qtbot: QtBot, make_page
     conv_id = store.conversations()[0].id
     store.update_conversation(conv_id, system_prompt="Be terse.",
                               sampling={"temperature": 0.0, "max_tokens": 5, "seed": 3})
-    assert page._history()[0].role == "system"
+    assert page.session.history()[0].role == "system"
     reply = _send(qtbot, page, "again")
     assert reply.metrics is not None and reply.metrics["generated_tokens"] == 5
     assert reply.sampling is not None and reply.sampling["temperature"] == 0.0
@@ -240,3 +244,92 @@ def test_auto_gpu_layers_come_from_the_load_plan(qtbot: QtBot, make_page: MakePa
     with qtbot.waitSignal(page.model_loaded, timeout=20_000) as blocker:
         page.reload_model()
     assert blocker.args[0].n_gpu_layers == 0
+
+
+def test_a_send_before_the_finished_reply_is_handled_loses_nothing(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(max_tokens=30)
+    page.send("first")
+    assert page.session.state is SessionState.REPLYING
+    # Keep the UI thread busy until the engine has finished the reply on its reader thread:
+    # the engine says it is free, but the end of the reply is still queued for the page.
+    deadline = time.monotonic() + 20
+    while page.engine.busy and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not page.engine.busy and page.session.busy
+    assert not page.send_button.isEnabled() and page.stop_button.isEnabled()
+    page.composer.setPlainText("second")
+    page.composer.send_requested.emit("second")  # Enter in the composer, in that gap
+    assert page.composer.toPlainText() == "second"  # refused: the text is kept
+    assert page.hint.isVisibleTo(page) and "still being written" in page.hint.text()
+    assert [w.role for w in page.message_widgets()] == ["user", "assistant"]
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+        pass  # the queued end of the first reply is handled
+    first = blocker.args[0]
+    assert first.status == storage.STATUS_COMPLETE
+    widget = page.message_widgets()[-1]
+    assert not widget.streaming and widget.text == first.content
+    assert widget.message_id == first.id and "30 tokens" in widget.meta_label.text()
+    assert page.send_button.isEnabled()
+    second = _send(qtbot, page, page.composer.toPlainText())
+    conv_id = store.conversations()[0].id
+    assert [m.content for m in store.messages(conv_id)] == [
+        "first", first.content, "second", second.content]
+    assert not any(w.streaming for w in page.message_widgets())
+
+
+def test_runaway_template_shows_a_clear_error_and_the_engine_goes_on(
+        qtbot: QtBot, make_page: MakePage, store: Storage, tmp_path: Path,
+        tiny_model: Path) -> None:
+    loop = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    hostile = write_tiny_llama(tmp_path / "runaway.gguf", chat_template=loop)
+    page = make_page(max_tokens=8, model=hostile)
+    pid = page.engine.pid()
+    start = time.monotonic()
+    with qtbot.waitSignal(page.engine_error, timeout=10_000) as blocker:
+        page.send("hello")
+    assert time.monotonic() - start < 2.5  # a 1 s budget, then the error reaches the window
+    assert "ran for more than 1 s" in blocker.args[0]
+    assert page.banner.isVisibleTo(page) and "loop for ever" in page.banner_text.text()
+    reply = store.messages(store.conversations()[0].id)[-1]
+    assert reply.status == storage.STATUS_PARTIAL and "ran for more than" in (reply.error or "")
+    assert "Incomplete" in page.message_widgets()[-1].status_label.text()
+    assert page.send_button.isEnabled() and not page.session.busy
+    # The same engine process loads a sound model and answers.
+    with qtbot.waitSignal(page.model_loaded, timeout=20_000):
+        page.load_model(str(tiny_model))
+    assert page.engine.pid() == pid
+    assert _send(qtbot, page, "and now?").status == storage.STATUS_COMPLETE
+
+
+def test_reopening_or_leaving_a_conversation_while_its_reply_streams(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(max_tokens=1900)
+    page.send("a long one")
+    qtbot.waitUntil(lambda: page.session.reply is not None and len(page.session.reply.text) > 5,
+                    timeout=20_000)
+    first = page.conversation_id
+    assert first is not None
+    # Opening the same conversation again keeps the reply streaming in place.
+    page.open_conversation(first)
+    widgets = page.message_widgets()
+    assert [w.role for w in widgets] == ["user", "assistant"] and widgets[1].streaming
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+        page.stop()
+    assert blocker.args[0].status == storage.STATUS_STOPPED
+    widgets = page.message_widgets()
+    assert len(widgets) == 2 and not widgets[1].streaming
+    assert widgets[1].status_label.text() == "Stopped."
+    # Leaving for another conversation stops the reply; it is saved to its own.
+    other = store.create_conversation("other").id
+    page.send("another long one")
+    qtbot.waitUntil(lambda: page.session.reply is not None and len(page.session.reply.text) > 5,
+                    timeout=20_000)
+    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+        page.open_conversation(other)
+    assert blocker.args[0].conversation_id == first
+    assert page.message_widgets() == []
+    assert [m.status for m in store.messages(first)][-1] == storage.STATUS_STOPPED
+    page.open_conversation(first)
+    assert [w.role for w in page.message_widgets()] == ["user", "assistant"] * 2
+    assert not any(w.streaming for w in page.message_widgets())

@@ -21,6 +21,7 @@ from app.engine.protocol import (
     Sampling,
     Token,
 )
+from tests.helpers.address_space import starve
 from tests.helpers.tiny_model import write_tiny_llama
 
 HELLO = (ChatMessage("user", "Hello"),)
@@ -33,7 +34,7 @@ def host() -> Iterator[ModelHost]:
     h.shutdown()
 
 
-def _wait(host: ModelHost, kind: type, timeout: float = 30.0) -> list[object]:
+def _wait(host: ModelHost, kind: type | tuple[type, ...], timeout: float = 30.0) -> list[object]:
     """Collect events until one of ``kind`` (returned last)."""
     seen: list[object] = []
     deadline = time.monotonic() + timeout
@@ -43,7 +44,7 @@ def _wait(host: ModelHost, kind: type, timeout: float = 30.0) -> list[object]:
             seen.append(event)
             if isinstance(event, kind):
                 return seen
-    raise AssertionError(f"no {kind.__name__} within {timeout} s; saw {seen[-5:]}")
+    raise AssertionError(f"no {kind} within {timeout} s; saw {seen[-5:]}")
 
 
 def test_load_reports_progress_and_model_facts(host: ModelHost, tiny_model: Path) -> None:
@@ -89,29 +90,46 @@ def test_same_seed_same_reply(host: ModelHost, tiny_model: Path) -> None:
     assert reply(7) != reply(8)
 
 
-def test_stop_takes_effect_within_one_token(host: ModelHost, tiny_model: Path) -> None:
-    host.load_sync(LoadSettings(str(tiny_model), n_ctx=2048))
-    host.chat(HELLO, Sampling(max_tokens=1800))
-    seen = 0
-    stopped_after: int | None = None
-    deadline = time.monotonic() + 30
+def _tokens_after_stop(host: ModelHost, stop_at: int, reader_delay: float) -> tuple[int, int,
+                                                                                    ReplyDone]:
+    """Read a long reply; right after reading token ``stop_at`` (and ``reader_delay`` seconds
+    of being busy elsewhere, as a GUI may be), call stop(). Returns the tokens read before the
+    stop, the tokens that arrived after it, and the ReplyDone."""
+    host.chat(HELLO, Sampling(max_tokens=1800, seed=stop_at))
+    before = after = 0
+    stopped = False
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         event = host.poll(0.1)
         assert not isinstance(event, (Crashed, Failed)), event
         if isinstance(event, Token):
-            seen += 1
-            if seen == 5:
+            if stopped:
+                after += 1
+                continue
+            before += 1
+            if before == stop_at:
+                time.sleep(reader_delay)  # the child must not run ahead meanwhile
                 host.stop()
-                stopped_after = seen
+                stopped = True
         elif isinstance(event, ReplyDone):
-            break
-    assert isinstance(event, ReplyDone)
-    assert event.finish_reason == "stopped"
-    assert stopped_after is not None
-    # Tokens already in flight when Stop was pressed may still arrive, but generation ends at
-    # the next token boundary: far fewer than the 1800 asked for.
-    assert event.metrics.generated_tokens < 1800
-    assert event.metrics.generated_tokens <= seen + 1
+            return before, after, event
+    raise AssertionError("the reply did not end")
+
+
+@pytest.mark.parametrize(("stop_at", "reader_delay"), [(1, 0.0), (5, 0.0), (40, 0.0),
+                                                       (5, 0.05), (300, 0.02)])
+def test_at_most_one_token_arrives_after_stop(host: ModelHost, tiny_model: Path, stop_at: int,
+                                              reader_delay: float) -> None:
+    # The tiny model writes to max_tokens at thousands of tokens a second: without a bound,
+    # tens or hundreds of tokens would be in the pipe by the time the reader calls stop().
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=2048))
+    before, after, done = _tokens_after_stop(host, stop_at, reader_delay)
+    assert before == stop_at
+    assert after <= 1
+    assert done.finish_reason == "stopped"
+    # What the reply holds is what was streamed, and the child generated no more than that.
+    assert done.metrics.generated_tokens == before + after
+    assert len(done.text) == before + after  # one printable byte per token on this model
     # The host is usable again at once.
     again = list(host.chat_stream(HELLO, Sampling(max_tokens=3)))[-1]
     assert isinstance(again, ReplyDone) and again.finish_reason == "length"
@@ -185,6 +203,81 @@ def test_malicious_template_is_refused(host: ModelHost, tmp_path: Path) -> None:
     host.load_sync(LoadSettings(str(model), n_ctx=256))
     with pytest.raises(EngineError, match="tried to reach Python internals"):
         list(host.chat_stream(HELLO))
+
+
+RUNAWAY = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def test_runaway_template_fails_within_two_seconds_and_the_child_goes_on(
+        host: ModelHost, tmp_path: Path, tiny_model: Path) -> None:
+    model = write_tiny_llama(tmp_path / "runaway.gguf", chat_template=RUNAWAY)
+    host.load_sync(LoadSettings(str(model), n_ctx=256))
+    pid = host.pid
+    start = time.monotonic()
+    with pytest.raises(EngineError, match=r"^The model's chat template ran for more than 1 s"):
+        list(host.chat_stream(HELLO))
+    assert time.monotonic() - start < 2.0
+    assert host.alive and host.pid == pid and host.active_request is None
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=256))
+    done = list(host.chat_stream(HELLO, Sampling(max_tokens=4)))[-1]
+    assert isinstance(done, ReplyDone) and host.pid == pid
+
+
+def test_stop_reaches_a_template_still_rendering(host: ModelHost, tmp_path: Path) -> None:
+    model = write_tiny_llama(tmp_path / "runaway.gguf", chat_template=RUNAWAY)
+    host.load_sync(LoadSettings(str(model), n_ctx=256))
+    host.chat(HELLO)
+    time.sleep(0.2)
+    start = time.monotonic()
+    host.stop()
+    done = _wait(host, ReplyDone, timeout=5)[-1]
+    assert time.monotonic() - start < 0.5  # not the 1 s budget: Stop got through
+    assert isinstance(done, ReplyDone) and done.finish_reason == "stopped" and done.text == ""
+
+
+def test_a_child_that_cannot_allocate_is_replaced_on_the_next_load(host: ModelHost,
+                                                                   tiny_model: Path) -> None:
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))
+    limited = host.pid
+    assert limited is not None
+    # Below what the child already maps: llama.cpp's next allocation fails, as when the
+    # machine is out of memory.
+    starve(limited)
+    with pytest.raises(EngineError, match=r"could not be loaded: .*(allocate|memory)"):
+        host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))
+    assert host.alive and host.pid == limited
+    loaded = host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))
+    assert host.pid != limited and loaded.n_ctx == 512
+    done = list(host.chat_stream(HELLO, Sampling(max_tokens=4)))[-1]
+    assert isinstance(done, ReplyDone)
+
+
+def test_a_reply_starved_of_memory_ends_clearly_and_the_next_load_is_fresh(
+        host: ModelHost, tiny_model: Path) -> None:
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=2048))
+    limited = host.pid
+    assert limited is not None
+    request = host.chat(HELLO, Sampling(max_tokens=1900))
+    _wait(host, Token)
+    starve(limited)
+    end = _wait(host, (ReplyDone, Failed, Crashed), timeout=180)[-1]
+    # Python's next arena fails (MemoryError: reported, the child marked unusable), native
+    # code aborts (libgomp or llama.cpp cannot allocate), or the reply needed no more memory
+    # before its end. Whichever: the reply ends, clearly, and the engine is usable after.
+    if isinstance(end, Failed):
+        assert end.request_id == request and end.unusable
+        assert "ran out of memory" in end.message
+    elif isinstance(end, Crashed):
+        assert end.exitcode in (-signal.SIGABRT, -signal.SIGSEGV), end
+    else:
+        assert isinstance(end, ReplyDone) and end.metrics.generated_tokens == 1900
+        with pytest.raises(EngineError, match=r"could not be loaded"):
+            host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))  # the starved child
+    assert host.active_request is None
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=512))
+    assert host.pid != limited
+    done = list(host.chat_stream(HELLO, Sampling(max_tokens=4)))[-1]
+    assert isinstance(done, ReplyDone)
 
 
 def test_model_without_template_uses_chatml(host: ModelHost, tmp_path: Path) -> None:

@@ -1,15 +1,17 @@
 """The chat page: pick a model, talk to it, keep every conversation.
 
-Storage rules: the user's message is written when sent; a reply is written when it ends —
-complete, stopped by the user, or cut short by an engine failure (status 'partial', with the
-error). The engine runs in its own process: if it dies, this page shows why and offers to
+The page is a view of a ``ChatSession`` (``app.pipeline.chat_session``), which owns the reply
+life cycle and the storage rules: widgets show the session's state and forward intent (send,
+stop, regenerate, edit, open). Engine events go to the session first; the page draws what it
+says changed. The engine runs in its own process: if it dies, this page shows why and offers to
 reload; nothing already on screen is lost.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,24 @@ from app.core import memory, storage
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.settings import Settings
-from app.engine.host import Crashed, EngineError
-from app.engine.protocol import ChatMessage, Loaded, LoadSettings, ReplyDone, Sampling
 from app.jobs.engine_client import EngineClient
 from app.jobs.task import Task
+from app.pipeline.chat_session import (
+    ChatSession,
+    Crashed,
+    EngineError,
+    Failed,
+    Loaded,
+    LoadSettings,
+    Reply,
+    ReplyEnded,
+    ReplyText,
+    Sampling,
+    SessionBusy,
+    SessionError,
+    Started,
+    status_text,
+)
 from app.ui.chat.composer import Composer
 from app.ui.chat.conversation_list import ConversationList
 from app.ui.chat.message_widget import MessageWidget
@@ -41,19 +57,6 @@ from app.ui.chat.model_bar import LoadChoice, ModelBar
 from app.ui.chat.settings_dialog import ConversationSettingsDialog
 
 log = logging.getLogger(__name__)
-_SAMPLING_FIELDS = {f.name for f in fields(Sampling)}
-
-
-@dataclass
-class _Pending:
-    """The reply being generated."""
-
-    request_id: int
-    conversation_id: int
-    widget: MessageWidget
-    model: str
-    sampling: Sampling
-    text: str = ""
 
 
 def format_metrics(metrics: dict[str, Any], model: str | None) -> str:
@@ -70,6 +73,7 @@ class ChatPage(QWidget):
     """Conversations on the left; the model bar, messages and composer on the right."""
 
     reply_finished = Signal(object)  # the stored storage.Message
+    reply_ended = Signal(object)  # the session's Reply, saved or not
     model_loaded = Signal(object)  # Loaded
     engine_error = Signal(str)
 
@@ -81,9 +85,9 @@ class ChatPage(QWidget):
         self.engine = engine
         self.settings = settings
         self.profile: HardwareProfile | None = None
-        self.conversation_id: int | None = None
         self.model_info: ModelInfo | None = None
-        self._pending: _Pending | None = None
+        self.session = ChatSession(engine, store, self._default_sampling)
+        self._reply_widget: MessageWidget | None = None  # the shown reply being written
         self._requested_model: str | None = None
         self._load_choice = LoadChoice(settings.n_ctx, settings.n_gpu_layers, settings.threads)
 
@@ -147,19 +151,21 @@ class ChatPage(QWidget):
         buttons.addWidget(self.settings_button)
         bottom.addLayout(buttons)
         right.addLayout(bottom)
+        self.hint = QLabel()  # why a request was not taken ("a reply is still being written")
+        self.hint.setObjectName("Muted")
+        self.hint.setContentsMargins(12, 0, 12, 8)
+        self.hint.hide()
+        right.addWidget(self.hint)
 
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(40)  # redraw a streaming reply at most 25 times a second
-        self._render_timer.timeout.connect(self._render_pending)
+        self._render_timer.timeout.connect(self._render_reply)
 
         engine.load_progress.connect(self.model_bar.show_progress)
         engine.loaded.connect(self._loaded)
         engine.load_failed.connect(self._load_failed)
-        engine.token.connect(self._token)
-        engine.reply_done.connect(self._reply_done)
-        engine.reply_failed.connect(self._reply_failed)
-        engine.crashed.connect(self._crashed)
+        engine.engine_event.connect(self._engine_event)
 
         recent = store.conversations()
         if recent:
@@ -177,9 +183,14 @@ class ChatPage(QWidget):
         """The machine's profile, for the 'auto' GPU-layer choice."""
         self.profile = profile
 
+    @property
+    def conversation_id(self) -> int | None:
+        """The conversation shown (None: a new one, created by its first message)."""
+        return self.session.conversation_id
+
     def load_model(self, path: str) -> None:
         """Inspect the file (in the background), then load it in the engine."""
-        if self.engine.busy:
+        if self.session.busy:
             self.model_bar.show_status("Stop the reply before switching models")
             return
         self._requested_model = path
@@ -244,37 +255,23 @@ class ChatPage(QWidget):
 
     def new_conversation(self) -> None:
         """Start an empty conversation (created in the database on the first message)."""
-        self.conversation_id = None
+        self.session.new()
         self._clear_messages()
         self.conversations.list.clearSelection()
         self.composer.setFocus()
 
     def open_conversation(self, conversation_id: int) -> None:
-        """Show a stored conversation."""
-        if self._pending is not None and self._pending.conversation_id != conversation_id:
-            self.stop()  # its reply is saved to its own conversation when it ends
-        self.conversation_id = conversation_id
-        self._clear_messages()
-        messages = self.store.messages(conversation_id)
-        for msg in messages:
-            widget = self._add_widget(msg.role, msg.content, msg.id)
-            if msg.role == "assistant":
-                widget.set_meta(format_metrics(msg.metrics or {}, msg.model))
-                widget.set_status(self._status_text(msg.status, msg.error))
-        self._update_regenerate()
+        """Show a stored conversation (a reply being written for another one is stopped and
+        saved to its own conversation)."""
+        self.session.open(conversation_id)
+        self._redraw()
         self.conversations.reload(select=conversation_id)
 
     def _conversation_deleted(self, conversation_id: int) -> None:
         if conversation_id == self.conversation_id:
             self.new_conversation()
 
-    def _sampling(self) -> Sampling:
-        if self.conversation_id is not None:
-            stored = self.store.conversation(self.conversation_id).sampling
-            if stored:
-                values = {k: v for k, v in stored.items() if k in _SAMPLING_FIELDS}
-                values["stop"] = tuple(values.get("stop", ()))
-                return Sampling(**values)
+    def _default_sampling(self) -> Sampling:
         s = self.settings
         return Sampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
                         repeat_penalty=s.repeat_penalty, max_tokens=s.max_tokens)
@@ -283,166 +280,154 @@ class ChatPage(QWidget):
         """System prompt and sampling for this conversation."""
         system = (self.store.conversation(self.conversation_id).system_prompt
                   if self.conversation_id is not None else "")
-        dialog = ConversationSettingsDialog(system, self._sampling(), self)
+        dialog = ConversationSettingsDialog(system, self.session.sampling(), self)
         if dialog.exec() != QDialog.DialogCode.Accepted:
             return
-        conv_id = self._ensure_conversation("New chat")
+        conv_id = self.conversation_id
+        if conv_id is None:
+            conv_id = self.store.create_conversation("New chat").id
+            self.session.open(conv_id)
+            self.conversations.reload(select=conv_id)
         sampling = asdict(dialog.sampling())
         sampling["stop"] = list(sampling["stop"])
         self.store.update_conversation(conv_id, system_prompt=dialog.system_prompt.toPlainText(),
                                        sampling=sampling)
 
-    def _ensure_conversation(self, first_text: str) -> int:
-        if self.conversation_id is None:
-            title = " ".join(first_text.split())[:48] or "New chat"
-            self.conversation_id = self.store.create_conversation(title).id
-            self.conversations.reload(select=self.conversation_id)
-        return self.conversation_id
-
-    # --- sending and receiving ----------------------------------------------------------------
+    # --- intent -------------------------------------------------------------------------------
 
     def send(self, text: str) -> None:
-        """Save the user's message and start the reply."""
-        if not text:
+        """Send the text and start its reply; when that cannot be, say why and keep the text."""
+        if not text.strip():
             return
-        if self.engine.busy:
-            return  # one reply at a time; Stop first
-        if self.engine.current is None:
-            self._show_banner("No model is loaded yet: wait for it to load, or pick one above.",
-                              reload=bool(self._requested_model))
+        started = self._ask(lambda: self.session.send(text))
+        if started is None:
             return
-        conv_id = self._ensure_conversation(text)
-        message = self.store.add_message(conv_id, "user", text)
-        self._add_widget("user", text, message.id)
         self.composer.clear()
-        self._generate()
-
-    def _history(self) -> list[ChatMessage]:
-        assert self.conversation_id is not None
-        conv = self.store.conversation(self.conversation_id)
-        history = [ChatMessage("system", conv.system_prompt)] if conv.system_prompt else []
-        history += [ChatMessage(m.role, m.content) for m in self.store.messages(conv.id)
-                    if m.content or m.role != "assistant"]
-        return history
-
-    def _generate(self) -> None:
-        assert self.conversation_id is not None
-        sampling = self._sampling()
-        loaded = self.engine.current
-        model = Path(loaded.path).name if loaded else "?"
-        try:
-            request_id = self.engine.chat(self._history(), sampling)
-        except EngineError as exc:
-            self._show_banner(str(exc), reload=True)
-            return
-        widget = self._add_widget("assistant", "")
-        widget.show_streaming("")
-        self._pending = _Pending(request_id, self.conversation_id, widget, model, sampling)
-        self._set_generating(True)
-        self._update_regenerate()
+        if started.user is not None:
+            self._add_widget("user", started.user.content, started.user.id)
+        self.conversations.reload(select=self.conversation_id)
+        self._show_reply(started.reply)
 
     def stop(self) -> None:
         """Stop the running reply; what was generated is kept."""
-        if self._pending is not None:
-            self.engine.stop()
-
-    def _token(self, request_id: int, text: str) -> None:
-        if self._pending is None or request_id != self._pending.request_id:
-            return
-        self._pending.text += text
-        if not self._render_timer.isActive():
-            self._render_timer.start()
-
-    def _render_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.widget.show_streaming(self._pending.text)
-            self._scroll_to_end()
-
-    def _finish(self, text: str, status: str, error: str | None,
-                metrics: dict[str, Any] | None) -> None:
-        pending = self._pending
-        assert pending is not None
-        self._pending = None
-        self._render_timer.stop()
-        self._set_generating(False)
-        sampling = asdict(pending.sampling)
-        sampling["stop"] = list(sampling["stop"])
-        saved = self.store.add_message(pending.conversation_id, "assistant", text, status=status,
-                                       error=error, model=pending.model, sampling=sampling,
-                                       metrics=metrics)
-        widget = pending.widget
-        if pending.conversation_id == self.conversation_id:
-            widget.message_id = saved.id
-            widget.finish(text, format_metrics(metrics, pending.model) if metrics else "",
-                          self._status_text(status, error))
-            self._update_regenerate()
-            self._scroll_to_end()
-        else:
-            widget.deleteLater()  # the user moved to another conversation meanwhile
-        self.conversations.reload(select=self.conversation_id)
-        self.reply_finished.emit(saved)
-
-    def _reply_done(self, done: ReplyDone) -> None:
-        if self._pending is None or done.request_id != self._pending.request_id:
-            return
-        status = storage.STATUS_STOPPED if done.finish_reason == "stopped" else \
-            storage.STATUS_COMPLETE
-        self._finish(done.text, status, None, asdict(done.metrics))
-
-    def _reply_failed(self, request_id: int, message: str) -> None:
-        if self._pending is None or request_id != self._pending.request_id:
-            return
-        self._finish(self._pending.text, storage.STATUS_PARTIAL, message, None)
-        self._show_banner(message, reload=False)
-        self.engine_error.emit(message)
-
-    def _crashed(self, crash: Crashed) -> None:
-        message = crash.message + " Your conversation is saved; reload the model to go on."
-        if self._pending is not None:
-            self._finish(self._pending.text, storage.STATUS_PARTIAL, crash.message, None)
-        self.model_bar.show_status("Engine stopped")
-        self._show_banner(message, reload=True)
-        self.engine_error.emit(message)
-
-    @staticmethod
-    def _status_text(status: str, error: str | None) -> str:
-        if status == storage.STATUS_STOPPED:
-            return "Stopped."
-        if status == storage.STATUS_PARTIAL:
-            return f"Incomplete: {error or 'the reply was cut short'}"
-        return ""
-
-    # --- regenerate and edit ------------------------------------------------------------------
+        self.session.stop()
+        self._show_state()
 
     def regenerate(self) -> None:
         """Replace the last reply with a new one."""
-        if self.engine.busy or self.conversation_id is None:
-            return
-        messages = self.store.messages(self.conversation_id)
-        if not messages or messages[-1].role != "assistant":
-            return
-        self.store.delete_messages_from(self.conversation_id, messages[-1].id)
-        self.open_conversation(self.conversation_id)
-        self._generate()
+        if self._ask(self.session.regenerate) is not None:
+            self._redraw()  # the old reply is gone, the new one is being written
 
     def edit_and_resend(self, message_id: int, new_text: str | None = None) -> None:
         """Change a user message, drop everything after it, and generate again."""
-        if self.engine.busy or self.conversation_id is None:
+        if self.session.busy:
+            self._hint("A reply is still being written: stop it first.")
             return
-        msg = self.store.message(message_id)
         if new_text is None:
+            current = self.store.message(message_id).content
             new_text, ok = QInputDialog.getMultiLineText(self, "Edit message", "Message:",
-                                                         msg.content)
+                                                         current)
             if not ok:
                 return
-        if not new_text.strip():
-            return
-        later = [m for m in self.store.messages(self.conversation_id) if m.id > message_id]
-        if later:
-            self.store.delete_messages_from(self.conversation_id, later[0].id)
-        self.store.edit_message(message_id, new_text.strip())
-        self.open_conversation(self.conversation_id)
-        self._generate()
+        text = new_text
+        if self._ask(lambda: self.session.edit_and_resend(message_id, text)) is not None:
+            self._redraw()  # the later messages are gone, the new reply is being written
+
+    def _ask(self, request: Callable[[], Started]) -> Started | None:
+        """Forward a request to the session; show why when it is refused."""
+        try:
+            started = request()
+        except SessionBusy as exc:
+            self._hint(str(exc))
+            return None
+        except SessionError as exc:
+            if self.engine.current is None:
+                self._show_banner(str(exc), reload=bool(self._requested_model))
+            else:
+                self._hint(str(exc))
+            return None
+        except EngineError as exc:
+            self._show_banner(str(exc), reload=True)
+            return None
+        self.hint.hide()
+        return started
+
+    def _hint(self, text: str) -> None:
+        self.hint.setText(text)
+        self.hint.show()
+
+    # --- what the session says ----------------------------------------------------------------
+
+    def _engine_event(self, event: object) -> None:
+        update = self.session.handle(event)
+        if isinstance(update, ReplyText):
+            if self._reply_widget is not None and not self._render_timer.isActive():
+                self._render_timer.start()
+        elif isinstance(update, ReplyEnded):
+            self._reply_ended(update.reply)
+        if isinstance(event, Crashed):
+            message = event.message + " Your conversation is saved; reload the model to go on."
+            self.model_bar.show_status("Engine stopped")
+            self._show_banner(message, reload=True)
+            self.engine_error.emit(message)
+        elif isinstance(event, Failed) and event.request_id is not None and \
+                isinstance(update, ReplyEnded):
+            self._show_banner(event.message, reload=False)
+            self.engine_error.emit(event.message)
+
+    def _render_reply(self) -> None:
+        reply = self.session.reply
+        if reply is not None and self._reply_widget is not None:
+            self._reply_widget.show_streaming(reply.text)
+            self._scroll_to_end()
+
+    def _reply_ended(self, reply: Reply) -> None:
+        self._render_timer.stop()
+        widget, self._reply_widget = self._reply_widget, None
+        if widget is not None and reply.conversation_id == self.conversation_id:
+            status = status_text(reply.status or "", reply.error)
+            if reply.save_error:
+                status = " ".join(p for p in (status, f"Not saved: {reply.save_error}.") if p)
+            widget.message_id = reply.message.id if reply.message else None
+            metrics = asdict(reply.metrics) if reply.metrics else None
+            widget.finish(reply.text, format_metrics(metrics, reply.model) if metrics else "",
+                          status)
+            self._scroll_to_end()
+        self._show_state()
+        self.conversations.reload(select=self.conversation_id)
+        self.reply_ended.emit(reply)
+        if reply.message is not None:
+            self.reply_finished.emit(reply.message)
+
+    def _show_reply(self, reply: Reply) -> None:
+        self._reply_widget = self._add_widget("assistant", "")
+        self._reply_widget.show_streaming(reply.text)
+        self._show_state()
+
+    def _redraw(self) -> None:
+        """Draw the open conversation as stored, and its reply if one is being written."""
+        self._clear_messages()
+        for msg in self.session.messages():
+            widget = self._add_widget(msg.role, msg.content, msg.id)
+            if msg.role == "assistant":
+                widget.set_meta(format_metrics(msg.metrics or {}, msg.model))
+                widget.set_status(status_text(msg.status, msg.error))
+        reply = self.session.reply
+        if reply is not None and reply.conversation_id == self.conversation_id:
+            self._show_reply(reply)
+        self._show_state()
+
+    def _show_state(self) -> None:
+        """Buttons follow the session: one reply at a time, Stop only while one is written."""
+        busy = self.session.busy
+        self.stop_button.setEnabled(busy)
+        self.send_button.setEnabled(not busy)
+        widgets = self.message_widgets()
+        for widget in widgets:
+            widget.regenerate_button.hide()
+            widget.edit_button.setEnabled(not busy)
+        if widgets and widgets[-1].role == "assistant" and not busy:
+            widgets[-1].regenerate_button.show()
 
     # --- view helpers -------------------------------------------------------------------------
 
@@ -458,29 +443,18 @@ class ChatPage(QWidget):
 
     def _add_widget(self, role: str, text: str, message_id: int | None = None) -> MessageWidget:
         widget = MessageWidget(role, text, message_id)
-        widget.edit_requested.connect(lambda mid: self.edit_and_resend(mid))
+        widget.edit_requested.connect(self.edit_and_resend)
         widget.regenerate_requested.connect(self.regenerate)
         self.messages_layout.insertWidget(self.messages_layout.count() - 1, widget)
         self._scroll_to_end()
         return widget
 
     def _clear_messages(self) -> None:
+        self._render_timer.stop()
+        self._reply_widget = None
         for widget in self.message_widgets():
-            if self._pending is None or widget is not self._pending.widget:
-                self.messages_layout.removeWidget(widget)
-                widget.deleteLater()
-
-    def _update_regenerate(self) -> None:
-        widgets = self.message_widgets()
-        for widget in widgets:
-            widget.regenerate_button.hide()
-            widget.edit_button.setEnabled(self._pending is None)
-        if widgets and widgets[-1].role == "assistant" and self._pending is None:
-            widgets[-1].regenerate_button.show()
-
-    def _set_generating(self, on: bool) -> None:
-        self.stop_button.setEnabled(on)
-        self.send_button.setEnabled(not on)
+            self.messages_layout.removeWidget(widget)
+            widget.deleteLater()
 
     def _scroll_to_end(self) -> None:
         bar = self.message_scroll.verticalScrollBar()
@@ -488,7 +462,5 @@ class ChatPage(QWidget):
 
     def shutdown(self) -> None:
         """Save a reply in progress as stopped, then end the engine."""
-        if self._pending is not None:
-            self._finish(self._pending.text, storage.STATUS_STOPPED, None, None)
+        self.session.close()
         self.engine.shutdown()
-

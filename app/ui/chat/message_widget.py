@@ -138,6 +138,11 @@ class MessageWidget(QFrame):
             self.body.addWidget(self._streaming_label)
         self._streaming_label.setText(text + " ▍")
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the widget shows a reply still being written (with its cursor)."""
+        return self._streaming_label is not None
+
     def finish(self, text: str, meta: str = "", status: str = "") -> None:
         """The reply has ended: final layout, metrics line and status (stopped, error)."""
         self.text = text

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine.protocol import Sampling
+from app.core.sampling import Sampling
 
 
 class ConversationSettingsDialog(QDialog):

@@ -8,13 +8,18 @@ the same sampling seed per prompt, so differences come from the weights, not the
 Blind by default: the columns are "A" and "B", assigned at random, and the names appear after
 the vote (people favour the bigger file when they know which one it is). Votes go to the stored
 comparison (``Storage.add_vote``), where the Compare tab and the exports show the tally.
+
+Each side's reply life cycle is a ``ChatSession`` over an unsaved ``MemoryStore``: the same
+state machine as the Chat page, so a side's reply is only over once its session has handled the
+end. A round that fails is dropped from what that side's model remembers (the prompt stays on
+screen).
 """
 
 from __future__ import annotations
 
 import html
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -36,9 +41,22 @@ from app.core import memory
 from app.core.gguf_info import GGUFError, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.storage import Storage
-from app.engine.host import Crashed, EngineError
-from app.engine.protocol import ChatMessage, Loaded, LoadSettings, ReplyDone, Sampling
 from app.jobs.engine_client import EngineClient
+from app.pipeline.chat_session import (
+    PARTIAL,
+    ChatMessage,
+    ChatSession,
+    Crashed,
+    EngineError,
+    Loaded,
+    LoadSettings,
+    MemoryStore,
+    Reply,
+    ReplyEnded,
+    ReplyText,
+    Sampling,
+    SessionError,
+)
 from app.ui.widgets import text_label
 
 N_CTX = 2048
@@ -53,10 +71,16 @@ class _Side:
     view: QTextBrowser
     header: QLabel
     metrics: QLabel
-    history: list[ChatMessage] = field(default_factory=list)
+    session: ChatSession
     state: str = "idle"  # idle, loading, replying, done, failed
-    request_id: int | None = None
+    prompt: str = ""  # this round's prompt, sent once the side's model is loaded
+    user_message: int | None = None  # this round's prompt in the session, once sent
     reply: str = ""
+
+    @property
+    def history(self) -> list[ChatMessage]:
+        """What this side's model remembers of the conversation."""
+        return self.session.history()
 
 
 class ABChat(QWidget):
@@ -137,6 +161,7 @@ class ABChat(QWidget):
     # ------------------------------------------------------------------ setup
 
     def set_hardware(self, profile: HardwareProfile) -> None:
+        """The machine's profile: whether both variants fit in memory together."""
         self.profile = profile
 
     def set_variants(self, evaluation_id: int | None, variants: list[tuple[str, str]]) -> None:
@@ -170,6 +195,9 @@ class ABChat(QWidget):
         self.stop_button.setEnabled(False)
 
     def shutdown(self) -> None:
+        """End the engines (a reply in progress is dropped: A/B rounds are not saved)."""
+        for side in self.sides:
+            side.session.close()
         for client in self.clients:
             client.shutdown()
             client.deleteLater()
@@ -204,15 +232,13 @@ class ABChat(QWidget):
         for client in self.clients:
             client.loaded.connect(lambda loaded, c=client: self._loaded(c, loaded))
             client.load_failed.connect(lambda m, c=client: self._failed_on(c, m))
-            # Request ids count per engine: a reply is found by its engine and its id.
-            client.token.connect(lambda rid, text, c=client: self._token(c, rid, text))
-            client.reply_done.connect(lambda done, c=client: self._done(c, done))
-            client.reply_failed.connect(lambda rid, m, c=client: self._reply_failed(c, rid, m))
-            client.crashed.connect(lambda crash, c=client: self._crashed(c, crash))
-        self.sides = [
-            _Side(name, path, self.clients[i if together else 0], self.views[i],
-                  self.headers[i], self.metric_labels[i])
-            for i, (name, path) in enumerate(chosen)]
+            # Request ids count per engine: each side's session takes only its own replies.
+            client.engine_event.connect(lambda event, c=client: self._engine_event(c, event))
+        self.sides = []
+        for i, (name, path) in enumerate(chosen):
+            client = self.clients[i if together else 0]
+            self.sides.append(_Side(name, path, client, self.views[i], self.headers[i],
+                                    self.metric_labels[i], ChatSession(client, MemoryStore())))
         self._label_sides()
         return True
 
@@ -224,6 +250,7 @@ class ABChat(QWidget):
 
     @property
     def busy(self) -> bool:
+        """A round is in progress (a side loading or replying, or waiting its turn)."""
         return any(s.state in ("loading", "replying") for s in self.sides) or bool(self.queue)
 
     def send(self) -> None:
@@ -236,8 +263,7 @@ class ABChat(QWidget):
         self.seed = random.randrange(2**31)
         self._enable_votes(False)
         for side in self.sides:
-            side.history.append(ChatMessage("user", text))
-            side.reply, side.request_id, side.state = "", None, "idle"
+            side.prompt, side.reply, side.user_message, side.state = text, "", None, "idle"
             side.metrics.setText("")
             side.view.append(f"<p><b>You:</b> {_escape(text)}</p>")
             side.view.append("")
@@ -271,67 +297,64 @@ class ABChat(QWidget):
             except EngineError as exc:
                 self._fail(side, str(exc))
             return
-        side.state = "replying"
         side.metrics.setText("Answering…")
         sampling = Sampling(seed=self.seed, max_tokens=self.max_tokens)
         try:
-            side.request_id = side.client.chat(side.history, sampling)
-        except EngineError as exc:
+            started = side.session.send(side.prompt, sampling)
+        except (SessionError, EngineError) as exc:
             self._fail(side, str(exc))
+            return
+        side.state = "replying"
+        side.user_message = started.user.id if started.user else None
 
     def _side_for(self, client: EngineClient, state: str) -> _Side | None:
         return next((s for s in self.sides if s.client is client and s.state == state), None)
-
-    def _replying(self, client: EngineClient, request_id: int) -> _Side | None:
-        return next((s for s in self.sides if s.client is client and s.state == "replying"
-                     and s.request_id == request_id), None)
 
     def _loaded(self, client: EngineClient, loaded: Loaded) -> None:
         side = self._side_for(client, "loading")
         if side is not None and loaded.path == side.path:
             self._run(self.sides.index(side))
 
-    def _token(self, client: EngineClient, request_id: int, text: str) -> None:
-        side = self._replying(client, request_id)
-        if side is None:
-            return
-        side.reply += text
-        cursor = side.view.textCursor()
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        cursor.insertText(text)
-        side.view.setTextCursor(cursor)
+    def _engine_event(self, client: EngineClient, event: object) -> None:
+        for side in self.sides:
+            if side.client is not client:
+                continue
+            update = side.session.handle(event)
+            if isinstance(update, ReplyText):
+                side.reply += update.text
+                cursor = side.view.textCursor()
+                cursor.movePosition(QTextCursor.MoveOperation.End)
+                cursor.insertText(update.text)
+                side.view.setTextCursor(cursor)
+            elif isinstance(update, ReplyEnded):
+                self._ended(side, update.reply)
+            elif isinstance(event, Crashed) and side.state == "loading":
+                self._fail(side, f"The engine stopped: {event.message}")
 
-    def _done(self, client: EngineClient, done: ReplyDone) -> None:
-        side = self._replying(client, done.request_id)
-        if side is None:
+    def _ended(self, side: _Side, reply: Reply) -> None:
+        if reply.status == PARTIAL:  # the engine failed or died: the text stays on screen
+            self._fail(side, reply.error or "The reply was cut short.")
             return
         side.state = "done"
-        side.history.append(ChatMessage("assistant", done.text))
-        m = done.metrics
+        side.reply = reply.text
         note = {"length": ", cut at the token limit", "stopped": ", stopped"}.get(
-            done.finish_reason, "")
-        side.metrics.setText(f"{m.generated_tokens} tokens, {m.generation_tokens_per_second:.1f}"
-                             f" tokens/s, first token after {m.ttft_seconds:.2f} s{note}")
+            reply.finish_reason or "", "")
+        m = reply.metrics
+        side.metrics.setText(
+            f"{m.generated_tokens} tokens, {m.generation_tokens_per_second:.1f} tokens/s, "
+            f"first token after {m.ttft_seconds:.2f} s{note}" if m else f"stopped{note}")
         self._next()
-
-    def _reply_failed(self, client: EngineClient, request_id: int, message: str) -> None:
-        side = self._replying(client, request_id)
-        if side is not None:
-            self._fail(side, message)
 
     def _failed_on(self, client: EngineClient, message: str) -> None:
         side = self._side_for(client, "loading")
         if side is not None:
             self._fail(side, f"Could not load: {message}")
 
-    def _crashed(self, client: EngineClient, crash: Crashed) -> None:
-        for side in self.sides:
-            if side.client is client and side.state in ("loading", "replying"):
-                self._fail(side, f"The engine stopped: {crash.message}")
-
     def _fail(self, side: _Side, message: str) -> None:
-        if side.history and side.history[-1].role == "user":
-            side.history.pop()  # the prompt stays on screen, not in what the model remembers
+        if side.user_message is not None and not side.session.busy:
+            # The prompt stays on screen, not in what the model remembers.
+            side.session.truncate(side.user_message)
+            side.user_message = None
         side.state = "failed"
         side.metrics.setText(message)
         self._next()
@@ -350,8 +373,8 @@ class ABChat(QWidget):
     def stop(self) -> None:
         """Stop both replies (what was written stays)."""
         self.queue = []
-        for client in self.clients:
-            client.stop()
+        for side in self.sides:
+            side.session.stop()
 
     # ------------------------------------------------------------------ votes
 
