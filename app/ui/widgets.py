@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QFrame,
     QLabel,
     QTableWidget,
@@ -64,3 +65,12 @@ def row_table(columns: Sequence[str]) -> QTableWidget:
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.verticalHeader().hide()
     return table
+
+
+def name_combo(characters: int = 24) -> QComboBox:
+    """A combo box of file or model names that does not grow with its longest item (a long
+    name would widen the whole window); the open list shows names whole."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo

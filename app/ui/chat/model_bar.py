@@ -7,7 +7,6 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -19,6 +18,8 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QWidget,
 )
+
+from app.ui.widgets import name_combo
 
 _OPEN = "__open__"
 
@@ -81,7 +82,7 @@ class ModelBar(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 12, 8)
         layout.addWidget(QLabel("Model"))
-        self.picker = QComboBox()
+        self.picker = name_combo(30)
         self.picker.setMinimumWidth(320)
         self.picker.addItem("Open a GGUF file…", _OPEN)
         self.picker.activated.connect(self._activated)
@@ -96,7 +97,8 @@ class ModelBar(QWidget):
         layout.addWidget(self.progress)
         self.status = QLabel("No model loaded")
         self.status.setObjectName("Muted")
-        layout.addWidget(self.status)
+        self.status.setWordWrap(True)  # a long file name wraps instead of widening the window
+        layout.addWidget(self.status, 1)
 
     def add_model(self, path: Path, label: str | None = None) -> None:
         """List a model (once) above the 'Open…' entry."""

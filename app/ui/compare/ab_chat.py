@@ -26,7 +26,6 @@ from PySide6.QtCore import Signal
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -57,7 +56,7 @@ from app.pipeline.chat_session import (
     Sampling,
     SessionError,
 )
-from app.ui.widgets import text_label
+from app.ui.widgets import name_combo, text_label
 
 N_CTX = 2048
 TIE = "tie"
@@ -103,8 +102,8 @@ class ABChat(QWidget):
 
         layout = QVBoxLayout(self)
         pick = QHBoxLayout()
-        self.first = QComboBox()
-        self.second = QComboBox()
+        self.first = name_combo()
+        self.second = name_combo()
         self.blind = QCheckBox("Blind (names shown after the vote)")
         self.blind.setChecked(True)
         for combo in (self.first, self.second):

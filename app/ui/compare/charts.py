@@ -27,7 +27,7 @@ from app.core import report
 def _view(chart: QChart) -> QChartView:
     view = QChartView(chart)
     view.setRenderHint(QPainter.RenderHint.Antialiasing)
-    view.setMinimumHeight(260)
+    view.setMinimumHeight(200)
     return view
 
 
@@ -46,7 +46,7 @@ class QualityChart(QChartView):
     def __init__(self) -> None:
         super().__init__(QChart())
         self.setRenderHint(QPainter.RenderHint.Antialiasing)
-        self.setMinimumHeight(300)
+        self.setMinimumHeight(200)
         self.names: dict[tuple[float, float], str] = {}
         self.hover_text = ""
 

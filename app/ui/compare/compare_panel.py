@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtWidgets import (
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
@@ -32,7 +31,7 @@ from app.ui.compare.ab_chat import ABChat, tally_text
 from app.ui.compare.charts import QualityChart, bar_chart, png
 from app.ui.compare.comparison_table import ComparisonTable
 from app.ui.compare.layer_view import LayerView
-from app.ui.widgets import Card, text_label
+from app.ui.widgets import Card, name_combo, text_label
 
 
 class ComparePanel(QWidget):
@@ -95,11 +94,7 @@ class ComparePanel(QWidget):
         layout.addWidget(form)
 
         top = QHBoxLayout()
-        self.stored = QComboBox()
-        # long titles must not widen the window (the open list shows them whole)
-        self.stored.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.stored.setMinimumContentsLength(30)
+        self.stored = name_combo(30)
         self.stored.currentIndexChanged.connect(self._open_stored)
         top.addWidget(text_label("Comparison:"))
         top.addWidget(self.stored, 1)

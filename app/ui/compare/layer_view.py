@@ -16,7 +16,6 @@ from PySide6.QtCharts import QChart, QChartView, QLineSeries, QValueAxis
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
-    QComboBox,
     QHBoxLayout,
     QProgressBar,
     QPushButton,
@@ -30,7 +29,7 @@ from PySide6.QtWidgets import (
 from app.jobs import layers_job as layers
 from app.jobs.engine_job import EngineJob
 from app.jobs.layers_job import Progress
-from app.ui.widgets import text_label
+from app.ui.widgets import name_combo, text_label
 
 # Viridis, sampled: perceptually even, readable in grey, kind to colour-blind eyes.
 _RAMP = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779",
@@ -213,10 +212,7 @@ class LayerView(QWidget):
         self._reports: dict[tuple[str, str, int], layers.LayerReport] = {}
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
-        self.candidate = QComboBox()
-        self.candidate.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.candidate.setMinimumContentsLength(24)
+        self.candidate = name_combo()
         self.analyze_button = QPushButton("Analyze")
         self.analyze_button.setObjectName("Primary")
         self.analyze_button.clicked.connect(self.analyze)

@@ -9,7 +9,6 @@ from pathlib import Path
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
-    QComboBox,
     QFileDialog,
     QGridLayout,
     QLineEdit,
@@ -26,7 +25,7 @@ from app.jobs.task import Task
 from app.pipeline import wizard
 from app.pipeline.events import PipelineError
 from app.pipeline.wizard import Source
-from app.ui.widgets import Card, set_role, text_label
+from app.ui.widgets import Card, name_combo, set_role, text_label
 
 EMBEDDED, LIBRARY, FILE, FOLDER, REPO = range(5)
 
@@ -54,11 +53,7 @@ class SourceStep(QWidget):
         embedded_note = text_label(f"{DISPLAY_NAME}, included with QuantDesk: works offline"
                                    if has_embedded else "not installed", "Muted")
         self.library_choice = QRadioButton("A model in your library")
-        self.library = QComboBox()
-        # long model names must not widen the window: the list shows them whole when open
-        self.library.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.library.setMinimumContentsLength(24)
+        self.library = name_combo()
         self.file_choice = QRadioButton("A GGUF file")
         self.file = QLineEdit()
         self.file.setPlaceholderText("path/to/model-F16.gguf")
