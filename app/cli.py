@@ -12,6 +12,7 @@ from typing import Any
 from app.core import capacity
 from app.core.gguf_info import GGUFError, ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile, advice
+from app.core.memory import FitPlan
 from app.core.units import format_bytes, format_params
 
 
@@ -188,15 +189,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from app.core import memory
     from app.engine.probe import full_profile
 
+    layers = None if args.gpu_layers == "auto" else int(args.gpu_layers)
+    if args.model.startswith("hf:"):
+        return _fit_remote(args, layers)
     info = _model_info(args.model)
     if info is None:
         return 2
-    layers = None if args.gpu_layers == "auto" else int(args.gpu_layers)
     fit = memory.plan(info, full_profile(), n_ctx=args.ctx, n_gpu_layers=layers,
                       kv_type=args.kv_type)
     if args.json:
         _print_json(fit.to_json())
         return 0
+    _print_fit(info, fit)
+    return 0
+
+
+def _print_fit(info: ModelInfo, fit: FitPlan) -> None:
+    """The plan of ``info`` as lines: where it goes, each device's bytes, and why."""
     est = fit.estimate
     print(f"{info.path.name}: {fit.badge} (context {fit.n_ctx:,}, GPU layers "
           f"{fit.n_gpu_layers}/{info.n_layers + 1})")
@@ -209,34 +218,73 @@ def cmd_fit(args: argparse.Namespace) -> int:
               f"{format_bytes(device.total)}")
     for line in fit.explanation:
         print(f"  {line}")
+
+
+def _fit_remote(args: argparse.Namespace, layers: int | None) -> int:
+    """``fit hf:ORG/REPO/FILE.gguf``: the same plan, from the file's header on Hugging Face
+    (read with Range requests; nothing is downloaded)."""
+    from app.engine.probe import full_profile
+    from app.hub.errors import HubError
+    from app.hub.remote_fit import hf_reference, remote_fit
+    from app.hub.token import get_token
+
+    try:
+        repo_id, files = hf_reference(args.model)
+        fit = remote_fit(repo_id, files, full_profile(), n_ctx=args.ctx, n_gpu_layers=layers,
+                         kv_type=args.kv_type, token=get_token())
+    except HubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(fit.to_json())
+        return 0
+    if fit.plan is None or fit.header is None:
+        print(f"{repo_id}/{files[0]}: {fit.badge}: {fit.sentence()}")
+        return 0
+    _print_fit(fit.header.info, fit.plan)
+    if fit.header.cached:
+        print("  Its header was read from Hugging Face before (cached); nothing was downloaded.")
+    else:
+        print(f"  Read {format_bytes(fit.header.bytes_read)} of {format_bytes(fit.size)} from "
+              f"Hugging Face in {fit.header.requests} request(s); nothing was downloaded.")
     return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from app.core import bandwidth, catalog, recommend
+    from app.core.storage import Storage, StorageError
     from app.engine.probe import full_profile
 
     profile = full_profile()
     bw = bandwidth.bandwidth(profile)
-    recs = recommend.recommend(profile, catalog.load(), bw, n_ctx=args.ctx)
+    models = catalog.load()
+    try:  # the user's own evaluations replace the table's expectations
+        store = Storage()
+        try:
+            measured = recommend.measured_quality(store.evaluations(), models)
+        finally:
+            store.close()
+    except StorageError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        measured = {}
+    recs = recommend.recommend(profile, models, bw, n_ctx=args.ctx, min_tps=args.min_tps,
+                               measured=measured)
     if args.json:
         _print_json({"cpu_bandwidth_gbps": round(bw.cpu / 1e9, 1),
                      "gpu_bandwidth_gbps": round(bw.gpu / 1e9, 1) if bw.gpu else None,
-                     "gpu_bandwidth_source": bw.gpu_source,
+                     "gpu_bandwidth_source": bw.gpu_source, "min_tps": args.min_tps,
                      "recommendations": [r.to_json() for r in recs]})
         return 0
     print(f"Memory bandwidth: CPU {bw.cpu / 1e9:.1f} GB/s (measured)"
           + (f", GPU {bw.gpu / 1e9:.0f} GB/s ({bw.gpu_source})" if bw.gpu else ""))
     if not recs:
-        print("No catalog model reaches a usable speed here.")
+        print(f"No catalog model runs here at {args.min_tps:g} tok/s or faster.")
     for r in recs:
         mark = "★" if r.top_pick else " "
         print(f"{mark} {r.model.name:<32} {r.quant:<7} {r.plan.badge:<16} "
-              f"{r.plan.estimate.total / 2**30:5.1f} GiB  ~{r.tokens_per_second:5.1f} tok/s  "
-              f"{r.model.gguf_repo}")
-    top = next((r for r in recs if r.top_pick), None)
-    if top:
-        print(f"\n★ {top.reason}")
+              f"{r.plan.estimate.total / 2**30:5.1f} GiB  "
+              f"{recommend.speed_text(r.tokens_per_second):>11}  {r.model.gguf_repo}")
+        print(f"    {r.reason}")
     return 0
 
 
@@ -654,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect)
 
     fit = sub.add_parser("fit", help="memory needed by a model here, and how to load it")
-    fit.add_argument("model", help="GGUF file")
+    fit.add_argument("model", help="GGUF file, or hf:ORG/REPO/FILE.gguf (only its header is "
+                                   "read)")
     fit.add_argument("--ctx", type=int, help="context length (default: min(trained, 4096))")
     fit.add_argument("--gpu-layers", default="auto",
                      help="'auto' (as many as fit), -1 (all) or a number")
@@ -665,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("recommend", help="models and quantizations that run well here")
     rec.add_argument("--ctx", type=int, default=4096, help="context to plan for (default 4096)")
+    rec.add_argument("--min-tps", type=float, default=5.0,
+                     help="speed target, tokens/s (default 5)")
     rec.add_argument("--json", action="store_true", help="print JSON")
     rec.set_defaults(func=cmd_recommend)
 

@@ -1,13 +1,15 @@
 """What quality to expect from a quant type before measuring: a small table of published and
 measured KL divergences (``resources/expected_quality.json``, its sources named there).
 
-Used where QuantDesk has to choose or explain before anything is measured (the wizard's plan).
-It is an expectation, labelled so wherever it is shown: a model's own evaluation replaces it.
+Used where QuantDesk has to choose or explain before anything is measured (the wizard's plan,
+the Recommended tab's ranking). It is an expectation, labelled so wherever it is shown: a
+model's own evaluation replaces it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -41,9 +43,9 @@ def _table() -> dict[str, Any]:
     return data
 
 
-def sources() -> dict[str, dict[str, str]]:
-    """The table's sources: id → title, detail, url."""
-    found: dict[str, dict[str, str]] = _table()["sources"]
+def sources() -> dict[str, dict[str, Any]]:
+    """The table's sources: id → title, detail, url, n_params (the source model's size)."""
+    found: dict[str, dict[str, Any]] = _table()["sources"]
     return found
 
 
@@ -59,6 +61,21 @@ def expected(quant: str, imatrix: bool = False) -> list[Expected]:
         found.append(Expected(title, kld, None if with_imatrix else entry.get("same_top"),
                               with_imatrix))
     return found
+
+
+def for_model(quant: str, n_params: int, imatrix: bool = False) -> Expected | None:
+    """The one figure to expect for ``quant`` on a model of ``n_params`` parameters: the one of
+    the source nearest in size (on a log scale: small models lose more at the same type) that
+    has a figure for the type; None when no source has one."""
+    figures = {e.source: e for e in expected(quant, imatrix)}
+    if not figures:
+        return None
+
+    def distance(source: dict[str, Any]) -> float:
+        return abs(math.log(max(n_params, 1) / max(int(source.get("n_params", 1)), 1)))
+
+    nearest = min((s for s in sources().values() if s["title"] in figures), key=distance)
+    return figures[nearest["title"]]
 
 
 def describe(quant: str, imatrix: bool = False, short: bool = False) -> str:

@@ -9,13 +9,15 @@ The estimate mirrors what llama.cpp allocates, term by term:
   resident too, so repacked matrices count twice in the process's memory.
 - KV cache: per layer ``n_ctx x n_head_kv x (head_dim_k + head_dim_v) x bytes(type)``, the
   context padded to 256 cells; sliding-window layers keep only their window (+ one batch).
-- compute: on the CPU, what a full-context prompt batch touches: the F32 attention scores and
-  their F16 copy for the V product (6 bytes x heads x ubatch x ctx), the mask (4 bytes x ubatch
-  x ctx) and the batch's activations. On a GPU, llama.cpp's reservation, which is allocated
-  whole: the larger of the batch's logits and its attention scores, plus the activations.
+- compute: on the CPU, what a full-context prompt batch touches: the batch's activations and
+  its attention (``_attention``: with flash attention, the engine's default, an F16 mask and
+  scratch; without it, the F32 scores and their F16 copy, 6 bytes x heads x ubatch x ctx, and
+  an F32 mask). On a GPU, llama.cpp's reservation, which is allocated whole: the larger of the
+  batch's logits and its attention scores (or flash attention's mask), plus the activations.
 - overhead: llama.cpp's vocabulary tables (about 256 bytes a token) and a fixed 1.5 MiB.
 
-Calibrated and checked against measured RSS by ``bench/memory.py`` (CPU, flash attention off).
+Calibrated and checked against measured RSS by ``bench/memory.py`` (CPU, flash attention on,
+as the engine loads by default; the scores term without it was calibrated the same way).
 GPU figures follow the same rules but are not measured on the project's machines.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from app.core.gguf_info import ModelInfo, TensorInfo
 from app.core.hardware import GIB, HardwareProfile
+from app.core.units import format_bytes
 
 MIB = 1024**2
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
@@ -128,11 +131,23 @@ def _activations(info: ModelInfo, n_ubatch: int) -> int:
     return n_ubatch * (3 * (info.n_ff or 4 * info.n_embd) + 6 * info.n_embd) * 4
 
 
+def _attention(info: ModelInfo, ubatch: int, cells: int, flash_attn: bool) -> int:
+    """What a full-context batch's attention touches on the CPU. Without flash attention: the
+    F32 scores and their F16 copy for the V product (6 bytes per head), and the F32 mask. With
+    it no scores exist, only its F16 mask and scratch (~2.5 bytes per batch row and cell) and
+    F32 copies of the batch's queries and outputs (8 bytes per row and embedding value):
+    fitted to measured RSS by bench/memory.py (SmolLM2 within ~3%, the tiny model ~2 MiB)."""
+    if flash_attn:
+        return 5 * ubatch * cells // 2 + 8 * ubatch * info.n_embd
+    return (6 * info.n_head + 4) * ubatch * cells
+
+
 def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: int = 512,
              kv_type: str = "f16", cpu_features: tuple[str, ...] = (),
-             gpu_name: str = "GPU") -> MemoryEstimate:
+             gpu_name: str = "GPU", flash_attn: bool = True) -> MemoryEstimate:
     """Bytes on the CPU (and GPU) for ``info`` loaded at ``n_ctx`` with ``n_gpu_layers``
-    (-1: all, the output layer included)."""
+    (-1: all, the output layer included). ``flash_attn``: as the engine loads by default
+    ('auto' turns it on where llama.cpp supports it)."""
     n_layer = info.n_layers
     n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     first_gpu_layer = max(n_layer - n_gpu, 0)
@@ -153,7 +168,7 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
             if _is_repacked(t, types):
                 repacked += t.n_bytes
 
-    attention = (6 * info.n_head + 4) * ubatch * cells
+    attention = _attention(info, ubatch, cells, flash_attn)
     overhead = FIXED_OVERHEAD + VOCAB_BYTES_PER_TOKEN * info.n_vocab
     cpu = DeviceUse(
         device="CPU",
@@ -167,7 +182,8 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
     )
     gpu = None
     if n_gpu > 0:
-        reserved = max(info.n_vocab * ubatch * 4, (info.n_head + 1) * ubatch * cells * 4)
+        scores = 5 * ubatch * cells // 2 if flash_attn else (info.n_head + 1) * ubatch * cells * 4
+        reserved = max(info.n_vocab * ubatch * 4, scores)
         gpu = DeviceUse(
             device=gpu_name,
             weights=gpu_weights,
@@ -199,18 +215,41 @@ class FitPlan:
         return {"gpu": "Fits on GPU", "ram": "Fits in RAM", "partial": "Partial offload",
                 "too_large": "Too large"}[self.fit]
 
+    def sentence(self) -> str:
+        """The answer in one line: 'needs 6.1 GiB at 8K context: fits on your GPU'."""
+        need = f"needs {format_bytes(self.estimate.total)} at {context_label(self.n_ctx)} context"
+        gpu_layers = min(self.n_gpu_layers, self.estimate.n_layers + 1)
+        where = {
+            "gpu": "fits on your GPU",
+            "ram": "fits in your RAM",
+            "partial": f"{gpu_layers} of {self.estimate.n_layers + 1} layers fit on your GPU, "
+                       "the rest run on the CPU",
+            "too_large": "too large for this machine",
+        }[self.fit]
+        longest = (f"; up to {context_label(self.max_ctx)} context fits"
+                   if self.max_ctx and self.max_ctx != self.n_ctx else "")
+        return f"{need}: {where}{longest}"
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"fit": self.fit, "badge": self.badge, "n_gpu_layers": self.n_gpu_layers,
                 "n_ctx": self.n_ctx, "max_ctx": self.max_ctx,
-                "estimate": self.estimate.to_json(), "explanation": list(self.explanation)}
+                "estimate": self.estimate.to_json(), "explanation": list(self.explanation),
+                "sentence": self.sentence()}
+
+
+def context_label(n_ctx: int) -> str:
+    """A context length as people say it: 8192 → '8K', 131072 → '128K', 1000 → '1,000'."""
+    return f"{n_ctx // 1024}K" if n_ctx >= 1024 and n_ctx % 1024 == 0 else f"{n_ctx:,}"
 
 
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def _budgets(profile: HardwareProfile) -> tuple[int, int, str]:
+def budgets(profile: HardwareProfile) -> tuple[int, int, str]:
+    """Bytes a model may take here: (RAM, memory of the GPU with the most free, its name).
+    RAM keeps back RAM_RESERVE for the system; the GPU a margin and GPU_RESERVE."""
     ram = max(0, profile.ram_available - RAM_RESERVE)
     gpus = sorted(profile.gpus, key=lambda d: d.memory_free or 0, reverse=True)
     if not gpus:
@@ -225,24 +264,28 @@ def _fits(est: MemoryEstimate, ram: int, vram: int) -> bool:
 
 
 def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
-         n_gpu_layers: int | None = None, kv_type: str = "f16") -> FitPlan:
+         n_gpu_layers: int | None = None, kv_type: str = "f16",
+         flash_attn: bool = True) -> FitPlan:
     """Choose GPU layers (all that fit, unless given) and check the context; explain."""
-    ram, vram, gpu_name = _budgets(profile)
+    ram, vram, gpu_name = budgets(profile)
     ctx = n_ctx or min(info.n_ctx_train or 4096, 4096)
     features = profile.repacking_features
 
     def est(layers: int, c: int) -> MemoryEstimate:
         return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,
-                        gpu_name=gpu_name or "GPU")
+                        gpu_name=gpu_name or "GPU", flash_attn=flash_attn)
 
     if n_gpu_layers is None:
-        layers = 0
-        if vram > 0:
-            for candidate in range(info.n_layers + 1, 0, -1):
-                gpu = est(candidate, ctx).gpu
-                if gpu is not None and gpu.total <= vram:
-                    layers = candidate
-                    break
+        # The most layers whose GPU share fits: that share only grows with the layer count, so
+        # a bisection finds it (an 80-layer model is planned for every catalog quant at once).
+        layers, lo, hi = 0, 1, info.n_layers + 1
+        while vram > 0 and lo <= hi:
+            mid = (lo + hi) // 2
+            gpu = est(mid, ctx).gpu
+            if gpu is not None and gpu.total <= vram:
+                layers, lo = mid, mid + 1
+            else:
+                hi = mid - 1
     else:
         layers = info.n_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
     chosen = est(layers, ctx)
@@ -306,7 +349,7 @@ def plan_pair(first: ModelInfo, second: ModelInfo, profile: HardwareProfile,
     fit in RAM and on the GPU. Both generating at once on the CPU would fight over the cores, so
     each then gets half of them: its speed is that of half the machine, which the caller says.
     """
-    ram, vram, _ = _budgets(profile)
+    ram, vram, _ = budgets(profile)
     a, b = plan(first, profile, n_ctx), plan(second, profile, n_ctx)
     cpu = a.estimate.cpu.total + b.estimate.cpu.total
     gpu = sum(p.estimate.gpu.total for p in (a, b) if p.estimate.gpu is not None)

@@ -33,12 +33,19 @@ class Settings:
     n_ctx: int = 4096
     n_gpu_layers: str = "auto"
     threads: int | None = None
+    flash_attn: str = "auto"  # "auto" (llama.cpp's tools' default), "on" or "off"
+    kv_type: str = "f16"  # the KV cache's type: "f16", "q8_0" or "q4_0"
     temperature: float = _SAMPLING.temperature
     top_p: float = _SAMPLING.top_p
     top_k: int = _SAMPLING.top_k
     min_p: float = _SAMPLING.min_p
     repeat_penalty: float = _SAMPLING.repeat_penalty
     max_tokens: int = _SAMPLING.max_tokens
+    # The Recommended tab: the slowest generation worth recommending, and the context to plan
+    # for; Discover: the context its fit estimates are made at.
+    recommend_min_tps: float = 5.0
+    recommend_n_ctx: int = 4096
+    discover_n_ctx: int = 8192
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

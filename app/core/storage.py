@@ -91,6 +91,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX steps_by_fingerprint ON steps(kind, fingerprint, status);
     """,
+    # Model loads: the memory estimate against what the engine measured (app/core/load_stats.py).
+    """
+    CREATE TABLE loads (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_path TEXT NOT NULL,
+        n_ctx INTEGER NOT NULL,
+        n_gpu_layers INTEGER NOT NULL,
+        estimated_rss INTEGER NOT NULL,
+        measured_rss INTEGER NOT NULL,
+        estimated_gpu INTEGER,
+        measured_gpu INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX loads_by_model ON loads(model_path, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -160,7 +175,7 @@ class Storage:
         try:
             self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
@@ -169,6 +184,19 @@ class Storage:
                 f"The database {self.path} cannot be opened ({exc}). Your conversations are in "
                 "that file: move it aside (do not delete it) and restart QuantDesk."
             ) from None
+
+    def _wal(self) -> None:
+        """Switch to write-ahead logging. On a new file another connection doing the same at
+        that moment makes SQLite answer 'database is locked' at once (the busy timeout does not
+        cover it): wait and try again."""
+        for attempt in range(50):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
 
     def close(self) -> None:
         """Close the connection."""
@@ -186,16 +214,21 @@ class Storage:
         self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StorageError(f"The database {self.path} was written by a newer QuantDesk "
-                               f"(schema {version}); update QuantDesk to open it.")
-        for step in range(version, SCHEMA_VERSION):
+        while True:
+            # The version is read inside the write transaction: two processes (the window and
+            # a CLI, two workers) opening a new database at once must not both run a step.
             with self.transaction() as db:
-                for statement in MIGRATIONS[step].split(";"):
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise StorageError(f"The database {self.path} was written by a newer "
+                                       f"QuantDesk (schema {version}); update QuantDesk to "
+                                       "open it.")
+                if version == SCHEMA_VERSION:
+                    return
+                for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {step + 1}")
+                db.execute(f"PRAGMA user_version = {version + 1}")
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.core import quant_types
 from app.core.gguf_info import split_parts
@@ -89,6 +90,11 @@ def repo_files(repo_id: str, *, endpoint: str | None = None,
 
 def is_split(files: tuple[str, ...]) -> bool:
     """Whether a group is one split model (its names follow the -0000N-of-0000M pattern)."""
-    from pathlib import Path
-
     return len(files) > 1 and len(split_parts(Path(files[0]))) == len(files)
+
+
+def split_names(filename: str) -> tuple[str, ...]:
+    """Every part's name of the split model ``filename`` belongs to, in order, as the hub names
+    them ('sub/x-00002-of-00003.gguf' → 'sub/x-00001-of-00003.gguf', …); or just ``filename``."""
+    folder, _, base = filename.rpartition("/")  # hub names use '/' on every OS
+    return tuple(f"{folder}/{p.name}" if folder else p.name for p in split_parts(Path(base)))

@@ -65,6 +65,7 @@ class MainWindow(QMainWindow):
         self.wizard_page.ab_requested.connect(self._open_ab_chat)
         self.wizard_page.default_requested.connect(self._set_default_model)
         self.models_page.quantize_requested.connect(self._quantize)
+        self.chat_page.load_measured.connect(self._load_measured)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
                            ("Chat", self.chat_page), (WIZARD, self.wizard_page),
                            ("Quantize & Compare", self.compare_page)):
@@ -101,6 +102,12 @@ class MainWindow(QMainWindow):
         if self._save_settings:
             settings_store.save(self.settings)
         self.chat_page.model_bar.add_model(Path(path))
+
+    def _load_measured(self, _record: object) -> None:
+        """A load's estimate against its measured memory: the Models page shows the model's
+        last figure, the Hardware page the estimator's error here."""
+        self.models_page.rescan()
+        self.hardware_page.refresh_estimates()
 
     def _quantize(self, path: str) -> None:
         self.show_page(WIZARD)

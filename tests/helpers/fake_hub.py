@@ -1,8 +1,10 @@
 """A local HTTP server that answers the Hugging Face hub routes QuantDesk uses.
 
 It serves files the test adds, with the headers the real hub sends for LFS files (X-Repo-Commit,
-X-Linked-Etag holding the SHA-256, X-Linked-Size), honours Range requests, and records every
-request so tests can check that resumed downloads do not fetch bytes again. Tests can make a
+X-Linked-Etag holding the SHA-256, X-Linked-Size), honours Range requests (``bytes=a-`` and
+``bytes=a-b``, answered 206 with Content-Range; ``ranges = False`` makes it ignore them and send
+the whole file), and records every request so tests can check that resumed downloads do not
+fetch bytes again and that a header read fetched only the header. Tests can make a
 file corrupt (its bytes differ from its published SHA-256), make a path answer an error status,
 or cut a transfer off after some bytes.
 
@@ -51,6 +53,15 @@ class Request:
             return int(self.range[6:].split("-")[0])
         return 0
 
+    def end(self, size: int) -> int:
+        """Where the requested range ends, exclusive (``bytes=a-b`` ends after b; an open
+        range or none at the end of the file)."""
+        if self.range and self.range.startswith("bytes="):
+            last = self.range[6:].split("-")[1]
+            if last:
+                return min(int(last) + 1, size)
+        return size
+
 
 def _route(path: str) -> str:
     """A path as the server compares it: dot segments collapsed, as an HTTP client does."""
@@ -75,6 +86,7 @@ class FakeHub:
     cut_after: int | None = None  # close the connection after this many body bytes
     delay: float = 0.0  # seconds between 64 KiB pieces of a body (a slow network)
     repos: dict[str, dict[str, object]] = field(default_factory=dict)
+    ranges: bool = True  # False: ignore Range headers and send whole files, as some servers do
 
     def add(self, repo_id: str, filename: str, data: bytes, corrupt: bool = False,
             **repo_info: object) -> None:
@@ -154,17 +166,18 @@ class FakeHub:
 
             def _file(self, repo_id: str, filename: str, head: bool, request: Request) -> None:
                 f = hub.files[(repo_id, filename)]
-                start = request.start
-                body = f.served[start:]
-                self.send_response(206 if start else 200)
+                ranged = hub.ranges and request.range is not None
+                start, end = (request.start, request.end(len(f.data))) if ranged \
+                    else (0, len(f.data))
+                body = f.served[start:end]
+                self.send_response(206 if ranged else 200)
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("ETag", f'"{f.sha256}"')
                 self.send_header("X-Linked-Etag", f'"{f.sha256}"')
                 self.send_header("X-Linked-Size", str(len(f.data)))
                 self.send_header("Content-Length", str(len(body)))
-                if start:
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(f.data) - 1}/{len(f.data)}")
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(f.data)}")
                 self.end_headers()
                 if head:
                     return None

@@ -7,16 +7,60 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QThreadPool
+from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
-from app.core import paths
+from app.core import memory, paths
+from app.core.gguf_info import read_model_info
+from app.core.hardware import GIB, BackendDevice, CpuInfo, HardwareProfile, LlamaBuild
 from app.core.settings import Settings
+from app.core.units import format_bytes
 from app.engine.probe import full_profile
+from app.hub import remote_header
+from app.ui.pages.discover import COLUMNS
 from app.ui.pages.models import ModelsPage
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.header_models import write_header_model
 from tests.helpers.split_model import split_model_parts
 
 REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"
+
+
+def _profile(ram: int = 16 * GIB) -> HardwareProfile:
+    """A CPU-only machine with ``ram`` free (no probe: the figures are the test's)."""
+    devices = (BackendDevice("CPU", "cpu", "cpu", "CPU", ram, ram),)
+    return HardwareProfile(os="Linux", os_version="6",
+                           cpu=CpuInfo("cpu", "x86_64", 8, 16, ("AVX2",)), ram_total=ram,
+                           ram_available=ram, llama=LlamaBuild("0.3", ("CPU",), devices, "",
+                                                               False))
+
+
+@pytest.fixture(autouse=True)
+def background_work_ends(qtbot: QtBot) -> Iterator[None]:
+    """Header reads, scans and database reads a test started end before the next test (or
+    the interpreter's exit) rather than answering into a torn-down application."""
+    yield
+    assert QThreadPool.globalInstance().waitForDone(20_000), "background work still running"
+    qtbot.wait(10)  # deliver their queued results
+
+
+@pytest.fixture(autouse=True)
+def confirmations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every confirmation is answered Yes; its text is kept for the test to read."""
+    shown: list[str] = []
+
+    def question(_parent: object, _title: str, text: str) -> QMessageBox.StandardButton:
+        shown.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    remote_header.forget_cache()
+    return shown
+
+
+def _cell(page: ModelsPage, row: int, column: str) -> str:
+    return page.discover.files.item(row, COLUMNS.index(column)).text()
 
 
 @pytest.fixture
@@ -133,7 +177,7 @@ def test_pause_and_resume_of_a_split_model_fetches_no_finished_part(
     discover = page.discover
     with qtbot.waitSignal(discover.files_listed, timeout=10_000):
         discover.open_repo(SPLIT_REPO)
-    assert discover.files.item(0, 1).text() == "3 parts"
+    assert _cell(page, 0, "Files") == "3 parts"
     discover.files.selectRow(0)
     discover.download_button.click()
     part = folder / (second + ".part")
@@ -175,3 +219,141 @@ def test_a_hostile_file_name_is_refused_with_a_clear_message(
     assert "'../../../escaped-Q4_K_M.gguf'" in discover.status.text()
     assert not list(tmp_path.rglob("*escaped*"))
     assert discover.download_button.isEnabled()
+
+
+# --- what each quantization needs here, from its header -------------------------------------
+
+
+def test_the_listing_shows_the_exact_fit_from_each_header(
+        qtbot: QtBot, page: ModelsPage, hub: FakeHub, tiny_model: Path,
+        confirmations: list[str]) -> None:
+    discover = page.discover
+    profile = _profile()
+    discover.set_hardware(profile)
+    with qtbot.waitSignal(discover.fits_ready, timeout=20_000):
+        discover.open_repo(REPO)
+    # the tiny model was trained for 2K: the 8K asked for is planned at 2K
+    local = memory.plan(read_model_info(tiny_model), profile, n_ctx=2048)
+    for row in range(2):
+        assert _cell(page, row, "Fit") == "Fits in RAM"  # exact: no '~'
+        assert _cell(page, row, "Needs") == format_bytes(local.estimate.total)
+        assert _cell(page, row, "GPU layers") == "0/3"
+        assert _cell(page, row, "Longest context") == "2K"
+    discover.files.selectRow(1)
+    assert f"Q4_K_M {local.sentence()}." in discover.detail.text()
+    assert "Estimated from its header" in discover.detail.text()
+    with qtbot.waitSignal(page.library_scanned, timeout=20_000):
+        discover.download_button.click()
+    assert confirmations[-1].endswith(f"It {local.sentence()}.")
+    assert "needs " in confirmations[-1] and "at 2K context: fits in your RAM" in confirmations[-1]
+
+
+def test_a_new_context_replans_without_fetching_again(
+        qtbot: QtBot, page: ModelsPage, hub: FakeHub, tmp_path: Path) -> None:
+    model = write_header_model(tmp_path / "Long-Q8_0.gguf", n_vocab=2000,
+                               weight_bytes=4 * 2**20, n_ctx=32768)
+    hub.add("org/Long-GGUF", model.name, model.read_bytes())
+    discover = page.discover
+    profile = _profile()
+    discover.set_hardware(profile)
+    with qtbot.waitSignal(discover.fits_ready, timeout=20_000):
+        discover.open_repo("org/Long-GGUF")
+    info = read_model_info(model)
+    at_8k = memory.plan(info, profile, n_ctx=8192).estimate.total
+    assert _cell(page, 0, "Needs") == format_bytes(at_8k)
+    requests = len(hub.requests)
+    with qtbot.waitSignal(discover.fits_ready, timeout=20_000):
+        discover.context.setCurrentIndex(discover.context.findData(32768))
+    assert _cell(page, 0, "Needs") == format_bytes(memory.plan(info, profile,
+                                                               n_ctx=32768).estimate.total)
+    assert len(hub.requests) == requests
+    assert page.settings.discover_n_ctx == 32768
+
+
+def test_without_range_support_the_size_rule_answers_and_says_why(
+        qtbot: QtBot, page: ModelsPage, hub: FakeHub) -> None:
+    hub.ranges = False
+    discover = page.discover
+    discover.set_hardware(_profile())
+    with qtbot.waitSignal(discover.fits_ready, timeout=20_000):
+        discover.open_repo(REPO)
+    assert _cell(page, 0, "Fit") == "~Fits in RAM"
+    assert _cell(page, 0, "Needs") == "size rule"
+    discover.files.selectRow(0)
+    assert "by file size" in discover.detail.text()
+    assert "does not answer Range requests" in discover.detail.text()
+
+
+# --- downloads that did not finish ----------------------------------------------------------
+
+
+def _interrupt(tiny_model: Path, name: str, kept: int) -> Path:
+    folder = paths.models_dir() / REPO
+    folder.mkdir(parents=True)
+    part = folder / (name + ".part")
+    part.write_bytes(tiny_model.read_bytes()[:kept])
+    return part
+
+
+def test_an_interrupted_download_is_offered_at_start_and_resumes(
+        qtbot: QtBot, hub: FakeHub, tiny_model: Path) -> None:
+    name = "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+    _interrupt(tiny_model, name, 300_000)
+    page = ModelsPage(None, Settings(), hub_endpoint=hub.endpoint)
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: len(page.interrupted) == 1, timeout=10_000)
+    assert page.interrupted_card.isVisibleTo(page)
+    row = page.interrupted_rows.itemAt(0).widget()
+    assert f"{REPO}/{name}" in row.label.text()
+    with qtbot.waitSignal(page.library_scanned, timeout=20_000):
+        row.resume_button.click()
+    assert [r.start for r in hub.gets(REPO, name)] == [300_000]  # only what was missing
+    assert (paths.models_dir() / REPO / name).read_bytes() == tiny_model.read_bytes()
+    qtbot.waitUntil(lambda: not page.interrupted_card.isVisibleTo(page), timeout=10_000)
+
+
+def test_an_interrupted_download_can_be_discarded(
+        qtbot: QtBot, hub: FakeHub, tiny_model: Path, confirmations: list[str]) -> None:
+    part = _interrupt(tiny_model, "SmolLM2-135M-Instruct-Q8_0.gguf", 1000)
+    page = ModelsPage(None, Settings(), hub_endpoint=hub.endpoint)
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: len(page.interrupted) == 1, timeout=10_000)
+    page.interrupted_rows.itemAt(0).widget().discard_button.click()
+    qtbot.waitUntil(lambda: not page.interrupted_card.isVisibleTo(page), timeout=10_000)
+    assert confirmations[-1] == f"Delete from disk:\n    {part}"
+    assert not part.exists() and part.parent.is_dir()
+    assert hub.requests == []
+
+
+# --- the Recommended tab's settings ---------------------------------------------------------
+
+
+def test_the_speed_target_is_a_setting_that_changes_the_reasons(
+        qtbot: QtBot, page: ModelsPage) -> None:
+    import json
+
+    # this machine's bandwidth as measured once: 20 GB/s, whatever the test runs on
+    (paths.cache_dir() / "bandwidth.json").write_text(json.dumps(
+        {"key": f"cpu|{8 * GIB}", "bytes_per_second": 20e9}))
+    view = page.recommended
+    with qtbot.waitSignal(view.ready, timeout=60_000):
+        view.set_hardware(_profile(8 * GIB))
+    assert "CPU 20.0 GB/s" in view.summary.text()
+    view.min_tps.setValue(1000.0)  # no catalog model reaches this: none is recommended
+    with qtbot.waitSignal(view.ready, timeout=60_000) as blocker:
+        view.min_tps.editingFinished.emit()
+    assert blocker.args[0] == [] and view.table.rowCount() == 0
+    from app.core import catalog
+
+    assert f"{len(catalog.load())} catalog model(s) cannot run here at 200 tok/s" \
+        in view.summary.text()  # 200: the box's maximum
+    assert page.settings.recommend_min_tps == 200.0
+    view.min_tps.setValue(0.5)
+    with qtbot.waitSignal(view.ready, timeout=60_000) as blocker:
+        view.min_tps.editingFinished.emit()
+    recs = blocker.args[0]
+    assert recs and not any(r.constraint == "speed" for r in recs)
+    with qtbot.waitSignal(view.ready, timeout=60_000) as blocker:
+        view.context.setCurrentIndex(view.context.findData(16384))
+    assert all(r.plan.n_ctx == min(16384, r.model.n_ctx_train) for r in blocker.args[0])
+    assert page.settings.recommend_n_ctx == 16384

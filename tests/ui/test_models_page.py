@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from app.core import paths
 from app.core.settings import Settings
 from app.ui.main_window import MainWindow
-from app.ui.pages.models import ModelsPage
+from app.ui.pages.models import COLUMNS, ModelsPage
 from tests.unit.test_gguf_info import _write_split
 
 MakeWindow = Callable[[Path | None], MainWindow]
+
+
+@pytest.fixture(autouse=True)
+def background_work_ends(qtbot: QtBot) -> Iterator[None]:
+    """Header reads, scans and database reads a test started end before the next test (or
+    the interpreter's exit) rather than answering into a torn-down application."""
+    yield
+    assert QThreadPool.globalInstance().waitForDone(20_000), "background work still running"
+    qtbot.wait(10)  # deliver their queued results
 
 
 def _column(window: MainWindow, name: str) -> list[str]:
@@ -35,7 +45,7 @@ def test_library_lists_models_with_fit_badges(qtbot: QtBot, tiny_model: Path, sm
     assert _column(window, "Model") == ["tiny"]
     assert _column(window, "Type") == ["F32"]
     assert _column(window, "Fit") == ["Fits in RAM"]  # this machine has no GPU
-    fit_item = page.table.item(0, page.table.columnCount() - 1)
+    fit_item = page.table.item(0, COLUMNS.index("Fit"))
     assert "Runs on the CPU" in fit_item.toolTip()
 
 
@@ -80,7 +90,11 @@ def _listed(text: str) -> set[Path]:
 
 
 def _on_disk(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*") if p.is_symlink() or p.is_file()}
+    """Files and links under ``root``, but not the app's own data (its database and the WAL
+    files a connection opens and closes)."""
+    home = paths.data_home()
+    return {p for p in root.rglob("*") if (p.is_symlink() or p.is_file())
+            and not p.is_relative_to(home)}
 
 
 def test_remove_confirmation_lists_exactly_what_is_deleted(
@@ -123,3 +137,55 @@ def test_remove_confirmation_lists_exactly_what_is_deleted(
     assert "only the link is deleted" in shown[1] and str(real) in shown[1]
     assert real.read_bytes() == tiny_model.read_bytes()
     assert page.table.rowCount() == 0
+
+
+def _record_load(model: Path, measured_rss: int) -> None:
+    from app.core import load_stats, memory
+    from app.core.gguf_info import read_model_info
+    from app.core.storage import Storage
+
+    store = Storage()
+    try:
+        load_stats.record_load(store, model, memory.estimate(read_model_info(model), 2048),
+                               measured_rss)
+    finally:
+        store.close()
+
+
+def test_the_last_measured_load_is_shown_beside_its_estimate(qtbot: QtBot,
+                                                            tiny_model: Path) -> None:
+    from app.core import load_stats, memory
+    from app.core.gguf_info import read_model_info
+    from app.core.units import format_bytes
+
+    model = paths.models_dir() / "tiny.gguf"
+    shutil.copyfile(tiny_model, model)
+    _record_load(model, 40 * 2**20)
+    _record_load(model, 30 * 2**20)  # the latest is shown
+    page = ModelsPage(None, Settings())
+    qtbot.addWidget(page)
+    column = COLUMNS.index("Last load")
+    qtbot.waitUntil(lambda: page.table.rowCount() == 1
+                    and page.table.item(0, column).text() != "not loaded yet", timeout=10_000)
+    resident = load_stats.resident_estimate(memory.estimate(read_model_info(model), 2048))
+    assert page.table.item(0, column).text() == \
+        f"{format_bytes(30 * 2**20)} (est. {format_bytes(resident)})"
+    assert page.table.item(0, column).toolTip().startswith("RAM: estimated")
+
+
+def test_the_hardware_page_says_how_far_off_the_estimates_were(qtbot: QtBot,
+                                                              tiny_model: Path) -> None:
+    from app.ui.pages.hardware import HardwarePage
+    from tests.ui.test_discover import _profile
+
+    page = HardwarePage(_profile)
+    qtbot.addWidget(page)
+    with qtbot.waitSignal(page.profile_ready, timeout=10_000):
+        page.refresh()
+    qtbot.waitUntil(lambda: bool(page.estimates_label.text()), timeout=10_000)
+    assert "No model has been loaded here yet" in page.estimates_label.text()
+    _record_load(tiny_model, 20 * 2**20)
+    with qtbot.waitSignal(page.profile_ready, timeout=10_000):
+        page.refresh()
+    qtbot.waitUntil(lambda: "over 1 load;" in page.estimates_label.text(), timeout=10_000)
+    assert page.estimates_label.text().startswith("Memory estimates here have been within ")

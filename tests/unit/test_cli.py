@@ -115,7 +115,7 @@ def test_recommend_json() -> None:
     recs = data["recommendations"]
     assert recs and all(r["fit"] in ("gpu", "ram", "partial") for r in recs)
     assert sum(r["top_pick"] for r in recs) <= 1
-    assert all(r["gguf_repo"] and r["reason"].startswith("Best quality") for r in recs)
+    assert all(r["gguf_repo"] and r["reason"].startswith(f"{r['quant']}: ") for r in recs)
 
 
 def test_quantize_two_types_json_and_dry_run(tiny_model_f16: Path, tmp_path: Path) -> None:

@@ -9,7 +9,14 @@ from pathlib import Path
 import gguf
 import pytest
 
-from app.core.gguf_info import GGUFError, read_model_info, split_parts
+from app.core.gguf_info import (
+    GGUFError,
+    HeaderIncomplete,
+    model_info_from_headers,
+    parse_header,
+    read_model_info,
+    split_parts,
+)
 from tests.helpers.tiny_model import write_tiny_llama
 
 
@@ -165,3 +172,53 @@ def test_writer_roundtrip_of_a_different_shape(tmp_path: Path) -> None:
     assert (info.n_layers, info.n_embd, info.n_head, info.n_head_kv) == (3, 128, 2, 1)
     assert info.head_dim_k == 64
     assert not info.has_chat_template
+
+
+# --- a header from the file's first bytes (read over HTTP, the weights not there) -----------
+
+
+def test_every_prefix_parses_to_the_file_or_asks_for_more(tiny_model: Path) -> None:
+    """The oracle is the memory-mapped read of the whole file: a prefix either asks for more
+    bytes (never fewer than it has) or gives exactly the same model."""
+    data = tiny_model.read_bytes()
+    whole = read_model_info(tiny_model)
+    header_end = min(t.offset for t in whole.tensors)
+    complete_at = None
+    for length in [*range(0, header_end + 64, 61), header_end]:
+        try:
+            header = parse_header(data[:length], len(data), tiny_model)
+        except HeaderIncomplete as exc:
+            assert exc.needed > length
+            assert complete_at is None, f"{length} bytes asked for more after {complete_at} parsed"
+            continue
+        complete_at = complete_at or length
+        assert model_info_from_headers([header]) == whole
+    assert complete_at is not None and complete_at <= header_end
+
+
+def test_a_header_claiming_more_than_the_file_is_damaged_not_incomplete(
+        tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    header_end = min(t.offset for t in read_model_info(tiny_model).tensors)
+    # the same first bytes, but the file is said to end inside its own header
+    with pytest.raises(GGUFError, match="truncated"):
+        parse_header(data[:header_end], header_end - 100, tiny_model)
+    # a vocabulary length past the end of the whole file is refused at once
+    liar = bytearray(data[:header_end])
+    offset = liar.find(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4
+    struct.pack_into("<Q", liar, offset, 10**12)
+    with pytest.raises(GGUFError, match="more than the rest of the file"):
+        parse_header(bytes(liar[:4096]), len(data), tiny_model)
+
+
+def test_not_gguf_from_a_prefix(tmp_path: Path) -> None:
+    with pytest.raises(GGUFError, match="not a GGUF model file"):
+        parse_header(b"<html>404</html>", 10**9, tmp_path / "x.gguf")
+
+
+def test_split_headers_make_the_same_model_as_the_files(tmp_path: Path) -> None:
+    parts = _write_split(tmp_path, 2)
+    headers = [parse_header(p.read_bytes()[:4096], p.stat().st_size, p) for p in parts]
+    assert model_info_from_headers(headers) == read_model_info(parts[0])
+    with pytest.raises(GGUFError, match="2-part model"):
+        model_info_from_headers(headers[:1])

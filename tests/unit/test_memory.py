@@ -188,3 +188,35 @@ def test_estimate_matches_the_engine_child(tiny_model: Path) -> None:
 
     predicted = estimate(info, 2048, cpu_features=full_profile().cpu.features).total
     assert abs(predicted - measured) <= max(0.10 * measured, 64 * MIB)
+
+
+@pytest.mark.parametrize("free_mib", [300, 390, 400, 420, 450, 480, 520, 560, 4000])
+def test_plan_offloads_the_most_layers_that_fit(smol: ModelInfo, free_mib: int) -> None:
+    """The plan's layer count is the largest one whose GPU share fits: checked against trying
+    every count, on budgets from nothing to everything."""
+    profile = _profile(16 * GIB, free_mib * MIB)
+    usable = int(free_mib * MIB * 0.95) - 256 * MIB
+    fitting = [n for n in range(1, smol.n_layers + 2)
+               if (gpu := estimate(smol, 4096, n, gpu_name="x").gpu) is not None
+               and gpu.total <= usable]
+    assert plan(smol, profile).n_gpu_layers == max(fitting, default=0)
+
+
+def test_the_plan_in_one_sentence(smol: ModelInfo) -> None:
+    from app.core.units import format_bytes
+
+    on_gpu = plan(smol, _profile(16 * GIB, 8 * GIB), n_ctx=8192)
+    assert on_gpu.sentence() == \
+        f"needs {format_bytes(on_gpu.estimate.total)} at 8K context: fits on your GPU"
+    in_ram = plan(smol, _profile(16 * GIB), n_ctx=2048)
+    assert in_ram.sentence().endswith("fits in your RAM; up to 8K context fits")
+    tight = plan(smol, _profile(3 * GIB // 2 + 300 * MIB), n_ctx=8192)
+    assert "too large for this machine" in tight.sentence()
+    assert on_gpu.to_json()["sentence"] == on_gpu.sentence()
+
+
+def test_context_labels() -> None:
+    from app.core.memory import context_label
+
+    assert [context_label(n) for n in (2048, 8192, 131072, 1000, 1536)] == \
+        ["2K", "8K", "128K", "1,000", "1,536"]

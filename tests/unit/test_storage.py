@@ -113,3 +113,31 @@ def test_ids_are_never_reused_after_a_delete() -> None:
     reply = store.add_message(conv.id, "assistant", "a")
     store.delete_messages_from(conv.id, reply.id)
     assert store.add_message(conv.id, "assistant", "b").id > reply.id
+
+
+def test_connections_opening_a_new_database_at_once_all_get_it(tmp_path: Path) -> None:
+    """Each connection waits for another's migration step instead of running it again (which
+    failed with 'table conversations already exists'), and the switch to WAL is retried."""
+    import threading
+
+    for attempt in range(10):
+        db = tmp_path / f"new-{attempt}.sqlite3"
+        start = threading.Barrier(6)
+        versions: list[object] = []
+
+        def open_it(path: Path = db, barrier: threading.Barrier = start,
+                    out: list[object] = versions) -> None:
+            barrier.wait()
+            try:
+                store = Storage(path)
+                out.append(store.schema_version)
+                store.close()
+            except StorageError as exc:
+                out.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert versions == [SCHEMA_VERSION] * 6

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import capacity
+from app.core import capacity, load_stats, store_reads
 from app.core.hardware import HardwareProfile, advice
 from app.core.units import format_bytes
 from app.jobs.task import Task
@@ -62,6 +62,10 @@ class HardwarePage(QWidget):
         self.advice_label = text_label("", "Warning")
         self.advice_label.hide()
         self.summary.body.addWidget(self.advice_label)
+        self.estimates_label = text_label("", "Muted")
+        self.estimates_label.setToolTip("Each model load compares QuantDesk's memory estimate "
+                                        "with the memory the engine measured")
+        self.summary.body.addWidget(self.estimates_label)
         layout.addWidget(self.summary)
 
         details = Card("Details")
@@ -104,7 +108,18 @@ class HardwarePage(QWidget):
         self.advice_label.setText("\n\n".join(tips))
         self.advice_label.setVisible(bool(tips))
         self._fill_details(profile)
+        self.refresh_estimates()
         self.profile_ready.emit(profile)
+
+    def refresh_estimates(self) -> None:
+        """Read how far the memory estimates have been from reality here, in the background."""
+        task = Task(lambda: store_reads.read(load_stats.error_summary))
+        task.finished.connect(self._show_estimates)
+        task.failed.connect(self.estimates_label.setText)
+        task.start()
+
+    def _show_estimates(self, summary: load_stats.ErrorSummary) -> None:
+        self.estimates_label.setText(summary.sentence())
 
     def _fill_details(self, p: HardwareProfile) -> None:
         tree = self.details

@@ -1,5 +1,6 @@
 """Models page: the library (app folder, Hugging Face cache, the user's folders) with a fit
-badge for this machine, and the embedded model."""
+badge for this machine and each model's last measured load, downloads that did not finish, and
+the embedded model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QMessageBox,
     QPushButton,
     QTableWidgetItem,
@@ -19,19 +21,60 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import memory
+from app.core import load_stats, memory, paths, store_reads
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.library import Library, LibraryEntry, removal_plan, remove
 from app.core.settings import Settings
 from app.core.units import format_bytes, format_params
+from app.jobs import hub
 from app.jobs.task import Task
 from app.ui.pages.discover import DiscoverView
 from app.ui.pages.recommended import RecommendedView
 from app.ui.widgets import Card, page_title, row_table, text_label
 
-COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Type", "Size", "Bits/weight", "Fit")
+COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Type", "Size", "Bits/weight", "Fit",
+           "Last load")
+_FIT_COL = COLUMNS.index("Fit")
 _FIT_COLOURS = {"gpu": "#1b7f3b", "ram": "#1b5e9f", "partial": "#b35c00", "too_large": "#b00020"}
+
+
+def load_text(record: load_stats.LoadRecord) -> str:
+    """A library cell: '159.5 MiB (est. 151.0 MiB)', the GPU's figure too when there is one."""
+    text = f"{format_bytes(record.measured_rss)} (est. {format_bytes(record.estimated_rss)})"
+    if record.measured_gpu is not None and record.estimated_gpu is not None:
+        text += (f" + GPU {format_bytes(record.measured_gpu)} "
+                 f"(est. {format_bytes(record.estimated_gpu)})")
+    return text
+
+
+class InterruptedRow(QWidget):
+    """One unfinished download with Resume and Discard."""
+
+    resume = Signal(object)  # hub.Interrupted
+    discard = Signal(object)
+
+    def __init__(self, item: hub.Interrupted, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.item = item
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        parts = f" ({len(item.files)} parts)" if len(item.files) > 1 else ""
+        self.label = QLabel(f"{item.name}{parts}: {format_bytes(item.done_bytes)} on disk")
+        self.label.setToolTip("\n".join(str(p) for p in item.on_disk))
+        row.addWidget(self.label, 1)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.clicked.connect(self._resume)
+        self.discard_button = QPushButton("Discard…")
+        self.discard_button.clicked.connect(self._discard)
+        row.addWidget(self.resume_button)
+        row.addWidget(self.discard_button)
+
+    def _resume(self) -> None:
+        self.resume.emit(self.item)
+
+    def _discard(self) -> None:
+        self.discard.emit(self.item)
 
 
 class ModelsPage(QWidget):
@@ -48,6 +91,9 @@ class ModelsPage(QWidget):
         self.settings = settings or Settings()
         self.profile: HardwareProfile | None = None
         self.entries: list[LibraryEntry] = []
+        self.last_loads: dict[str, load_stats.LoadRecord] = {}
+        self.embedded_info: ModelInfo | None = None
+        self.interrupted: list[hub.Interrupted] = []
         self._library = Library(self.settings.model_folders)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(24, 20, 24, 20)
@@ -59,10 +105,21 @@ class ModelsPage(QWidget):
         self.embedded_card.body.addWidget(self.embedded_text)
         layout.addWidget(self.embedded_card)
 
+        self.interrupted_card = Card("Interrupted downloads")
+        self.interrupted_card.body.addWidget(text_label(
+            "These downloads stopped before their end. Resuming fetches only what is missing.",
+            "Muted"))
+        self.interrupted_rows = QVBoxLayout()
+        self.interrupted_card.body.addLayout(self.interrupted_rows)
+        self.interrupted_card.hide()
+        layout.addWidget(self.interrupted_card)
+
         library = Card("Your library")
         library.body.addWidget(text_label(
             "Models in QuantDesk's folder, the Hugging Face cache and the folders you add. "
-            "Files stay where they are. Hover a fit badge for the memory estimate.", "Muted"))
+            "Files stay where they are. Hover a fit badge for the memory estimate; 'Last load' "
+            "is the memory measured the last time the model was loaded, beside its estimate.",
+            "Muted"))
         buttons = QHBoxLayout()
         self.add_folder_button = QPushButton("Add folder…")
         self.add_folder_button.clicked.connect(self._choose_folder)
@@ -92,11 +149,12 @@ class ModelsPage(QWidget):
         library.body.addWidget(self.table)
         self.tabs = QTabWidget()
         self.tabs.addTab(library, "Library")
-        self.recommended = RecommendedView()
+        self.recommended = RecommendedView(self.settings)
         self.tabs.addTab(self.recommended, "Recommended")
-        self.discover = DiscoverView(hub_endpoint)
+        self.discover = DiscoverView(hub_endpoint, self.settings)
         self.tabs.addTab(self.discover, "Discover")
-        self.discover.downloaded.connect(lambda _files: self.rescan())
+        self.discover.downloaded.connect(self._downloaded)
+        self.discover.download_stopped.connect(self.find_interrupted)
         self.recommended.find_files.connect(self._find_files)
         layout.addWidget(self.tabs, 1)
 
@@ -116,13 +174,22 @@ class ModelsPage(QWidget):
     # --- embedded model -----------------------------------------------------------------------
 
     def _show_embedded(self, info: ModelInfo) -> None:
+        self.embedded_info = info
         self.embedded_card.title.setText(f"Embedded model: {info.name or info.path.stem}")
+        self._describe_embedded()
+        self.model_inspected.emit(info)
+
+    def _describe_embedded(self) -> None:
+        info = self.embedded_info
+        if info is None:
+            return
+        record = self.last_loads.get(str(info.path))
+        last = f"\nLast load: {record.text()}" if record else ""
         self.embedded_text.setText(
             f"{info.architecture} · {format_params(info.n_params)} parameters · {info.file_type} "
             f"({info.bits_per_weight:.2f} bits per weight) · {format_bytes(info.file_size)} · "
             f"context {info.n_ctx_train:,} · chat template "
-            f"{'included' if info.has_chat_template else 'missing'}\n{info.path}")
-        self.model_inspected.emit(info)
+            f"{'included' if info.has_chat_template else 'missing'}\n{info.path}{last}")
 
     # --- library ------------------------------------------------------------------------------
 
@@ -138,13 +205,75 @@ class ModelsPage(QWidget):
         self.discover.query.setText(repo_id)
         self.discover.open_repo(repo_id)
 
+    def _downloaded(self, _files: list[Path]) -> None:
+        self.rescan()
+
     def rescan(self) -> None:
-        """Scan the library again in the background."""
+        """Scan the library, its last measured loads and unfinished downloads again, in the
+        background."""
         self.rescan_button.setEnabled(False)
         task = Task(self._library.scan)
         task.finished.connect(self._scanned)
         task.failed.connect(self._scan_failed)
         task.start()
+        loads = Task(lambda: store_reads.read(load_stats.last_loads))
+        loads.finished.connect(self._loads_read)
+        loads.start()
+        self.find_interrupted()
+
+    def _loads_read(self, records: dict[str, load_stats.LoadRecord]) -> None:
+        self.last_loads = records
+        self._fill()
+        self._describe_embedded()
+
+    # --- interrupted downloads ----------------------------------------------------------------
+
+    def find_interrupted(self) -> None:
+        """Look for downloads that did not finish, in the background."""
+        folder = paths.models_dir()
+        task = Task(lambda: hub.interrupted_downloads(folder))
+        task.finished.connect(self._show_interrupted)
+        task.start()
+
+    def _show_interrupted(self, found: list[hub.Interrupted]) -> None:
+        job = self.discover.job
+        # the one the Discover tab holds (paused, or running) is offered there
+        self.interrupted = [i for i in found if job is None
+                            or (job.repo_id, tuple(job.files)) != (i.repo_id, i.files)]
+        while (old := self.interrupted_rows.takeAt(0)) is not None:
+            if (widget := old.widget()) is not None:
+                widget.deleteLater()
+        for item in self.interrupted:
+            row = InterruptedRow(item)
+            row.resume.connect(self.resume_download)
+            row.discard.connect(self.discard_download)
+            self.interrupted_rows.addWidget(row)
+        self.interrupted_card.setVisible(bool(self.interrupted))
+
+    def resume_download(self, item: hub.Interrupted) -> None:
+        """Continue an unfinished download in the Discover tab (what is there is kept)."""
+        if self.discover.start_download(item.repo_id, item.files):
+            self.tabs.setCurrentWidget(self.discover)
+            self.find_interrupted()
+
+    def discard_download(self, item: hub.Interrupted, confirm: bool = True) -> None:
+        """Delete what an unfinished download left, after a confirmation listing it."""
+        if confirm:
+            text = "\n".join(["Delete from disk:", *(f"    {p}" for p in item.on_disk)])
+            if QMessageBox.question(self, "Discard download", text) != \
+                    QMessageBox.StandardButton.Yes:
+                return
+        task = Task(lambda: hub.discard(item))
+        task.finished.connect(self._discarded)
+        task.failed.connect(self._discard_failed)
+        task.start()
+
+    def _discarded(self, _deleted: list[Path]) -> None:
+        self.find_interrupted()
+
+    def _discard_failed(self, message: str) -> None:
+        QMessageBox.warning(self, "Discard download", f"Could not delete it: {message}")
+        self.find_interrupted()
 
     def _scan_failed(self, message: str) -> None:
         self.rescan_button.setEnabled(True)
@@ -180,18 +309,21 @@ class ModelsPage(QWidget):
             info = entry.info
             source = entry.repo_id or entry.source
             cells = [entry.name, source]
+            record = self.last_loads.get(str(entry.path))
             if info is None:
-                cells += ["", "", entry.error or "unreadable", "", "", ""]
+                cells += ["", "", entry.error or "unreadable", "", "", "", ""]
             else:
                 cells += [info.architecture, format_params(info.n_params), info.file_type,
-                          format_bytes(info.file_size), f"{info.bits_per_weight:.2f}", "…"]
+                          format_bytes(info.file_size), f"{info.bits_per_weight:.2f}", "…",
+                          load_text(record) if record else "not loaded yet"]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                item.setToolTip(str(entry.path) if col == 0 else text)
+                item.setToolTip(str(entry.path) if col == 0 else
+                                record.text() if col == len(COLUMNS) - 1 and record else text)
                 item.setData(Qt.ItemDataRole.UserRole, str(entry.path))
                 self.table.setItem(row, col, item)
             fit = self.fit_of(entry)
-            badge = self.table.item(row, len(COLUMNS) - 1)
+            badge = self.table.item(row, _FIT_COL)
             if fit is not None and badge is not None:
                 badge.setText(fit.badge)
                 badge.setForeground(QColor(_FIT_COLOURS[fit.fit]))
