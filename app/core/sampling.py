@@ -18,3 +18,6 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already seen
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a seen token
+    grammar: str | None = None  # a GBNF grammar the reply must follow (JSON replies, say)

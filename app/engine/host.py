@@ -177,8 +177,10 @@ class ModelHost:
         self.loaded = None
         self._send(Load(settings))
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None) -> int:
-        """Start a reply; returns its request id. Events: Token…, then ReplyDone or Failed."""
+    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
+             prompt: str | None = None) -> int:
+        """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
+        template); returns its request id. Events: Token…, then ReplyDone or Failed."""
         if self.active_request is not None:
             raise EngineBusy("A reply is already being generated; wait for it or stop it.")
         if not self.alive:
@@ -186,7 +188,7 @@ class ModelHost:
         request_id = next(self._ids)
         self.active_request = request_id
         self._consumed.value = 0  # the child is idle: no token of another reply is in flight
-        self._send(Chat(request_id, tuple(messages), sampling or Sampling()))
+        self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt))
         return request_id
 
     def stop(self) -> None:
@@ -286,9 +288,10 @@ class ModelHost:
                 raise EngineError(event.message, event.log_tail)
 
     def chat_stream(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
-                    timeout: float = 600.0) -> Iterator[Token | ReplyDone]:
+                    timeout: float = 600.0, prompt: str | None = None
+                    ) -> Iterator[Token | ReplyDone]:
         """Yield Token events and finally the ReplyDone; raise EngineError on failure."""
-        request_id = self.chat(messages, sampling)
+        request_id = self.chat(messages, sampling, prompt)
         while True:
             event = self._next(timeout)
             if isinstance(event, Token) and event.request_id == request_id:

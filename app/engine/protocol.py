@@ -21,7 +21,7 @@ class LoadSettings:
     n_threads: int | None = None
     n_batch: int = 512
     n_ubatch: int = 512
-    flash_attn: bool = False
+    flash_attn: str = "auto"  # "auto" (llama.cpp's tools' default), "on" or "off"
     type_k: str | None = None  # KV cache type: "f16" (default), "q8_0", "q4_0"
     type_v: str | None = None
 
@@ -41,9 +41,13 @@ class Load:
 
 @dataclass(frozen=True)
 class Chat:
+    """A reply to ``messages`` (through the model's chat template) or, when ``prompt`` is set,
+    a continuation of that raw text (completions: no template)."""
+
     request_id: int
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = field(default_factory=Sampling)
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ReplyMetrics:
     total_seconds: float
     peak_rss_bytes: int
     gpu_bytes: int | None = None
+    cached_tokens: int = 0  # of the prompt, reused from the previous reply (not decoded again)
 
 
 @dataclass(frozen=True)

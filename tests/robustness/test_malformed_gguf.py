@@ -7,7 +7,8 @@ mutations of each class (bit flips, absurd counts, lengths, shapes, offsets, typ
 For every case ``read_model_info`` must return a ModelInfo that fits the file, or raise
 GGUFError with a readable message naming the file, within a time and memory bound. A library
 scan lists a broken file with its reason beside the good ones, and the real llama.cpp engine
-refuses broken files without taking its parent down. ``bench/fuzz_gguf.py`` is the long run.
+refuses broken files (with the inspector's reason, before llama.cpp parses them) without taking
+its parent down. ``bench/fuzz_gguf.py`` is the long run.
 """
 
 from __future__ import annotations
@@ -410,14 +411,13 @@ def test_engine_refuses_broken_files_and_its_parent_stays_healthy(
     for name, data in broken.items():
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(GGUFError):  # the inspector refuses what the engine cannot load
+        with pytest.raises(GGUFError) as inspected:  # the inspector refuses it...
             read_model_info(path)
         started = time.monotonic()
-        # Failed (EngineError) or a dead child (EngineCrashed, an EngineError): both reported
+        # ... and so does the engine, with the same reason, before llama.cpp parses the file
         with pytest.raises(EngineError) as refused:
             host.load_sync(LoadSettings(str(path), n_ctx=256), timeout=60)
-        assert str(refused.value).strip(), name
-        assert refused.value.log_tail, name  # llama.cpp's own words reach the parent
+        assert str(inspected.value) in str(refused.value), name
         assert time.monotonic() - started < 60
     loaded = host.load_sync(LoadSettings(str(tiny_model), n_ctx=256), timeout=60)
     assert loaded.path == str(tiny_model)

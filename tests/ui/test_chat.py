@@ -36,13 +36,13 @@ def make_page(qtbot: QtBot, store: Storage, engines: list[EngineClient],
         page = ChatPage(store, engine, settings, model)
         qtbot.addWidget(page)
         if model is not None:
-            qtbot.waitUntil(lambda: engine.current is not None, timeout=20_000)
+            qtbot.waitUntil(lambda: engine.current is not None, timeout=60_000)
         return page
 
     return make
 
 
-def _send(qtbot: QtBot, page: ChatPage, text: str, timeout: int = 20_000) -> storage.Message:
+def _send(qtbot: QtBot, page: ChatPage, text: str, timeout: int = 60_000) -> storage.Message:
     with qtbot.waitSignal(page.reply_finished, timeout=timeout) as blocker:
         page.send(text)
     return blocker.args[0]
@@ -95,7 +95,7 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot: QtBot, make_page: MakePa
     qtbot.keyClick(page.composer, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
     qtbot.keyClicks(page.composer, "second line")
     assert page.composer.toPlainText() == "first line\nsecond line"
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000):
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000):
         qtbot.keyClick(page.composer, Qt.Key.Key_Return)
     assert page.composer.toPlainText() == ""
     assert page.message_widgets()[0].text == "first line\nsecond line"
@@ -105,7 +105,7 @@ def test_regenerate_replaces_the_last_reply(qtbot: QtBot, make_page: MakePage,
                                             store: Storage) -> None:
     page = make_page(max_tokens=16)
     first = _send(qtbot, page, "Hi")
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
         page.message_widgets()[-1].regenerate_button.click()
     second = blocker.args[0]
     assert second.id != first.id
@@ -121,7 +121,7 @@ def test_edit_and_resend_drops_later_messages(qtbot: QtBot, make_page: MakePage,
     _send(qtbot, page, "second question")
     conv_id = store.conversations()[0].id
     first_user = store.messages(conv_id)[0]
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000):
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000):
         page.edit_and_resend(first_user.id, "first question, edited")
     msgs = store.messages(conv_id)
     assert (msgs[0].role, msgs[0].content) == ("user", "first question, edited")
@@ -156,7 +156,7 @@ def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_pag
             os.kill(pid, signal.SIGKILL)
 
     page.engine.token.connect(kill_once)
-    with qtbot.waitSignal(page.engine_error, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.engine_error, timeout=60_000) as blocker:
         page.send("this reply dies")
     assert "SIGKILL" in blocker.args[0]
     assert page.banner.isVisibleTo(page) and page.reload_button.isVisibleTo(page)
@@ -168,7 +168,7 @@ def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_pag
     assert "SIGKILL" in (msgs[-1].error or "")
     assert "Incomplete" in page.message_widgets()[-1].status_label.text()
     # Reload brings the engine back and the chat goes on.
-    with qtbot.waitSignal(page.model_loaded, timeout=20_000):
+    with qtbot.waitSignal(page.model_loaded, timeout=60_000):
         page.reload_button.click()
     page.settings.max_tokens = 4
     reply = _send(qtbot, page, "after the crash")
@@ -219,7 +219,7 @@ def test_restart_finds_the_conversation_intact(qtbot: QtBot, engines: list[Engin
                        embedded_model=tiny_model, store=Storage(), engine=engine,
                        settings=Settings(max_tokens=12), save_settings=False)
         qtbot.addWidget(w)
-        qtbot.waitUntil(lambda: engine.current is not None, timeout=20_000)
+        qtbot.waitUntil(lambda: engine.current is not None, timeout=60_000)
         return w
 
     first = window()
@@ -237,11 +237,11 @@ def test_auto_gpu_layers_come_from_the_load_plan(qtbot: QtBot, make_page: MakePa
 
     page = make_page(max_tokens=4)
     page.set_hardware(_profile(16 * 1024**3, 8 * 1024**3))  # a GPU with room for everything
-    with qtbot.waitSignal(page.model_loaded, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.model_loaded, timeout=60_000) as blocker:
         page.reload_model()
     assert blocker.args[0].n_gpu_layers == 3  # both blocks and the output layer
     page.set_hardware(_profile(16 * 1024**3))  # no GPU
-    with qtbot.waitSignal(page.model_loaded, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.model_loaded, timeout=60_000) as blocker:
         page.reload_model()
     assert blocker.args[0].n_gpu_layers == 0
 
@@ -263,7 +263,7 @@ def test_a_send_before_the_finished_reply_is_handled_loses_nothing(
     assert page.composer.toPlainText() == "second"  # refused: the text is kept
     assert page.hint.isVisibleTo(page) and "still being written" in page.hint.text()
     assert [w.role for w in page.message_widgets()] == ["user", "assistant"]
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
         pass  # the queued end of the first reply is handled
     first = blocker.args[0]
     assert first.status == storage.STATUS_COMPLETE
@@ -296,7 +296,7 @@ def test_runaway_template_shows_a_clear_error_and_the_engine_goes_on(
     assert "Incomplete" in page.message_widgets()[-1].status_label.text()
     assert page.send_button.isEnabled() and not page.session.busy
     # The same engine process loads a sound model and answers.
-    with qtbot.waitSignal(page.model_loaded, timeout=20_000):
+    with qtbot.waitSignal(page.model_loaded, timeout=60_000):
         page.load_model(str(tiny_model))
     assert page.engine.pid() == pid
     assert _send(qtbot, page, "and now?").status == storage.STATUS_COMPLETE
@@ -307,14 +307,14 @@ def test_reopening_or_leaving_a_conversation_while_its_reply_streams(
     page = make_page(max_tokens=1900)
     page.send("a long one")
     qtbot.waitUntil(lambda: page.session.reply is not None and len(page.session.reply.text) > 5,
-                    timeout=20_000)
+                    timeout=60_000)
     first = page.conversation_id
     assert first is not None
     # Opening the same conversation again keeps the reply streaming in place.
     page.open_conversation(first)
     widgets = page.message_widgets()
     assert [w.role for w in widgets] == ["user", "assistant"] and widgets[1].streaming
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
         page.stop()
     assert blocker.args[0].status == storage.STATUS_STOPPED
     widgets = page.message_widgets()
@@ -324,8 +324,8 @@ def test_reopening_or_leaving_a_conversation_while_its_reply_streams(
     other = store.create_conversation("other").id
     page.send("another long one")
     qtbot.waitUntil(lambda: page.session.reply is not None and len(page.session.reply.text) > 5,
-                    timeout=20_000)
-    with qtbot.waitSignal(page.reply_finished, timeout=20_000) as blocker:
+                    timeout=60_000)
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
         page.open_conversation(other)
     assert blocker.args[0].conversation_id == first
     assert page.message_widgets() == []

@@ -148,11 +148,17 @@ def test_second_request_while_generating_is_refused(host: ModelHost, tiny_model:
 
 def test_broken_model_fails_clearly_and_host_survives(host: ModelHost, tiny_model: Path,
                                                       tmp_path: Path) -> None:
+    # A damaged file is refused by QuantDesk's header check before llama.cpp reads it
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_model.read_bytes()[: 200_000])
-    with pytest.raises(EngineError, match="could not be loaded") as info:
+    with pytest.raises(EngineError, match="could not be loaded: broken.gguf is truncated"):
         host.load_sync(LoadSettings(str(broken)))
-    assert info.value.log_tail  # llama.cpp's own words come along
+    # A well-formed file llama.cpp cannot run: llama.cpp's own words come along
+    alien = tmp_path / "alien.gguf"
+    alien.write_bytes(tiny_model.read_bytes().replace(b"llama", b"zzzzz", 1))
+    with pytest.raises(EngineError, match="could not be loaded") as info:
+        host.load_sync(LoadSettings(str(alien)))
+    assert any("zzzzz" in line for line in info.value.log_tail), info.value.log_tail
     assert host.alive
     assert host.load_sync(LoadSettings(str(tiny_model), n_ctx=256)).n_ctx == 256
 

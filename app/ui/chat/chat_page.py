@@ -28,9 +28,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import memory, storage
+from app.core import load_stats, memory, storage, store_reads
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
+from app.core.load_stats import LoadRecord
 from app.core.settings import Settings
 from app.jobs.engine_client import EngineClient
 from app.jobs.task import Task
@@ -75,6 +76,7 @@ class ChatPage(QWidget):
     reply_finished = Signal(object)  # the stored storage.Message
     reply_ended = Signal(object)  # the session's Reply, saved or not
     model_loaded = Signal(object)  # Loaded
+    load_measured = Signal(object)  # app.core.load_stats.LoadRecord
     engine_error = Signal(str)
 
     def __init__(self, store: storage.Storage, engine: EngineClient, settings: Settings,
@@ -89,7 +91,8 @@ class ChatPage(QWidget):
         self.session = ChatSession(engine, store, self._default_sampling)
         self._reply_widget: MessageWidget | None = None  # the shown reply being written
         self._requested_model: str | None = None
-        self._load_choice = LoadChoice(settings.n_ctx, settings.n_gpu_layers, settings.threads)
+        self._load_choice = LoadChoice(settings.n_ctx, settings.n_gpu_layers, settings.threads,
+                                       settings.flash_attn, settings.kv_type)
 
         root = QHBoxLayout(self)
         root.setContentsMargins(0, 0, 0, 0)
@@ -204,16 +207,20 @@ class ChatPage(QWidget):
         if str(info.path) != self._requested_model:
             return  # another model was chosen meanwhile
         self.model_info = info
+        self.model_bar.model_info = info
         choice = self._load_choice
         n_ctx = min(choice.n_ctx, info.n_ctx_train or choice.n_ctx)
         if choice.gpu_layers != "auto":
             layers = int(choice.gpu_layers)
         elif self.profile is not None:
-            layers = memory.plan(info, self.profile, n_ctx=n_ctx).n_gpu_layers
+            layers = memory.plan(info, self.profile, n_ctx=n_ctx, kv_type=choice.kv_type,
+                                 flash_attn=choice.flash_attn != "off").n_gpu_layers
         else:
             layers = 0  # the hardware probe has not answered yet: the CPU is always there
+        kv = None if choice.kv_type == "f16" else choice.kv_type
         settings = LoadSettings(str(info.path), n_ctx=n_ctx, n_gpu_layers=layers,
-                                n_threads=choice.threads)
+                                n_threads=choice.threads, flash_attn=choice.flash_attn,
+                                type_k=kv, type_v=kv)
         try:
             self.engine.load(settings)
         except EngineError as exc:
@@ -230,6 +237,7 @@ class ChatPage(QWidget):
         self._load_choice = choice
         self.settings.n_ctx, self.settings.n_gpu_layers = choice.n_ctx, choice.gpu_layers
         self.settings.threads = choice.threads
+        self.settings.flash_attn, self.settings.kv_type = choice.flash_attn, choice.kv_type
         self.reload_model()
 
     def _loaded(self, loaded: Loaded) -> None:
@@ -240,6 +248,31 @@ class ChatPage(QWidget):
                                    f"loaded in {loaded.load_seconds:.1f} s")
         self.banner.hide()
         self.model_loaded.emit(loaded)
+        self._record_load(loaded)
+
+    def _record_load(self, loaded: Loaded) -> None:
+        """Keep the estimate against what this load measured (off the UI thread: it reads the
+        model's header and writes the database), for the Models and Hardware pages."""
+        features = self.profile.repacking_features if self.profile is not None else ()
+        kv_type = self._load_choice.kv_type
+
+        def record() -> LoadRecord:
+            return store_reads.read(lambda store: load_stats.record_loaded_model(
+                store, loaded.path, n_ctx=loaded.n_ctx, n_gpu_layers=loaded.n_gpu_layers,
+                measured_rss=loaded.rss_bytes - loaded.rss_before_bytes,
+                measured_gpu=loaded.gpu_bytes, cpu_features=features, kv_type=kv_type))
+
+        task = Task(record)
+        task.finished.connect(self._load_recorded)
+        task.failed.connect(self._load_not_recorded)
+        task.start()
+
+    def _load_recorded(self, record: LoadRecord) -> None:
+        self.model_bar.status.setToolTip(f"Memory of this load — {record.text()}")
+        self.load_measured.emit(record)
+
+    def _load_not_recorded(self, message: str) -> None:
+        log.warning("the load's memory could not be recorded: %s", message)
 
     def _load_failed(self, message: str) -> None:
         self.model_bar.show_status("Not loaded")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -19,27 +20,40 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core import memory
+from app.core.gguf_info import ModelInfo
+from app.core.units import format_bytes
 from app.ui.widgets import name_combo
 
 _OPEN = "__open__"
 
 
+KV_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTENTION = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class LoadChoice:
     """What the user chose for loading: context length, GPU layers ('auto' or a number),
-    threads (None: llama.cpp's default)."""
+    threads (None: llama.cpp's default), flash attention ('auto', 'on', 'off') and the KV
+    cache's type ('f16', 'q8_0', 'q4_0')."""
 
     n_ctx: int
     gpu_layers: str
     threads: int | None
+    flash_attn: str = "auto"
+    kv_type: str = "f16"
 
 
 class LoadSettingsDialog(QDialog):
-    """Context length, GPU layers (with "auto"), threads."""
+    """Context length, GPU layers (with "auto"), threads, flash attention, KV cache type;
+    with a model at hand, what each KV cache type takes at the chosen context."""
 
-    def __init__(self, choice: LoadChoice, parent: QWidget | None = None) -> None:
+    def __init__(self, choice: LoadChoice, parent: QWidget | None = None,
+                 model: ModelInfo | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Load settings")
+        self.model = model
         form = QFormLayout(self)
         self.n_ctx = QSpinBox()
         self.n_ctx.setRange(256, 1_048_576)
@@ -57,17 +71,55 @@ class LoadSettingsDialog(QDialog):
         self.threads.setSpecialValueText("auto")
         self.threads.setValue(choice.threads or 0)
         form.addRow("Threads", self.threads)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
-                                   | QDialogButtonBox.StandardButton.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        self.flash_attn = QComboBox()
+        self.flash_attn.addItems(FLASH_ATTENTION)
+        self.flash_attn.setCurrentText(choice.flash_attn)
+        self.flash_attn.setToolTip("auto: on where llama.cpp supports it (as its own tools "
+                                   "do). Saves the attention scores' memory at long contexts; "
+                                   "a quantized KV cache needs it.")
+        form.addRow("Flash attention", self.flash_attn)
+        self.kv_type = QComboBox()
+        self.kv_type.addItems(KV_TYPES)
+        self.kv_type.setCurrentText(choice.kv_type)
+        form.addRow("KV cache", self.kv_type)
+        self.kv_note = QLabel()
+        self.kv_note.setWordWrap(True)
+        self.kv_note.setObjectName("Muted")
+        form.addRow(self.kv_note)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                        | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        form.addRow(self.buttons)
+        for widget in (self.kv_type, self.flash_attn):
+            widget.currentTextChanged.connect(self._update_note)
+        self.n_ctx.valueChanged.connect(self._update_note)
+        self._update_note()
+
+    def _update_note(self) -> None:
+        """What each KV cache type takes for this model at this context, and whether the
+        choice can load (llama.cpp quantizes the V cache only with flash attention)."""
+        parts = []
+        if self.model is not None:
+            sizes = {t: memory.kv_cache_bytes(self.model, self.n_ctx.value(),
+                                              range(self.model.n_layers), t) for t in KV_TYPES}
+            parts.append("KV cache at this context: " + ", ".join(
+                f"{t} {format_bytes(size)}" for t, size in sizes.items()) + ".")
+        conflict = self.kv_type.currentText() != "f16" and self.flash_attn.currentText() == "off"
+        if conflict:
+            parts.append("A quantized KV cache needs flash attention: choose auto or on.")
+        ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        if ok is not None:
+            ok.setEnabled(not conflict)
+        self.kv_note.setText(" ".join(parts) or "q8_0 halves the KV cache at a very small "
+                             "quality cost; q4_0 quarters it and costs more.")
 
     def choice(self) -> LoadChoice:
         """The settings as edited."""
         layers = self.gpu_layers.value()
         return LoadChoice(self.n_ctx.value(), "auto" if layers == -2 else str(layers),
-                          self.threads.value() or None)
+                          self.threads.value() or None, self.flash_attn.currentText(),
+                          self.kv_type.currentText())
 
 
 class ModelBar(QWidget):
@@ -79,6 +131,7 @@ class ModelBar(QWidget):
     def __init__(self, choice: LoadChoice, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.choice = choice
+        self.model_info: ModelInfo | None = None  # the model being loaded, for the dialog
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 12, 8)
         layout.addWidget(QLabel("Model"))
@@ -128,7 +181,7 @@ class ModelBar(QWidget):
         self.model_chosen.emit(str(data))
 
     def _edit_settings(self) -> None:
-        dialog = LoadSettingsDialog(self.choice, self)
+        dialog = LoadSettingsDialog(self.choice, self, self.model_info)
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.choice = dialog.choice()
             self.settings_changed.emit(self.choice)

@@ -1,0 +1,169 @@
+"""The engine's generation on llama.cpp's C API, through the real model host child, checked
+against llama-cpp-python's own generation loop (an independent implementation over the same
+llama.cpp): greedy output, UTF-8 split across tokens, KV-cache reuse, stop strings, grammar."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.sampling import Sampling
+from app.engine.host import ModelHost
+from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
+
+GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=64)
+SEA = "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n"
+JAPANESE = "The Japanese word for cat is 猫. The Japanese word for dog is"
+
+
+@pytest.fixture(scope="module")
+def reference_llm(smollm2: Path):  # llama-cpp-python's Llama, loaded the engine's safe way
+    import llama_cpp
+    from llama_cpp import llama_cpp as low_level
+
+    from app.engine import load_params
+
+    defaults = low_level.llama_model_default_params
+    low_level.llama_model_default_params = lambda: load_params.apply(defaults())
+    try:
+        yield llama_cpp.Llama(str(smollm2), n_ctx=2048, n_threads=2, flash_attn=True,
+                              verbose=False)
+    finally:
+        low_level.llama_model_default_params = defaults
+
+
+@pytest.fixture
+def host(smollm2: Path) -> Iterator[ModelHost]:
+    h = ModelHost()
+    h.load_sync(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2, flash_attn="on"))
+    yield h
+    h.shutdown()
+
+
+def _complete(host: ModelHost, prompt: str, sampling: Sampling = GREEDY
+              ) -> tuple[list[str], ReplyDone]:
+    events = list(host.chat_stream((), sampling, prompt=prompt))
+    done = events[-1]
+    assert isinstance(done, ReplyDone)
+    return [e.text for e in events if isinstance(e, Token)], done
+
+
+def test_greedy_output_is_llama_cpp_pythons_for_64_tokens(host: ModelHost, reference_llm
+                                                          ) -> None:
+    pieces, done = _complete(host, SEA)
+    expected = reference_llm.create_completion(SEA, max_tokens=64, temperature=0.0,
+                                               repeat_penalty=1.0)["choices"][0]["text"]
+    assert done.metrics.generated_tokens == 64 and done.finish_reason == "length"
+    assert done.text == expected and "".join(pieces) == expected
+
+
+def test_characters_split_across_tokens_arrive_whole(host: ModelHost, reference_llm) -> None:
+    pieces, done = _complete(host, JAPANESE)
+    expected = reference_llm.create_completion(JAPANESE, max_tokens=64, temperature=0.0,
+                                               repeat_penalty=1.0)["choices"][0]["text"]
+    assert done.text == expected == "".join(pieces)
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert any("\u3040" <= ch <= "\u30ff" for ch in done.text)  # kana came out
+    # ... and some of them were made of tokens that are not whole characters on their own
+    vocab_tokens = reference_llm.tokenize(done.text.encode(), add_bos=False, special=False)
+    partial = 0
+    for token in vocab_tokens:
+        try:
+            reference_llm.detokenize([token]).decode("utf-8")
+        except UnicodeDecodeError:
+            partial += 1
+    assert partial >= 2
+
+
+def test_a_regenerated_reply_reuses_the_prompt_and_equals_the_first(host: ModelHost) -> None:
+    first = [ChatMessage("user", "Name three colours.")]
+    reply = list(host.chat_stream(first, GREEDY))[-1]
+    again = list(host.chat_stream(first, GREEDY))[-1]
+    assert isinstance(reply, ReplyDone) and isinstance(again, ReplyDone)
+    assert reply.metrics.cached_tokens == 0
+    # every prompt token but the last came from the cache; the reply is token for token the same
+    assert again.metrics.cached_tokens == again.metrics.prompt_tokens - 1
+    assert again.text == reply.text
+
+
+def test_the_next_turn_decodes_only_the_new_tokens_and_stays_close_to_a_fresh_evaluation(
+        host: ModelHost, smollm2: Path) -> None:
+    first = [ChatMessage("user", "Name three colours.")]
+    reply = list(host.chat_stream(first, GREEDY))[-1]
+    assert isinstance(reply, ReplyDone)
+    second = [*first, ChatMessage("assistant", reply.text),
+              ChatMessage("user", "And three animals?")]
+    reused = list(host.chat_stream(second, GREEDY))[-1]
+    assert isinstance(reused, ReplyDone)
+    # the history, the first reply included, was not decoded again
+    assert reused.metrics.cached_tokens >= reply.metrics.prompt_tokens + 16
+    # The cached reply's keys and values were computed a token at a time while it was written;
+    # a fresh evaluation computes them in one batch, and llama.cpp's results depend on the
+    # batching in the last bits (llama-server's prompt cache shares this). The next-token
+    # distribution must stay within a small KL divergence of the fresh one, same top token.
+    import numpy as np
+
+    from app.core import chat_template
+    from app.core.gguf_info import read_model_info
+    from app.engine.generation import Generator
+
+    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2))
+    try:
+        template = read_model_info(smollm2).chat_template
+        render = lambda ms: chat_template.render(  # noqa: E731
+            template, [chat_template.Message(m.role, m.content) for m in ms],
+            bos_token=gen.token_text(gen.bos), eos_token=gen.token_text(gen.eos))
+        gen.generate(gen.tokenize(render(first)), GREEDY, on_text=lambda _t: True)
+        tokens = gen.tokenize(render(second))
+
+        def next_token_logprobs() -> np.ndarray:
+            import llama_cpp
+
+            raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(gen.ctx, -1),
+                                        shape=(gen.n_vocab,)).astype(np.float64)
+            return raw - raw.max() - np.log(np.exp(raw - raw.max()).sum())
+
+        kept = gen._reuse(tokens)
+        gen._decode(tokens[kept:], kept)
+        reused_lp = next_token_logprobs()
+        gen.reset()
+        gen._decode(tokens, 0)
+        fresh_lp = next_token_logprobs()
+    finally:
+        gen.close()
+    assert kept == reused.metrics.cached_tokens
+    kld = float(np.sum(np.exp(fresh_lp) * (fresh_lp - reused_lp)))
+    assert kld < 0.05 and reused_lp.argmax() == fresh_lp.argmax()
+
+
+def test_a_stop_string_ends_the_reply_and_is_never_streamed(host: ModelHost) -> None:
+    free, _ = _complete(host, SEA)
+    text = "".join(free)
+    stop = text[20:26]  # a string the reply is known to contain
+    assert stop.strip()
+    pieces, done = _complete(host, SEA, Sampling(temperature=0.0, repeat_penalty=1.0,
+                                                 max_tokens=64, stop=(stop,)))
+    assert done.finish_reason == "stop"
+    assert done.text == text[:text.index(stop)] == "".join(pieces)
+
+
+def test_a_grammar_makes_the_reply_json(host: ModelHost) -> None:
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    prompt = ("<|im_start|>user\nDescribe a cat as JSON with keys name and age.<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    _, done = _complete(host, prompt, Sampling(temperature=0.0, max_tokens=80,
+                                               grammar=JSON_GBNF))
+    assert done.finish_reason == "stop", done.text
+    assert isinstance(json.loads(done.text), dict)
+
+
+def test_sampling_with_a_seed_repeats(host: ModelHost) -> None:
+    sampling = Sampling(temperature=0.9, max_tokens=24, seed=1234)
+    _, a = _complete(host, SEA, sampling)
+    _, b = _complete(host, SEA, sampling)
+    _, c = _complete(host, SEA, Sampling(temperature=0.9, max_tokens=24, seed=4321))
+    assert a.text == b.text != c.text
