@@ -1,136 +1,104 @@
-"""Generation and prompt speed through the engine (child process, tokens streamed to the parent)
-against llama-cpp-python called directly in this process: same model, threads, prompts, 128
-generated tokens, median of 5 (interleaved, after one warm-up each).
+"""Chat speed through the engine against llama-bench, in the same run, on the same model, threads
+and flash-attention setting (auto, both sides).
 
-Speeds are what the *caller* sees: prompt tok/s = prompt tokens / time to first token;
-generation tok/s = (tokens - 1) / (last token time - first token time). So the engine's cost
-(pickling, the pipe, the parent's reads) is inside the numbers. Target: ratio ≥ 0.97 for both.
+QuantDesk's numbers are what the caller of the engine sees (the child process, the pipe, the
+parent's reads included): prompt tok/s = prompt tokens / time to the first token; generation
+tok/s = (tokens - 1) / (last token's arrival - first token's). Prompts are raw text that starts
+with a different word each run, so no run reuses another's cached tokens. llama-bench measures
+pp512 (a 512-token prompt) and tg128 at the depth of our prompt (``-d``: 128 tokens generated
+after that many tokens of context), median of its repetitions. Targets (issue 17): generation
+≥ 0.95x and prompt ≥ 0.90x llama-bench, on SmolLM2 Q4_K_M and Q8_0.
 
-    .venv/bin/python -m bench.generation [--model FILE] [--threads N] [--reps 5]
+    QUANTDESK_LLAMA_TOOLS=… .venv/bin/python -m bench.generation [--threads 2] [--reps 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from app.core import chat_template
-from app.core.embedded import embedded_model_path
-from app.engine import llama_log, load_params
+from app.core.sampling import Sampling
 from app.engine.host import ModelHost
-from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling, Token
+from app.engine.protocol import LoadSettings, ReplyDone, Token
+from bench._llama_tools import quantized, run_timed, tool
 
 TEXT = ("The history of computing is a story of abstraction. Each generation of engineers "
         "built tools that hid the details of the layer below, so that the next could think in "
-        "larger pieces. ") * 12
+        "larger pieces. ")
 N_GEN = 128
-SAMPLING = Sampling(temperature=0.0, max_tokens=N_GEN, ignore_eos=True)
+SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=N_GEN, ignore_eos=True)
 
 
-def prompts(n: int) -> list[str]:
-    """Distinct first words, so no run reuses another's cached prompt."""
-    return [f"Run {i}. Summarise this: {TEXT}" for i in range(n)]
+def prompt(i: int, target_tokens: int) -> str:
+    """Run i's prompt: about ``target_tokens`` tokens, starting with a word no other run has."""
+    words = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India",
+             "Juliet", "Kilo", "Lima")
+    return f"{words[i % len(words)]}. " + TEXT * max(1, target_tokens // 28)
 
 
-def timed(stream: Iterator[float], started: float) -> tuple[float, float, int]:
-    """(time to first token, generation span, tokens) from a stream of arrival times."""
-    times = list(stream)
-    return times[0] - started, times[-1] - times[0], len(times)
-
-
-def direct_run(llm: object, prompt: str, n_prompt: int,
-               eog: list[int]) -> tuple[float, float, float]:
-    import llama_cpp
-
-    ctx = llm._ctx.ctx  # type: ignore[attr-defined]
-    llama_cpp.llama_perf_context_reset(ctx)
-
-    def arrivals() -> Iterator[float]:
-        for chunk in llm.create_completion(  # type: ignore[attr-defined]
-                prompt, max_tokens=N_GEN, temperature=SAMPLING.temperature,
-                top_p=SAMPLING.top_p, top_k=SAMPLING.top_k, min_p=SAMPLING.min_p,
-                repeat_penalty=SAMPLING.repeat_penalty, stream=True,
-                logit_bias={t: float("-inf") for t in eog}):
-            if chunk["choices"][0]["text"]:
-                yield time.perf_counter()
-
+def engine_run(host: ModelHost, text: str) -> tuple[int, float, float]:
+    """(prompt tokens, prompt tok/s, generation tok/s) as the caller sees them."""
+    arrivals: list[float] = []
     start = time.perf_counter()
-    ttft, span, n = timed(arrivals(), start)
-    perf = llama_cpp.llama_perf_context(ctx)
-    return n_prompt / ttft, (n - 1) / span, perf.n_eval * 1000.0 / perf.t_eval_ms
+    done = None
+    for event in host.chat_stream((), SAMPLING, prompt=text):
+        if isinstance(event, Token) and event.text:
+            arrivals.append(time.perf_counter())
+        elif isinstance(event, ReplyDone):
+            done = event
+    assert done is not None and done.metrics.generated_tokens == N_GEN, done
+    assert done.metrics.cached_tokens == 0  # a fresh prompt each run
+    n_prompt = done.metrics.prompt_tokens
+    return (n_prompt, n_prompt / (arrivals[0] - start),
+            (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
 
 
-def engine_run(host: ModelHost, text: str, n_prompt: int) -> tuple[float, float, float]:
-    decode = [0.0]
-
-    def arrivals() -> Iterator[float]:
-        for event in host.chat_stream([ChatMessage("user", text)], SAMPLING):
-            if isinstance(event, Token) and event.text:
-                yield time.perf_counter()
-            elif isinstance(event, ReplyDone):
-                assert event.metrics.generated_tokens == N_GEN, event.metrics
-                decode[0] = event.metrics.generation_tokens_per_second
-
-    start = time.perf_counter()
-    ttft, span, n = timed(arrivals(), start)
-    return n_prompt / ttft, (n - 1) / span, decode[0]
+def llama_bench(model: Path, threads: int, depth: int, reps: int) -> tuple[float, float] | None:
+    """(pp512, tg128 at ``depth``) tokens/s from llama-bench, or None without the tool."""
+    exe = tool("llama-bench")
+    if exe is None:
+        return None
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+                        "-p", "512", "-n", "0", "-r", str(reps), "-o", "json"])
+    pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+                        "-p", "0", "-n", str(N_GEN), "-d", str(depth), "-r", str(reps),
+                        "-o", "json"])
+    tg = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
+    return float(pp), float(tg)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=embedded_model_path())
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
     args = parser.parse_args()
-    import llama_cpp
-
-    llama_log.install()
-    settings = LoadSettings(str(args.model), n_ctx=2048, n_threads=args.threads)
-    # the in-process baseline loads with the engine's safe parameters too (app.engine.load_params)
-    from llama_cpp import llama_cpp as low_level
-
-    defaults = low_level.llama_model_default_params
-    low_level.llama_model_default_params = lambda: load_params.apply(defaults())
-    llm = llama_cpp.Llama(str(args.model), n_ctx=2048, n_threads=args.threads,
-                          n_threads_batch=args.threads, n_batch=512, n_ubatch=512,
-                          verbose=True)
-    vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
-    eog = [t for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
-           if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    template = llm.metadata.get("tokenizer.chat_template")
-    host = ModelHost()
-    host.load_sync(settings)
-
-    texts = prompts(args.reps + 1)
-    rendered = [chat_template.render(template, [chat_template.Message("user", t)])
-                for t in texts]
-    n_prompts = [len(llm.tokenize(r.encode(), add_bos=True, special=True)) for r in rendered]
-    results: dict[str, list[tuple[float, float, float]]] = {"direct": [], "engine": []}
-    for i, (text, prompt, n_prompt) in enumerate(zip(texts, rendered, n_prompts, strict=True)):
-        d = direct_run(llm, prompt, n_prompt, eog)
-        e = engine_run(host, text, n_prompt)
-        if i > 0:  # the first pair is the warm-up
-            results["direct"].append(d)
-            results["engine"].append(e)
-    host.shutdown()
-
-    def med(path: str, k: int) -> float:
-        return statistics.median(r[k] for r in results[path])
-
-    print(f"model: {args.model.name}, threads {args.threads}, prompt {n_prompts[1]} tokens, "
-          f"{N_GEN} generated, median of {args.reps}")
-    print("| path | prompt tok/s | generation tok/s | llama.cpp decode tok/s |\n"
-          "|---|---:|---:|---:|")
-    for path in ("direct", "engine"):
-        print(f"| {path} (llama-cpp-python {'in process' if path == 'direct' else 'child'}) "
-              f"| {med(path, 0):.1f} | {med(path, 1):.1f} | {med(path, 2):.1f} |")
-    print("| ratio engine/direct | " + " | ".join(
-        f"{med('engine', k) / med('direct', k):.3f}" for k in range(3)) + " |")
-    print("(prompt and generation: as the caller sees them; decode: llama.cpp's own timer)")
+    print(f"threads {args.threads}, {N_GEN} tokens generated, median of {args.reps}; "
+          "flash attention auto on both sides\n")
+    print("| model | prompt tokens | QuantDesk prompt tok/s | llama-bench pp512 | ratio | "
+          "QuantDesk generation tok/s | llama-bench tg128 @depth | ratio |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    for quant in ("Q4_K_M", "Q8_0"):
+        model = quantized(quant)
+        host = ModelHost()
+        host.load_sync(LoadSettings(str(model), n_ctx=2048, n_threads=args.threads))
+        runs = [engine_run(host, prompt(i, args.prompt_tokens)) for i in range(args.reps + 1)]
+        host.shutdown()
+        runs = runs[1:]  # the first is the warm-up
+        n_prompt = runs[0][0]
+        pp = statistics.median(r[1] for r in runs)
+        tg = statistics.median(r[2] for r in runs)
+        base = llama_bench(model, args.threads, n_prompt, args.reps)
+        if base is None:
+            print(f"| SmolLM2 {quant} | {n_prompt} | {pp:.1f} | – | – | {tg:.1f} | – | – |")
+            continue
+        print(f"| SmolLM2 {quant} | {n_prompt} | {pp:.1f} | {base[0]:.1f} | "
+              f"**{pp / base[0]:.3f}** | {tg:.1f} | {base[1]:.1f} | **{tg / base[1]:.3f}** |")
 
 
 if __name__ == "__main__":

@@ -85,32 +85,49 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, float]
 def child(model: str, max_tokens: int) -> None:
     """Measure one model in this (fresh) process and print the result as JSON."""
     app = QApplication.instance() or QApplication([])
-    if model == "tiny":
-        path = write_tiny_llama(Path(tempfile.mkdtemp()) / "tiny.gguf", n_ctx=4096)
-    else:
-        path = Path(model)
-    print(json.dumps(measure(app, path, max_tokens)), flush=True)
+    print(json.dumps(measure(app, Path(model), max_tokens)), flush=True)
     os._exit(0)  # skip interpreter teardown: nothing left to save
+
+
+def llama_decode_rate(model: Path, tokens: int, depth: int) -> float | None:
+    """llama.cpp's own generation rate (llama-bench tg of ``tokens`` after ``depth`` tokens of
+    context, median of 3), or None without the tool."""
+    from bench._llama_tools import run_timed, tool
+
+    exe = tool("llama-bench")
+    if exe is None:
+        return None
+    _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", "auto", "-p", "0",
+                        "-n", str(tokens), "-d", str(depth), "-r", "3", "-o", "json"])
+    return float(json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"])
 
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(sys.argv[2], int(sys.argv[3]))
-    runs = [("tiny (random weights)", "tiny", 3000)]
+    tiny = write_tiny_llama(Path(tempfile.mkdtemp()) / "tiny.gguf", n_ctx=4096)
+    runs = [("tiny (random weights)", tiny, 3000)]
     smol = embedded_model_path()
     if smol is not None:
-        runs.append(("SmolLM2-135M Q4_1", str(smol), 400))
+        runs.append(("SmolLM2-135M Q4_1", smol, 400))
     rows = []
     for name, model, max_tokens in runs:
-        out = subprocess.run([sys.executable, "-m", "bench.ui_responsiveness", "--child", model,
-                              str(max_tokens)], capture_output=True, text=True, check=True)
-        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
+        out = subprocess.run([sys.executable, "-m", "bench.ui_responsiveness", "--child",
+                              str(model), str(max_tokens)], capture_output=True, text=True,
+                             check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        # the prompt is the template around one short message: ~30-60 tokens of depth
+        result["llama"] = llama_decode_rate(model, max_tokens, 48)
+        rows.append((name, result))
     print(f"heartbeat every {BEAT_MS} ms while a reply streams; stall = lateness of a beat")
-    print("| model | tokens | tok/s seen by the UI | llama.cpp decode tok/s | GUI CPU "
-          "| median stall ms | p99 stall ms | max stall ms |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | tokens | tok/s seen by the UI | llama-bench tg (same length) | ratio "
+          "| engine decode tok/s | GUI CPU | median stall ms | p99 stall ms | max stall ms |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
-        print(f"| {name} | {r['tokens']:.0f} | {r['tok/s']:.0f} | {r['decode']:.0f} "
+        base = r["llama"]
+        ratio = f"**{r['tok/s'] / base:.2f}**" if base else "–"
+        print(f"| {name} | {r['tokens']:.0f} | {r['tok/s']:.0f} | "
+              f"{f'{base:.0f}' if base else '–'} | {ratio} | {r['decode']:.0f} "
               f"| {r['gui_cpu']:.0%} | {r['median_stall_ms']:.1f} | {r['p99_stall_ms']:.1f} "
               f"| {r['max_stall_ms']:.1f} |")
 

@@ -151,7 +151,7 @@ def test_broken_model_fails_clearly_and_host_survives(host: ModelHost, tiny_mode
     # A damaged file is refused by QuantDesk's header check before llama.cpp reads it
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_model.read_bytes()[: 200_000])
-    with pytest.raises(EngineError, match="could not be loaded: broken.gguf is truncated"):
+    with pytest.raises(EngineError, match=r"could not be loaded: broken\.gguf is truncated"):
         host.load_sync(LoadSettings(str(broken)))
     # A well-formed file llama.cpp cannot run: llama.cpp's own words come along
     alien = tmp_path / "alien.gguf"
