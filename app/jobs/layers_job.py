@@ -15,7 +15,7 @@ from app.engine.layers import BLOCK, MAX_VALUES, LayerReport, TensorDetail, Tens
 from app.jobs.engine_job import EngineJob
 
 __all__ = ["BLOCK", "MAX_VALUES", "LayerReport", "Progress", "TensorDetail", "TensorError",
-           "detail_job", "errors_job"]
+           "detail_job", "errors_job", "sensitivity_job"]
 
 
 def errors_job(reference: Path, candidate: Path, max_values: int,
@@ -34,3 +34,15 @@ def detail_job(reference: Path, candidate: Path, name: str, max_values: int,
         yield layers.tensor_detail(reference, candidate, name, max_values)
 
     return EngineJob(run, (layers.LayerCancelled,), parent)
+
+
+def sensitivity_job(reference: Path, imatrix: Path | None,
+                    parent: QObject | None = None) -> EngineJob:
+    """Progress events, then the proxy SensitivityTable of ``reference`` (an F16/BF16/F32
+    GGUF), weighted by ``imatrix`` when given (``app.engine.sensitivity.proxy``)."""
+    from app.engine import sensitivity
+
+    def run(cancel: Callable[[], bool]) -> Iterator[Any]:
+        yield from sensitivity.proxy(reference, imatrix, cancel=cancel)
+
+    return EngineJob(run, (sensitivity.SensitivityCancelled,), parent)

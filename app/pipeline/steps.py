@@ -405,6 +405,9 @@ class Summary(Kind):
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Dequantize(), Convert(), Download(), Checkpoint(), Imatrix(), Quantize(),
     EvaluateReference(), Evaluate(), Summary())}
+# The auto mix's kinds subclass Kind: its module adds them to KINDS when imported, which works
+# whichever of the two modules is imported first.
+import app.pipeline.automix  # noqa: E402, F401
 
 
 def cancelled_errors() -> tuple[type[BaseException], ...]:

@@ -26,9 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.automix import SensitivityTable
 from app.jobs import layers_job as layers
 from app.jobs.engine_job import EngineJob
 from app.jobs.layers_job import Progress
+from app.pipeline import automix
 from app.ui.widgets import name_combo, text_label
 
 # Viridis, sampled: perceptually even, readable in grey, kind to colour-blind eyes.
@@ -69,13 +71,40 @@ class Heatmap(QWidget):
         self.kinds: list[str] = []
         self.values = np.zeros((0, 0))
         self.by_cell: dict[tuple[int, int], layers.TensorError] = {}
+        self.tips: dict[tuple[int, int], str] = {}  # the sensitivity's tooltips
+        self.legend = "relative error"
         self.top = 1.0
         self.selected: tuple[int, int] | None = None
+
+    def show_sensitivity(self, table: SensitivityTable) -> None:
+        """The predicted KL divergence each block tensor adds when it alone drops to its
+        probe type (about 3.4 bits): where an auto mix spends its bits."""
+        self.report = None
+        self.selected = None
+        self.by_cell.clear()
+        self.layer_ids, self.kinds, grid = table.grid()
+        self.values = np.array(grid, dtype=float).reshape(len(self.layer_ids), len(self.kinds))
+        by_name = {(t.layer, t.kind): t for t in table.tensors if t.layer is not None}
+        self.tips = {}
+        for i, layer in enumerate(self.layer_ids):
+            for j, kind in enumerate(self.kinds):
+                t = by_name.get((layer, kind))
+                if t is not None:
+                    probe = table.probe_type(t)
+                    self.tips[(i, j)] = (
+                        f"{t.name}\npredicted KLD at {probe}: {t.loss(probe):.3g}\n"
+                        f"relative error at {probe}: {percent(t.relative(probe))}"
+                        + (f"\nmeasured group: {t.group}" if t.group else ""))
+        self.legend = "predicted KLD" + (
+            " (measured gains)" if table.measure != "proxy" else " (proxy)")
+        self._rescale()
 
     def show_report(self, report: layers.LayerReport | None) -> None:
         self.report = report
         self.selected = None
         self.by_cell.clear()
+        self.tips = {}
+        self.legend = "relative error"
         if report is None:
             self.layer_ids, self.kinds, self.values = [], [], np.zeros((0, 0))
         else:
@@ -85,6 +114,9 @@ class Heatmap(QWidget):
             for t in report.tensors:
                 if t.layer is not None:
                     self.by_cell[(row[t.layer], col[t.kind])] = t
+        self._rescale()
+
+    def _rescale(self) -> None:
         finite = self.values[np.isfinite(self.values)]
         self.top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         self.update()
@@ -141,10 +173,14 @@ class Heatmap(QWidget):
                                     legend.width() / 60 + 1, legend.height()), ramp(k / 59))
         painter.drawText(QRectF(legend.right() + 6, legend.top() - 4, 260, 18),
                          Qt.AlignmentFlag.AlignLeft,
-                         f"0 … {percent(self.top)} relative error")
+                         f"0 … {percent(self.top)} {self.legend}"
+                         if self.legend == "relative error" else
+                         f"0 … {self.top:.3g} {self.legend}")
 
     def tooltip_at(self, x: float, y: float) -> str:
         cell = self.cell_at(x, y)
+        if cell in self.tips:
+            return self.tips[cell]
         tensor = self.by_cell.get(cell) if cell else None
         if tensor is None:
             return ""
@@ -223,6 +259,14 @@ class LayerView(QWidget):
         top.addWidget(text_label("Variant:"))
         top.addWidget(self.candidate, 1)
         top.addWidget(self.analyze_button)
+        self.sensitivity_button = QPushButton("Sensitivity")
+        self.sensitivity_button.setToolTip(
+            "How much each tensor of the reference matters: the quantization error its output "
+            "gets at about 3.4 bits, weighted by the importance matrix, as a predicted KL "
+            "divergence (measured gains when an auto mix run measured them). No model run.")
+        self.sensitivity_button.clicked.connect(self.sensitivity)
+        self.sensitivity_button.setEnabled(False)
+        top.addWidget(self.sensitivity_button)
         top.addWidget(self.cancel_button)
         top.addWidget(self.progress)
         layout.addLayout(top)
@@ -260,7 +304,52 @@ class LayerView(QWidget):
         for label, path in candidates:
             self.candidate.addItem(label, path)
         self.analyze_button.setEnabled(bool(candidates))
+        self.sensitivity_button.setEnabled(self.reference is not None)
         self._show_report(None)
+
+    def sensitivity(self) -> None:
+        """The reference's sensitivity heatmap: a table an auto-mix run saved beside it, else
+        the proxy computed now (with the importance matrix beside it, if any)."""
+        if self.reference is None or (self.job and self.job.running):
+            return
+        reference = self.reference
+        saved = automix.saved_table(reference)
+        if saved is not None:
+            self._show_sensitivity(saved)
+            return
+        imatrix = automix.imatrix_beside(reference)
+        self.job = layers.sensitivity_job(reference, imatrix, self)
+        self.job.progress.connect(self._on_progress)
+        self.job.finished.connect(self._on_sensitivity)
+        self.job.failed.connect(lambda m: self._stopped(f"Could not measure: {m}"))
+        self.job.cancelled.connect(lambda: self._stopped("Cancelled."))
+        self.analyze_button.setEnabled(False)
+        self.sensitivity_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Quantizing every tensor of {reference.name} at each candidate "
+                            "type (sampled rows)…")
+        self.job.start()
+
+    def _on_sensitivity(self, result: object) -> None:
+        self.analyze_button.setEnabled(True)
+        self.sensitivity_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if isinstance(result, SensitivityTable):
+            self._show_sensitivity(result)
+
+    def _show_sensitivity(self, table: SensitivityTable) -> None:
+        self._show_report(None)
+        self.heatmap.show_sensitivity(table)
+        weighted = "weighted by its importance matrix" if table.imatrix else \
+            "unweighted (no importance matrix beside the reference)"
+        how = {"proxy": "the proxy (no model run)"}.get(
+            table.measure, f"the proxy with gains measured on the calibration text "
+                           f"({table.measure})")
+        self.status.setText(f"Sensitivity of {table.model} by {how}, {weighted}. Brighter: "
+                            "the tensor costs more quality per bit taken away; an auto mix "
+                            "gives it more bits.")
+        self.outside.setText("Outside the blocks: " + ", ".join(
+            f"{name} {value:.3g}" for name, value in table.outside_blocks()))
 
     def analyze(self) -> None:
         path = self.candidate.currentData()
@@ -295,6 +384,7 @@ class LayerView(QWidget):
 
     def _stopped(self, message: str) -> None:
         self.analyze_button.setEnabled(True)
+        self.sensitivity_button.setEnabled(self.reference is not None)
         self.cancel_button.setEnabled(False)
         self.status.setText(message)
 

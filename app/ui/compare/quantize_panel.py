@@ -33,10 +33,11 @@ from app.core.storage import Storage
 from app.core.units import format_duration
 from app.jobs.pipeline_job import PipelineJob
 from app.jobs.task import Task
+from app.pipeline import automix, plans, wizard
 from app.pipeline import events as ev
-from app.pipeline import plans, wizard
 from app.pipeline.events import PipelineError
 from app.pipeline.texts import TextSource
+from app.ui.automix_choice import AutomixChoice
 from app.ui.widgets import Card, text_label
 
 TARGETS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_XS")
@@ -53,6 +54,8 @@ class QuantizePanel(QWidget):
         super().__init__(parent)
         self.store = store
         self.job: PipelineJob | None = None
+        self.run_id = 0
+        self.mix_stock: str | None = None
         self.outputs: list[Path] = []
         self.reference: Path | None = None
         layout = QVBoxLayout(self)
@@ -92,6 +95,8 @@ class QuantizePanel(QWidget):
         self.keep_sensitive.setToolTip("Mixed precision: the layers most hurt by quantization "
                                        "keep more bits; the file grows a little.")
         targets.body.addWidget(self.keep_sensitive)
+        self.automix = AutomixChoice()
+        targets.body.addWidget(self.automix)
         layout.addWidget(targets)
 
         calib = Card("3. Calibration (importance matrix)")
@@ -191,8 +196,10 @@ class QuantizePanel(QWidget):
         overrides = (("attn_v", "Q6_K"), ("ffn_down", "Q6_K")) if (
             self.keep_sensitive.isChecked()) else ()
         if source.is_dir():
-            return plans.quantize_plan(source, types, out_dir, calibration=self._calibration(),
+            plan = plans.quantize_plan(source, types, out_dir, calibration=self._calibration(),
                                        overrides=overrides)
+            chosen = self.automix.chosen()
+            return automix.with_automix(plan, *chosen) if chosen else plan
         found = wizard.from_gguf(source)
         steps: list[plans.StepSpec] = []
         if found.quantized:
@@ -208,15 +215,17 @@ class QuantizePanel(QWidget):
             source = reference
         plan = plans.quantize_plan(source, types, out_dir, calibration=self._calibration(),
                                    overrides=overrides)
-        return plans.RunPlan(plan.kind, plan.title, (*steps, *plan.steps), plan.options)
+        plan = plans.RunPlan(plan.kind, plan.title, (*steps, *plan.steps), plan.options)
+        chosen = self.automix.chosen()
+        return automix.with_automix(plan, *chosen) if chosen else plan
 
     def start(self) -> None:
         source = Path(self.source.text().strip())
         if not self.source.text().strip() or not source.exists():
             self.status.setText("Choose a source model first: a GGUF file or a model folder.")
             return
-        if not self.selected_types():
-            self.status.setText("Tick at least one type to make.")
+        if not self.selected_types() and self.automix.chosen() is None:
+            self.status.setText("Tick at least one type to make, or the auto mix.")
             return
         self.outputs = []
         self.results.clear()
@@ -227,7 +236,9 @@ class QuantizePanel(QWidget):
             return
         self.reference = next((Path(s.params["source"]) for s in plan.steps
                                if s.kind == "quantize"), None)
-        self.job = PipelineJob(plans.create(self.store, plan), self)
+        self.run_id = plans.create(self.store, plan)
+        self.mix_stock = (plan.options.get("automix") or {}).get("stock")
+        self.job = PipelineJob(self.run_id, self)
         self.job.progress.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.job.failed.connect(self._on_failed)
@@ -259,7 +270,7 @@ class QuantizePanel(QWidget):
     def _finished_step(self, event: ev.StepFinished) -> None:
         out = event.outputs
         how = "made earlier, reused" if event.reused else f"{event.seconds:.1f} s"
-        if event.key.startswith("quantize:"):
+        if event.key.startswith("quantize:") or event.key == "automix:quantize":
             self.outputs.append(Path(out["path"]))
             self.results.addItem(f"✓ {out['quant']}: {Path(out['path']).name} "
                                  f"({out['size'] / 2**20:,.1f} MiB, {how})")
@@ -267,12 +278,27 @@ class QuantizePanel(QWidget):
             self.results.addItem(f"✓ importance matrix from {out['tokens']:,} tokens ({how})")
         elif event.key in ("convert", "reference"):
             self.results.addItem(f"✓ reference {Path(out['path']).name} ({how})")
+        elif event.key == "automix:allocate":
+            self.results.addItem(f"✓ auto mix recipe, {out['bits_per_weight']:.2f} bits per "
+                                 f"weight: {'; '.join(out['rules'][:4])}"
+                                 f"{' …' if len(out['rules']) > 4 else ''} ({how})")
+        elif event.key == "summary":
+            self.results.addItem("✓ the auto mix evaluated beside the stock type")
 
     def _on_finished(self, _last: object) -> None:
         self._set_running(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.status.setText(f"Done: {len(self.outputs)} files in {self.out_dir.text()}.")
+        if self.mix_stock:
+            try:
+                found = automix.result(self.store, self.run_id, self.mix_stock)
+            except PipelineError as exc:
+                self.results.addItem(f"⚠ {exc}")
+            else:
+                self.results.addItem(found.verdict())
+                self.results.addItem("As llama-quantize arguments: "
+                                     + found.recipe.command_line(imatrix="IMATRIX.gguf"))
         self.compare_button.setEnabled(bool(self.outputs) and self.reference is not None)
 
     def _on_failed(self, message: str) -> None:
@@ -292,3 +318,4 @@ class QuantizePanel(QWidget):
         """Cancel a running quantization (the window closes)."""
         if self.job is not None and self.job.running:
             self.job.cancel()
+

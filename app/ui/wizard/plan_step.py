@@ -39,6 +39,7 @@ from app.pipeline.events import PipelineError
 from app.pipeline.steps import Rates
 from app.pipeline.texts import TextSource
 from app.pipeline.wizard import Source, Timing, TypeOption
+from app.ui.automix_choice import AutomixChoice
 from app.ui.widgets import Card, set_role, text_label
 
 COLUMNS = ("", "Type", "Size", "Bits/weight", "Memory", "Fits", "Expected speed",
@@ -146,11 +147,16 @@ class PlanStep(QWidget):
         budget_row.addWidget(self.budget)
         budget_row.addStretch()
         options.body.addLayout(budget_row)
+        self.automix = AutomixChoice()
+        self.automix.setToolTip("Adds an auto mix at the chosen size to the run, evaluated "
+                                "beside that stock type (made too if it is not ticked).")
+        options.body.addWidget(self.automix)
         layout.addWidget(options)
 
         self.summary = text_label("")
         layout.addWidget(self.summary)
         self.lengths.idClicked.connect(lambda _i: self._update_summary())
+        self.automix.changed.connect(self._update_summary)
         self.imatrix.toggled.connect(lambda _on: self.recompute())
         self.context.currentIndexChanged.connect(lambda _i: self.recompute())
 
@@ -304,9 +310,12 @@ class PlanStep(QWidget):
         total = self.timing.total(self.length(), imatrix)
         enough = needed <= free
         set_role(self.summary, "" if enough else "Warning")
+        mix = self.automix.chosen()
         self.summary.setText(
             f"{len(ticked)} types · writes about {format_bytes(needed)} to {out_dir} "
             f"({format_bytes(free)} free) · about {format_duration(total)} on this machine"
+            + (f" · plus an auto mix at {mix[0].label} ({mix[1]}; not in these estimates)"
+               if mix else "")
             + ("" if enough else " — not enough free disk space: untick some types or free "
                "space first."))
         self.ready.emit(bool(ticked) and enough)

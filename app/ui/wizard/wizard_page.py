@@ -14,8 +14,8 @@ from app.core.hardware import HardwareProfile
 from app.core.runs import RunStore
 from app.core.settings import Settings
 from app.core.storage import Storage
+from app.pipeline import automix, plans, wizard
 from app.pipeline import events as ev
-from app.pipeline import plans, wizard
 from app.pipeline.events import PipelineError
 from app.pipeline.wizard import Source
 from app.ui.widgets import page_title, set_role, text_label
@@ -148,6 +148,9 @@ class WizardPage(QWidget):
         """Store the planned run and start it."""
         try:
             plan = wizard.wizard_plan(self.plan_step.choice())
+            mix = self.plan_step.automix.chosen()
+            if mix is not None:
+                plan = automix.with_automix(plan, *mix)
         except PipelineError as exc:
             self.message.setText(str(exc))
             return
