@@ -102,6 +102,32 @@ class BackendDevice:
 
 
 @dataclass(frozen=True)
+class RemoteDevice:
+    """A device another machine lends through llama.cpp's RPC server, as llama.cpp reports
+    it (the protocol gives its memory, not its kind: a remote CPU and GPU look alike)."""
+
+    endpoint: str  # "host:port" of its server
+    index: int  # the device's number on that server
+    name: str  # llama.cpp's name for it here: "RPC0", "RPC1"…
+    memory_free: int
+    memory_total: int
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    """One RPC server the user listed: its devices, or why it cannot be used now."""
+
+    endpoint: str
+    devices: tuple[RemoteDevice, ...] = ()
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether a load can place layers there now."""
+        return self.problem is None and bool(self.devices)
+
+
+@dataclass(frozen=True)
 class LlamaBuild:
     """What the llama.cpp library that QuantDesk loads was built with, and what it sees."""
 
@@ -116,6 +142,11 @@ class LlamaBuild:
     def gpus(self) -> tuple[BackendDevice, ...]:
         """Devices other than the CPU."""
         return tuple(d for d in self.devices if d.kind != "cpu")
+
+    @property
+    def has_rpc(self) -> bool:
+        """Whether the build has ggml's RPC backend (to use and share devices over a network)."""
+        return "RPC" in self.backends
 
     @property
     def extra_buffers(self) -> bool:
@@ -154,11 +185,18 @@ class HardwareProfile:
     pci_gpus: tuple[PciGpu, ...] = ()
     llama: LlamaBuild | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Other machines' RPC servers from the settings, read by app.engine.rpc (not by probe())
+    remote: tuple[RemoteServer, ...] = ()
 
     @property
     def gpus(self) -> tuple[BackendDevice, ...]:
         """GPUs llama.cpp can use (empty when the build is CPU-only or sees none)."""
         return self.llama.gpus if self.llama else ()
+
+    @property
+    def remote_devices(self) -> tuple[RemoteDevice, ...]:
+        """Devices of the other machines that can take layers now."""
+        return tuple(d for s in self.remote if s.usable for d in s.devices)
 
     @property
     def repacking_features(self) -> tuple[str, ...]:

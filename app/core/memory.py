@@ -16,6 +16,11 @@ The estimate mirrors what llama.cpp allocates, term by term:
   batch's logits and its attention scores (or flash attention's mask), plus the activations.
 - overhead: llama.cpp's vocabulary tables (about 256 bytes a token) and a fixed 1.5 MiB.
 
+Several offload devices (local GPUs and other machines' devices lent through llama.cpp's RPC
+servers) share the offloaded layers the way llama.cpp splits them by default: in proportion
+to each device's free memory, remote devices first (``split_layers``); each device holds its
+layers' weights and KV cache and a compute reservation of its own.
+
 Calibrated and checked against measured RSS by ``bench/memory.py`` (CPU, flash attention on,
 as the engine loads by default; the scores term without it was calibrated the same way).
 GPU figures follow the same rules but are not measured on the project's machines.
@@ -23,12 +28,14 @@ GPU figures follow the same rules but are not measured on the project's machines
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.gguf_info import ModelInfo, TensorInfo
-from app.core.hardware import GIB, HardwareProfile
+from app.core.hardware import GIB, HardwareProfile, RemoteDevice
 from app.core.units import format_bytes
 
 MIB = 1024**2
@@ -72,7 +79,10 @@ class MemoryEstimate:
     n_gpu_layers: int  # effective: 0 .. n_layers + 1 (the last one is the output layer)
     n_layers: int
     cpu: DeviceUse
-    gpu: DeviceUse | None
+    gpu: DeviceUse | None  # every offload device together (the one GPU, usually)
+    # With several offload devices (GPUs, other machines): each one's share, in llama.cpp's
+    # device order; empty with one device or none.
+    devices: tuple[DeviceUse, ...] = ()
 
     @property
     def total(self) -> int:
@@ -85,8 +95,55 @@ class MemoryEstimate:
         data["cpu"]["total"] = self.cpu.total
         if self.gpu is not None:
             data["gpu"]["total"] = self.gpu.total
+        for entry, use in zip(data["devices"], self.devices, strict=True):
+            entry["total"] = use.total
         data["total"] = self.total
         return data
+
+
+@dataclass(frozen=True)
+class OffloadDevice:
+    """A device that can take offloaded layers: a local GPU or another machine's device."""
+
+    name: str  # as said to the user: "NVIDIA RTX 4090", "RPC0 at 192.168.1.5:50052"
+    free: int  # bytes free as llama.cpp reports them: they decide its share of the layers
+    usable: int  # what the plan lets it take (free less the margins)
+    endpoint: str | None = None  # the RPC server lending it; None for a local device
+
+
+def usable_memory(free: int) -> int:
+    """What a load may take of a device with ``free`` bytes: GPU_MARGIN and GPU_RESERVE kept."""
+    return max(0, int(free * (1 - GPU_MARGIN)) - GPU_RESERVE)
+
+
+def remote_device(device: RemoteDevice) -> OffloadDevice:
+    """Another machine's device as an offload device, with the margins of a local GPU."""
+    return OffloadDevice(f"{device.name} at {device.endpoint}", device.memory_free,
+                         usable_memory(device.memory_free), device.endpoint)
+
+
+def split_layers(n_layer: int, n_gpu: int, frees: Sequence[int]) -> list[list[int]]:
+    """Which layers each offload device holds: llama.cpp's default split (``load_tensors``).
+
+    Layers ``n_layer + 1 - n_gpu`` … ``n_layer`` are offloaded (``n_layer`` is the output
+    layer); layer ``i`` goes to the first device whose cumulative share of the free memory
+    exceeds ``(i - first) / n_gpu``. The rest, and the input layer, stay on the CPU.
+    """
+    placed: list[list[int]] = [[] for _ in frees]
+    n_gpu = min(max(n_gpu, 0), n_layer + 1)
+    if not frees or n_gpu == 0:
+        return placed
+    total = float(sum(frees)) or float(len(frees))
+    bounds, running = [], 0.0
+    for free in frees:
+        running += (free if sum(frees) else 1) / total
+        bounds.append(running)
+    first = n_layer + 1 - n_gpu
+    for layer in range(first, n_layer + 1):
+        position = (layer - first) / n_gpu
+        index = bisect.bisect_right(bounds, position)
+        placed[min(index, len(frees) - 1)].append(layer)
+    return placed
 
 
 def repack_types(cpu_features: tuple[str, ...]) -> set[str]:
@@ -144,10 +201,18 @@ def _attention(info: ModelInfo, ubatch: int, cells: int, flash_attn: bool) -> in
 
 def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: int = 512,
              kv_type: str = "f16", cpu_features: tuple[str, ...] = (),
-             gpu_name: str = "GPU", flash_attn: bool = True) -> MemoryEstimate:
+             gpu_name: str = "GPU", flash_attn: bool = True,
+             devices: Sequence[OffloadDevice] = ()) -> MemoryEstimate:
     """Bytes on the CPU (and GPU) for ``info`` loaded at ``n_ctx`` with ``n_gpu_layers``
     (-1: all, the output layer included). ``flash_attn``: as the engine loads by default
-    ('auto' turns it on where llama.cpp supports it)."""
+    ('auto' turns it on where llama.cpp supports it). ``devices``: more than one offload device
+    splits the offloaded layers between them (``split_layers``)."""
+    if len(devices) > 1:
+        return _estimate_split(info, n_ctx, n_gpu_layers, n_ubatch=n_ubatch, kv_type=kv_type,
+                               cpu_features=cpu_features, flash_attn=flash_attn,
+                               devices=devices)
+    if devices:
+        gpu_name = devices[0].name
     n_layer = info.n_layers
     n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     first_gpu_layer = max(n_layer - n_gpu, 0)
@@ -194,6 +259,59 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
     return MemoryEstimate(n_ctx=n_ctx, n_gpu_layers=n_gpu, n_layers=n_layer, cpu=cpu, gpu=gpu)
 
 
+def _estimate_split(info: ModelInfo, n_ctx: int, n_gpu_layers: int, *, n_ubatch: int,
+                    kv_type: str, cpu_features: tuple[str, ...], flash_attn: bool,
+                    devices: Sequence[OffloadDevice]) -> MemoryEstimate:
+    """``estimate`` with the offloaded layers split between several devices."""
+    n_layer = info.n_layers
+    n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    cpu_only = estimate(info, n_ctx, 0, n_ubatch=n_ubatch, kv_type=kv_type,
+                        cpu_features=cpu_features, flash_attn=flash_attn)
+    if n_gpu == 0:
+        return cpu_only
+    ubatch = min(n_ubatch, n_ctx)
+    cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
+    first = n_layer + 1 - n_gpu
+    owner: dict[int, int] = {}
+    for index, layers in enumerate(split_layers(n_layer, n_gpu, [d.free for d in devices])):
+        owner.update(dict.fromkeys(layers, index))
+    weights = [0] * len(devices)
+    cpu_weights = repacked = 0
+    types = repack_types(cpu_features)
+    for t in info.tensors:
+        layer = n_layer if t.layer is None and t.name != "token_embd.weight" else t.layer
+        if layer is not None and layer in owner:
+            weights[owner[layer]] += t.n_bytes
+        else:
+            cpu_weights += t.n_bytes
+            repacked += t.n_bytes if _is_repacked(t, types) else 0
+    scores = 5 * ubatch * cells // 2 if flash_attn else (info.n_head + 1) * ubatch * cells * 4
+    uses = []
+    for index, device in enumerate(devices):
+        layers = [i for i, o in owner.items() if o == index]
+        if not layers:
+            uses.append(DeviceUse(device=device.name))
+            continue
+        reserved = max(info.n_vocab * ubatch * 4, scores) if n_layer in layers else scores
+        uses.append(DeviceUse(
+            device=device.name, weights=weights[index],
+            kv_cache=kv_cache_bytes(info, n_ctx, range(min(layers), min(max(layers) + 1,
+                                                                        n_layer)),
+                                    kv_type, ubatch),
+            compute=reserved + _activations(info, ubatch)))
+    cpu = DeviceUse(
+        device="CPU", weights=cpu_weights, repacked=repacked,
+        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first), kv_type, ubatch),
+        compute=cpu_only.cpu.compute if first > 0 else _activations(info, ubatch),
+        output=cpu_only.cpu.output, overhead=cpu_only.cpu.overhead)
+    together = DeviceUse(device=f"{len(devices)} devices",
+                         weights=sum(u.weights for u in uses),
+                         kv_cache=sum(u.kv_cache for u in uses),
+                         compute=sum(u.compute for u in uses))
+    return MemoryEstimate(n_ctx=n_ctx, n_gpu_layers=n_gpu, n_layers=n_layer, cpu=cpu,
+                          gpu=together, devices=tuple(uses))
+
+
 # ---------------------------------------------------------------------------------------------
 # The plan: GPU layers and context for this machine
 
@@ -208,6 +326,9 @@ class FitPlan:
     max_ctx: int
     estimate: MemoryEstimate
     explanation: tuple[str, ...]
+    # The RPC servers whose devices take layers: the load must name the same ones
+    # (LoadSettings.rpc_servers), since llama.cpp splits the layers over the devices it is given.
+    rpc_servers: tuple[str, ...] = ()
 
     @property
     def badge(self) -> str:
@@ -219,6 +340,14 @@ class FitPlan:
         """The answer in one line: 'needs 6.1 GiB at 8K context: fits on your GPU'."""
         need = f"needs {format_bytes(self.estimate.total)} at {context_label(self.n_ctx)} context"
         gpu_layers = min(self.n_gpu_layers, self.estimate.n_layers + 1)
+        if self.rpc_servers and self.fit in ("gpu", "partial"):
+            machines = len(self.rpc_servers)
+            where = (f"{gpu_layers} of {self.estimate.n_layers + 1} layers go to "
+                     f"{machines} other machine{'s' if machines > 1 else ''}"
+                     + (", the rest run on this CPU" if self.fit == "partial" else ""))
+            longest = (f"; up to {context_label(self.max_ctx)} context fits"
+                       if self.max_ctx and self.max_ctx != self.n_ctx else "")
+            return f"{need}: {where}{longest}"
         where = {
             "gpu": "fits on your GPU",
             "ram": "fits in your RAM",
@@ -235,7 +364,7 @@ class FitPlan:
         return {"fit": self.fit, "badge": self.badge, "n_gpu_layers": self.n_gpu_layers,
                 "n_ctx": self.n_ctx, "max_ctx": self.max_ctx,
                 "estimate": self.estimate.to_json(), "explanation": list(self.explanation),
-                "sentence": self.sentence()}
+                "rpc_servers": list(self.rpc_servers), "sentence": self.sentence()}
 
 
 def context_label(n_ctx: int) -> str:
@@ -263,10 +392,127 @@ def _fits(est: MemoryEstimate, ram: int, vram: int) -> bool:
     return est.cpu.total <= ram and (est.gpu is None or est.gpu.total <= vram)
 
 
+def offload_devices(profile: HardwareProfile) -> tuple[OffloadDevice, ...]:
+    """The devices a load across other machines uses, in llama.cpp's order: the RPC servers'
+    devices first, then this machine's GPUs (integrated ones only without a discrete GPU)."""
+    remote = [remote_device(d) for d in profile.remote_devices]
+    gpus = [g for g in profile.gpus if g.kind == "gpu"] or [
+        g for g in profile.gpus if g.kind == "igpu"]
+    local = [OffloadDevice(g.description or g.name, g.memory_free or 0,
+                           usable_memory(g.memory_free or 0)) for g in gpus]
+    return tuple(remote + local)
+
+
+def placement(est: MemoryEstimate, devices: Sequence[OffloadDevice]) -> tuple[str, ...]:
+    """Where each layer goes, in words: one line per device that holds some."""
+    n_layer = est.n_layers
+    held = split_layers(n_layer, est.n_gpu_layers, [d.free for d in devices])
+    first = n_layer + 1 - est.n_gpu_layers
+
+    def span(layers: list[int]) -> str:
+        blocks = [i for i in layers if i < n_layer]
+        text = (f"layer {blocks[0]}" if len(blocks) == 1 else
+                f"layers {blocks[0]}–{blocks[-1]}" if blocks else "")
+        if n_layer in layers:
+            text += (" and " if text else "") + "the output layer"
+        return text
+
+    lines = []
+    if first > 0:
+        lines.append(f"This CPU: {span(list(range(0, first)))} "
+                     f"({_gib(est.cpu.total)} of RAM).")
+    uses = est.devices or ((est.gpu,) if est.gpu is not None else ())
+    for device, layers, use in zip(devices, held, uses, strict=False):
+        if layers:
+            lines.append(f"{device.name}: {span(layers)} ({_gib(use.total)} of "
+                         f"{_gib(device.usable)} usable).")
+    return tuple(lines)
+
+
+def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layers: int | None,
+                kv_type: str, flash_attn: bool) -> FitPlan:
+    """``plan`` when other machines lend devices: layers split over them and local GPUs."""
+    features = profile.repacking_features
+    # llama.cpp gives every device it is handed a share by free memory, and the first
+    # offloaded layer to the first device whatever its size: a server without room for one
+    # block is left out of the load (and said so) rather than making nothing fit.
+    block = max((estimate(info, ctx, 1, kv_type=kv_type, cpu_features=features,
+                          flash_attn=flash_attn).gpu or DeviceUse("")).total, 1)
+    left_out = [d for d in offload_devices(profile) if d.endpoint and d.usable < block]
+    devices = tuple(d for d in offload_devices(profile) if d not in left_out)
+    ram = max(0, profile.ram_available - RAM_RESERVE)
+
+    def est(layers: int, c: int) -> MemoryEstimate:
+        return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,
+                        flash_attn=flash_attn, devices=devices)
+
+    def fits(e: MemoryEstimate) -> bool:
+        uses = e.devices or ((e.gpu,) if e.gpu is not None else ())
+        return e.cpu.total <= ram and all(
+            u.total <= d.usable for u, d in zip(uses, devices, strict=False))
+
+    def devices_fit(e: MemoryEstimate) -> bool:
+        uses = e.devices or ((e.gpu,) if e.gpu is not None else ())
+        return all(u.total <= d.usable for u, d in zip(uses, devices, strict=False))
+
+    if n_gpu_layers is None:  # each device's share only grows with the layer count
+        layers, lo, hi = 0, 1, info.n_layers + 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if devices_fit(est(mid, ctx)):
+                layers, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+    else:
+        layers = info.n_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
+    chosen = est(layers, ctx)
+    upper = max(info.n_ctx_train or ctx, ctx)
+    candidates = sorted({2**k for k in range(9, 21) if 2**k <= upper} | {upper})
+    max_ctx = max((c for c in candidates if fits(est(layers, c))), default=0)
+    endpoints = tuple(dict.fromkeys(d.endpoint for d in devices if d.endpoint))
+    on = f"{len(endpoints)} other machine{'s' if len(endpoints) > 1 else ''}"
+    if not fits(chosen):
+        fit = "too_large"
+        lines = [f"Needs {_gib(chosen.cpu.total)} of RAM and "
+                 f"{_gib(chosen.gpu.total if chosen.gpu else 0)} on the devices of this "
+                 f"machine and {on} at context {ctx:,}: more than they have free. Pick a "
+                 "smaller quantization or a shorter context, or add a machine."]
+    elif layers > info.n_layers:
+        fit = "gpu"
+        lines = [f"All {info.n_layers} layers go to " + (
+            devices[0].name if len(devices) == 1 else
+            f"{len(devices)} devices on {on}"
+            + (" and this machine" if any(d.endpoint is None for d in devices) else "")
+            + ", split by their free memory as llama.cpp splits them") + "."]
+    elif layers > 0:
+        fit = "partial"
+        lines = [f"{layers} of {info.n_layers + 1} layers go to " + (
+            devices[0].name if len(devices) == 1 else
+            f"{len(devices)} devices on {on}, split by their free memory")
+            + "; the rest run on this CPU."]
+    else:
+        fit = "ram"
+        lines = ["No layer fits on the other machines' devices: the model runs on this CPU."]
+    lines += placement(chosen, devices)
+    lines += [f"{d.name} is left out: {_gib(d.usable)} usable of {_gib(d.free)} free, less "
+              f"than one layer ({_gib(block)})." for d in left_out]
+    lines.append("Every generated token crosses the network to each machine holding layers: "
+                 "expect lower speed than on one machine with the same devices.")
+    if max_ctx:
+        lines.append(f"Longest context that fits with this plan: {max_ctx:,} tokens.")
+    return FitPlan(fit, layers, ctx, max_ctx, chosen, tuple(lines),
+                   endpoints if layers > 0 else ())
+
+
 def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
          n_gpu_layers: int | None = None, kv_type: str = "f16",
          flash_attn: bool = True) -> FitPlan:
-    """Choose GPU layers (all that fit, unless given) and check the context; explain."""
+    """Choose GPU layers (all that fit, unless given) and check the context; explain. With
+    other machines' devices in the profile (``profile.remote``), layers are split over them
+    and this machine's GPUs."""
+    if profile.remote_devices:
+        return _plan_split(info, profile, n_ctx or min(info.n_ctx_train or 4096, 4096),
+                           n_gpu_layers, kv_type, flash_attn)
     ram, vram, gpu_name = budgets(profile)
     ctx = n_ctx or min(info.n_ctx_train or 4096, 4096)
     features = profile.repacking_features
@@ -351,6 +597,10 @@ def plan_pair(first: ModelInfo, second: ModelInfo, profile: HardwareProfile,
     """
     ram, vram, _ = budgets(profile)
     a, b = plan(first, profile, n_ctx), plan(second, profile, n_ctx)
+    if a.rpc_servers or b.rpc_servers:
+        return PairPlan(False, a, b, None,
+                        "They are loaded one after the other: an RPC server serves one client "
+                        "at a time, so two models cannot share the other machines at once.")
     cpu = a.estimate.cpu.total + b.estimate.cpu.total
     gpu = sum(p.estimate.gpu.total for p in (a, b) if p.estimate.gpu is not None)
     fits = "too_large" not in (a.fit, b.fit) and cpu <= ram and gpu <= vram

@@ -46,6 +46,12 @@ class Settings:
     recommend_min_tps: float = 5.0
     recommend_n_ctx: int = 4096
     discover_n_ctx: int = 8192
+    # Other machines running llama.cpp's RPC server ("host:port"), whose devices loads use
+    rpc_servers: list[str] = field(default_factory=list)
+    # Sharing this machine (Hardware page): where its RPC server listens. Loopback unless the
+    # user picks a network address (llama.cpp's RPC has no authentication or encryption).
+    rpc_share_host: str = "127.0.0.1"
+    rpc_share_port: int = 50052
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +77,8 @@ def _from_dict(raw: dict[str, Any]) -> Settings:
                 value = float(value)
             else:
                 raise TypeError(f"setting {name!r} should be {type(default).__name__}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise TypeError(f"setting {name!r} should be a list of texts")
         values[name] = value
     return Settings(**values)
 

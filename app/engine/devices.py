@@ -8,6 +8,7 @@ a child process.
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 from typing import Any
 
 from app.core.hardware import BackendDevice, LlamaBuild
@@ -15,15 +16,26 @@ from app.core.hardware import BackendDevice, LlamaBuild
 _DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
+@cache
 def libggml() -> Any:
-    """The ggml shared library that llama-cpp-python loaded (no signatures set)."""
+    """The libggml that llama.cpp itself uses (no signatures set).
+
+    Found through libllama's handle: a symbol looked up there resolves in libllama's own
+    dependencies, the copy of libggml whose backend registry llama.cpp reads. llama-cpp-python's
+    ``_ggml`` module opens ``libggml.so`` by path, which on Linux is a second copy beside
+    libllama's ``libggml.so.0`` (another file), with a registry of its own; it is the fallback
+    where libllama's handle does not reach ggml (Windows' GetProcAddress looks in one module).
+    """
     import llama_cpp  # loads libllama and, through it, libggml
 
+    llama = llama_cpp.llama_cpp._lib
+    view = ctypes.CDLL(llama._name, handle=llama._handle)  # own function objects
     try:
+        view.ggml_backend_reg_by_name  # noqa: B018 - a lookup that may fail
+        return view
+    except AttributeError:
         from llama_cpp._ggml import libggml as lib
-    except ImportError:  # older layouts export ggml's symbols from libllama itself
-        lib = llama_cpp.llama_cpp._lib
-    return lib
+        return lib
 
 
 def _ggml() -> Any:

@@ -274,34 +274,42 @@ def _measure_speed(runner: Any, repetitions: int) -> Speed:
     return Speed(float(np.median(pp)), float(np.median(tg)), repetitions=repetitions)
 
 
-def _speed_only(model: str, reps: int, threads: int | None) -> Speed:
+def _speed_only(model: str, reps: int, threads: int | None, n_gpu_layers: int = 0,
+                rpc_servers: tuple[str, ...] = ()) -> Speed:
     from app.engine.runner import Runner
 
-    with Runner(model, 512, threads=threads) as runner:
+    with Runner(model, 512, threads=threads, n_gpu_layers=n_gpu_layers,
+                rpc_servers=rpc_servers) as runner:
         return _measure_speed(runner, reps)
 
 
-def measure_speed(model: Path, reps: int = 3, threads: int | None = None) -> Speed:
-    """pp512 and tg128 of one model, in a child process (as llama-bench measures them)."""
+def measure_speed(model: Path, reps: int = 3, threads: int | None = None, *,
+                  n_gpu_layers: int = 0, rpc_servers: tuple[str, ...] = ()) -> Speed:
+    """pp512 and tg128 of one model, in a child process (as llama-bench measures them);
+    ``n_gpu_layers`` offloaded, split over the RPC servers' devices with ``rpc_servers``."""
     from app.engine.child import call_in_child
 
     try:
-        return call_in_child(_speed_only, str(model), reps, threads, timeout=3600)
+        return call_in_child(_speed_only, str(model), reps, threads, n_gpu_layers,
+                             tuple(rpc_servers), timeout=3600)
     except ChildFailed as exc:
-        raise EvalError(str(exc).removeprefix("RunnerError: ")) from None
+        raise EvalError(str(exc).removeprefix("RunnerError: ").removeprefix("RpcError: ")
+                        ) from None
     except ChildCrashed as exc:
         raise EvalError(f"llama.cpp stopped unexpectedly: {exc}.") from None
 
 
 def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
                  max_chunks: int | None, cache: str, reference: bool, speed_reps: int,
-                 threads: int | None) -> dict[str, Any]:
+                 threads: int | None, n_gpu_layers: int = 0,
+                 rpc_servers: tuple[str, ...] = ()) -> dict[str, Any]:
     """In the child: load, score the text (writing or reading the reference cache), time."""
     from app.engine import process_stats
     from app.engine.runner import Runner, count_chunks
 
     start = time.perf_counter()
-    runner = Runner(model, n_ctx, threads=threads)
+    runner = Runner(model, n_ctx, threads=threads, n_gpu_layers=n_gpu_layers,
+                    rpc_servers=rpc_servers)
     load_seconds = time.perf_counter() - start
     with runner:
         tokens = runner.tokenize(text)
@@ -500,10 +508,12 @@ def _check_readable(*paths: Path) -> None:
 
 def reference_pass(reference: Path, text: str, *, n_ctx: int = 512,
                    max_chunks: int | None = None, speed_reps: int = 3,
-                   threads: int | None = None, cancel: Callable[[], bool] | None = None
+                   threads: int | None = None, cancel: Callable[[], bool] | None = None,
+                   n_gpu_layers: int = 0, rpc_servers: tuple[str, ...] = ()
                    ) -> Generator[Progress, None, tuple[VariantResult, bool]]:
     """Score the reference and cache its distributions (or find them cached); yields Progress,
-    returns (its result, whether it came from the cache)."""
+    returns (its result, whether it came from the cache). ``n_gpu_layers`` are offloaded,
+    over the devices of ``rpc_servers`` too when given (a plan's ``rpc_servers``)."""
     reference = Path(reference)
     _check_readable(reference)
     cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
@@ -514,7 +524,7 @@ def reference_pass(reference: Path, text: str, *, n_ctx: int = 512,
     else:
         shutil.rmtree(cache, ignore_errors=True)
         out = yield from _drive(reference, text, n_ctx, max_chunks, cache, True, speed_reps,
-                                threads, cancel)
+                                threads, cancel, n_gpu_layers, tuple(rpc_servers))
     os.utime(cache)
     _prune_cache(cache)
     return _variant(reference, out, True), cached
@@ -522,7 +532,8 @@ def reference_pass(reference: Path, text: str, *, n_ctx: int = 512,
 
 def candidate_pass(reference: Path, candidate: Path, text: str, *, n_ctx: int = 512,
                    max_chunks: int | None = None, speed_reps: int = 3,
-                   threads: int | None = None, cancel: Callable[[], bool] | None = None
+                   threads: int | None = None, cancel: Callable[[], bool] | None = None,
+                   n_gpu_layers: int = 0, rpc_servers: tuple[str, ...] = ()
                    ) -> Generator[Progress, None, VariantResult]:
     """Score one candidate against the reference's cached distributions (computing them first
     when they are not cached); yields Progress, returns the candidate's result."""
@@ -531,9 +542,10 @@ def candidate_pass(reference: Path, candidate: Path, text: str, *, n_ctx: int = 
     cache = reference_cache_dir(reference, text, n_ctx, max_chunks)
     if not (cache / "meta.json").exists():
         yield from reference_pass(reference, text, n_ctx=n_ctx, max_chunks=max_chunks,
-                                  speed_reps=speed_reps, threads=threads, cancel=cancel)
+                                  speed_reps=speed_reps, threads=threads, cancel=cancel,
+                                  n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers)
     out = yield from _drive(candidate, text, n_ctx, max_chunks, cache, False, speed_reps,
-                            threads, cancel)
+                            threads, cancel, n_gpu_layers, tuple(rpc_servers))
     return _variant(candidate, out, False)
 
 
@@ -547,13 +559,15 @@ def assemble(reference: VariantResult, candidates: Sequence[VariantResult], text
 
 def evaluate(reference: Path, candidates: Sequence[Path], text: str, *, text_name: str = "",
              n_ctx: int = 512, max_chunks: int | None = None, speed_reps: int = 3,
-             threads: int | None = None, cancel: Callable[[], bool] | None = None
+             threads: int | None = None, cancel: Callable[[], bool] | None = None,
+             n_gpu_layers: int = 0, rpc_servers: tuple[str, ...] = ()
              ) -> Iterator[Progress | VariantDone | Evaluation]:
     """Evaluate each candidate against the reference; yields Progress (prefixed with the file
     name), VariantDone per file, then the Evaluation."""
     _check_readable(Path(reference), *(Path(c) for c in candidates))
     options: dict[str, Any] = {"n_ctx": n_ctx, "max_chunks": max_chunks,
-                               "speed_reps": speed_reps, "threads": threads, "cancel": cancel}
+                               "speed_reps": speed_reps, "threads": threads, "cancel": cancel,
+                               "n_gpu_layers": n_gpu_layers, "rpc_servers": rpc_servers}
     ref, cached = yield from reference_pass(Path(reference), text, **options)
     yield VariantDone(ref, from_cache=cached)
     results = []
@@ -574,12 +588,14 @@ def _reference_from_cache(cache: Path) -> dict[str, Any]:
 
 def _drive(path: Path, text: str, n_ctx: int, max_chunks: int | None, cache: Path,
            reference: bool, speed_reps: int, threads: int | None,
-           cancel: Callable[[], bool] | None) -> Generator[Progress, None, dict[str, Any]]:
+           cancel: Callable[[], bool] | None, n_gpu_layers: int = 0,
+           rpc_servers: tuple[str, ...] = ()) -> Generator[Progress, None, dict[str, Any]]:
     stream = stream_from_child(_run_variant, str(path), text, n_ctx, max_chunks, str(cache),
-                               reference, speed_reps, threads, cancel=cancel)
+                               reference, speed_reps, threads, n_gpu_layers, rpc_servers,
+                               cancel=cancel)
     with child_errors(EvalError, EvalCancelled, cancelled_message="Evaluation cancelled.",
                       crashed=f"llama.cpp stopped unexpectedly while evaluating {path.name}",
-                      strip=("EvalError: ", "RunnerError: ")):
+                      strip=("EvalError: ", "RunnerError: ", "RpcError: ")):
         try:
             while True:
                 try:

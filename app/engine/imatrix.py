@@ -142,12 +142,14 @@ class _Collector:
 
 
 def _compute(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
-             max_chunks: int | None, threads: int | None) -> Imatrix:
+             max_chunks: int | None, threads: int | None, n_gpu_layers: int = 0,
+             rpc_servers: tuple[str, ...] = ()) -> Imatrix:
     """In the child: run the model over the text and collect the statistics."""
     from app.engine.runner import Runner, count_chunks
 
     collector = _Collector()
-    with Runner(model, n_ctx, threads=threads, cb_eval=collector.callback) as runner:
+    with Runner(model, n_ctx, threads=threads, cb_eval=collector.callback,
+                n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers) as runner:
         tokens = runner.tokenize(text)
         n_chunks = count_chunks(len(tokens), n_ctx, max_chunks)
         if n_chunks < 1:
@@ -238,15 +240,17 @@ def load(path: Path) -> Imatrix:
 
 def compute(model: Path, text: str, out: Path, *, n_ctx: int = 512,
             max_chunks: int | None = None, threads: int | None = None, dataset: str = "",
-            cancel: Callable[[], bool] | None = None) -> Iterator[Progress | Computed]:
-    """Compute an importance matrix for ``model`` from ``text`` and save it to ``out``."""
+            cancel: Callable[[], bool] | None = None, n_gpu_layers: int = 0,
+            rpc_servers: tuple[str, ...] = ()) -> Iterator[Progress | Computed]:
+    """Compute an importance matrix for ``model`` from ``text`` and save it to ``out``
+    (``n_gpu_layers`` offloaded, over the devices of ``rpc_servers`` too when given)."""
     start = time.perf_counter()
     stream = stream_from_child(_compute, str(model), text, n_ctx, max_chunks, threads,
-                               cancel=cancel)
+                               n_gpu_layers, tuple(rpc_servers), cancel=cancel)
     with child_errors(ImatrixError, ImatrixCancelled,
                       cancelled_message="Cancelled; no importance matrix was written.",
                       crashed="llama.cpp stopped unexpectedly",
-                      strip=("ImatrixError: ", "RunnerError: ")):
+                      strip=("ImatrixError: ", "RunnerError: ", "RpcError: ")):
         result: Imatrix = yield from stream
     if dataset:
         result = Imatrix(result.sums, result.counts, result.chunks, result.chunk_size,

@@ -7,6 +7,7 @@ build problem is applied once, to every load.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from functools import cache
 from typing import Any
@@ -42,8 +43,19 @@ def apply(params: Any) -> Any:
     return params
 
 
-def model_params() -> Any:
-    """llama.cpp's default model parameters with ``apply`` done."""
+def model_params(rpc_servers: tuple[str, ...] = ()) -> Any:
+    """llama.cpp's default model parameters with ``apply`` done.
+
+    ``rpc_servers``: llama.cpp RPC servers ("host:port") whose devices the load places layers
+    on, before this machine's GPUs (``app.engine.rpc.load_devices``); each is asked first, so
+    one that cannot be used raises ``RpcError`` (a ``GenerationError``) before anything loads.
+    """
     import llama_cpp
 
-    return apply(llama_cpp.llama_model_default_params())
+    params = apply(llama_cpp.llama_model_default_params())
+    from app.engine import rpc  # not at the top: rpc imports generation, which imports this
+
+    devices = rpc.load_devices(rpc_servers)
+    if devices is not None:
+        params.devices = ctypes.addressof(devices)  # a NULL-terminated ggml_backend_dev_t[]
+    return params

@@ -90,7 +90,8 @@ class Runner:
     """One model and one context of ``n_ctx`` tokens, evaluated a whole chunk at a time."""
 
     def __init__(self, model_path: Path | str, n_ctx: int, *, threads: int | None = None,
-                 n_gpu_layers: int = 0, cb_eval: Any = None) -> None:
+                 n_gpu_layers: int = 0, cb_eval: Any = None,
+                 rpc_servers: tuple[str, ...] = ()) -> None:
         import llama_cpp
 
         from app.engine import llama_log, load_params
@@ -98,7 +99,7 @@ class Runner:
         llama_log.install()
         llama_cpp.llama_backend_init()
         self._ll = llama_cpp
-        mparams = load_params.model_params()
+        mparams = load_params.model_params(rpc_servers=rpc_servers)
         mparams.n_gpu_layers = n_gpu_layers
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:

@@ -210,17 +210,22 @@ class ChatPage(QWidget):
         self.model_bar.model_info = info
         choice = self._load_choice
         n_ctx = min(choice.n_ctx, info.n_ctx_train or choice.n_ctx)
+        # Other machines (RPC servers): the plan's, which split its layers over them; with a
+        # layer count chosen by hand, every server in the settings.
+        servers: tuple[str, ...] = ()
         if choice.gpu_layers != "auto":
             layers = int(choice.gpu_layers)
+            servers = tuple(self.settings.rpc_servers)
         elif self.profile is not None:
-            layers = memory.plan(info, self.profile, n_ctx=n_ctx, kv_type=choice.kv_type,
-                                 flash_attn=choice.flash_attn != "off").n_gpu_layers
+            fit = memory.plan(info, self.profile, n_ctx=n_ctx, kv_type=choice.kv_type,
+                              flash_attn=choice.flash_attn != "off")
+            layers, servers = fit.n_gpu_layers, fit.rpc_servers
         else:
             layers = 0  # the hardware probe has not answered yet: the CPU is always there
         kv = None if choice.kv_type == "f16" else choice.kv_type
         settings = LoadSettings(str(info.path), n_ctx=n_ctx, n_gpu_layers=layers,
                                 n_threads=choice.threads, flash_attn=choice.flash_attn,
-                                type_k=kv, type_v=kv)
+                                type_k=kv, type_v=kv, rpc_servers=servers)
         try:
             self.engine.load(settings)
         except EngineError as exc:

@@ -279,11 +279,12 @@ class ABChat(QWidget):
 
     def _settings(self, side: _Side) -> LoadSettings:
         threads = self.pair.threads_each if self.pair and self.pair.together else None
-        layers = 0
+        layers, servers = 0, ()  # type: tuple[int, tuple[str, ...]]
         if self.pair is not None:
             plan = self.pair.first if side is self.sides[0] else self.pair.second
-            layers = plan.n_gpu_layers
-        return LoadSettings(side.path, n_ctx=N_CTX, n_threads=threads, n_gpu_layers=layers)
+            layers, servers = plan.n_gpu_layers, plan.rpc_servers  # other machines' share
+        return LoadSettings(side.path, n_ctx=N_CTX, n_threads=threads, n_gpu_layers=layers,
+                            rpc_servers=servers)
 
     def _run(self, index: int) -> None:
         side = self.sides[index]
