@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app import cli_rpc
 from app.core import capacity
 from app.core.gguf_info import GGUFError, ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile, advice
@@ -41,6 +42,7 @@ def _hw_text(p: HardwareProfile) -> str:
         for d in p.llama.devices:
             lines.append(f"  device {d.name} [{d.kind}, {d.backend}]: {d.description}; "
                          f"{format_bytes(d.memory_free)} free of {format_bytes(d.memory_total)}")
+    lines += cli_rpc.hw_lines(p)
     lines.append(capacity.largest_model(p).sentence())
     lines += [f"Note:      {n}" for n in p.notes]
     lines += [f"Advice:    {a}" for a in advice(p)]
@@ -50,7 +52,7 @@ def _hw_text(p: HardwareProfile) -> str:
 def cmd_hw(args: argparse.Namespace) -> int:
     from app.engine.probe import full_profile
 
-    profile = full_profile()
+    profile = cli_rpc.with_remote(full_profile())  # the other machines in the settings too
     if args.json:
         data = profile.to_json()
         data["capacity"] = capacity.largest_model(profile).sentence()
@@ -593,6 +595,18 @@ def _wizard_run(args: argparse.Namespace) -> int | None:
     return run_id
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app import cli_serve
+
+    return cli_serve.command(args)
+
+
+def cmd_automix(args: argparse.Namespace) -> int:
+    from app import cli_automix
+
+    return cli_automix.command(args, _run_pipeline, _create_run)
+
+
 def cmd_wizard(args: argparse.Namespace) -> int:
     from app.core import report
     from app.core.runs import RunStore
@@ -695,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw = sub.add_parser("hw", help="show this machine's CPU, memory and GPUs (llama.cpp's view)")
     hw.add_argument("--json", action="store_true", help="print JSON")
     hw.set_defaults(func=cmd_hw)
+
+    cli_rpc.add_parser(sub)
 
     inspect = sub.add_parser("inspect", help="describe a GGUF model file without loading it")
     inspect.add_argument("file", help="path to a .gguf file (the first part of a split model)")
@@ -822,6 +838,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, help="sampling seed (default: random)")
     chat.add_argument("--stop", action="append", help="stop string (repeatable)")
     chat.set_defaults(func=cmd_chat)
+    from app import cli_automix
+
+    cli_automix.add_parser(sub, cmd_automix)
+    from app import cli_serve
+
+    cli_serve.add_parser(sub, cmd_serve)
     return parser
 
 

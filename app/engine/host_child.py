@@ -4,11 +4,11 @@ Runs ``serve()`` in a spawned process. Everything llama.cpp or llama-cpp-python 
 the parent as ``LogLine`` events (so the parent has the last lines even if this process dies).
 One request at a time; a running reply checks the shared stop value after every token.
 
-A reply never runs more than one token ahead of its reader: before it streams a token, it waits
-until the parent has read every token it sent (the shared ``consumed`` count). So when the parent
-asks to stop after reading a token, at most one more token can reach it — the one already on its
-way — however busy the parent was. The next token is computed while the parent reads, so the
-wait costs nothing unless the reader falls behind.
+A reply never runs more than one event ahead of its reader (``_Stream``): a piece of text is sent
+when the parent has read every event sent before (the shared ``consumed`` count), and held until
+then, to go with the next ones in one event. So generation never waits for the reader (a slow
+reader gets fewer, larger events), and when the parent asks to stop, at most one more event can
+reach it, the one already on its way, however busy the parent was; held text is dropped.
 
 The chat template is rendered within a ``RenderBudget`` and can be cancelled by Stop, so a
 runaway template ends with a clear error and this process stays usable.
@@ -31,9 +31,12 @@ from multiprocessing.sharedctypes import Synchronized
 from app.core import chat_template
 from app.core.chat_template import RenderBudget
 from app.engine import llama_log, process_stats
+from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
 from app.engine.generation import GenerationError, Generator
 from app.engine.protocol import (
     Chat,
+    Embed,
+    Embeddings,
     Event,
     Failed,
     Load,
@@ -102,6 +105,63 @@ def _gpu_used_bytes() -> int | None:
     return sum((d.memory_total or 0) - (d.memory_free or 0) for d in gpus)
 
 
+class _Stream:
+    """A reply's text on its way to the parent, never more than one event ahead of its reader.
+
+    A piece is sent when the parent has read every event sent before (the shared ``consumed``
+    count); while it has not, pieces are held and go together in the next event. Generation
+    never waits for the reader, and a slow reader gets fewer, larger events instead of a queue.
+    When Stop is asked, held pieces are dropped: after Stop at most one event (the one already
+    on its way) reaches the parent, however busy it was. ``text`` is what was sent: the reply
+    as the parent has it.
+    """
+
+    def __init__(self, request_id: int, send: Callable[[Event], None],
+                 consumed: Synchronized,  # type: ignore[type-arg]
+                 stopped: Callable[[], bool]) -> None:
+        self._request_id, self._send, self._consumed, self._stopped = (
+            request_id, send, consumed, stopped)
+        self._sent = 0  # events
+        self._held: list[str] = []
+        self._pieces: list[str] = []
+        self.dropped = 0  # pieces generated but dropped at Stop (a token each, as a rule)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def on_text(self, piece: str) -> bool:
+        """The generator's callback: False (the piece refused) once Stop was asked."""
+        if self._stopped():
+            self._drop()
+            return False
+        self._held.append(piece)
+        if self._consumed.value >= self._sent:
+            self._flush()
+        return True
+
+    def finish(self) -> bool:
+        """Send what is held at the end of the reply; False when Stop dropped it instead."""
+        if self._held and self._stopped():
+            self._drop()
+            return False
+        self._flush()
+        return True
+
+    def _drop(self) -> None:
+        self.dropped += len(self._held)
+        self._held.clear()
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        text, pieces = "".join(self._held), len(self._held)
+        self._held.clear()
+        self._sent += 1
+        self._pieces.append(text)
+        self._send(Token(self._request_id, text, pieces))
+
+
 def _nothing_generated(seconds: float) -> ReplyMetrics:
     """The metrics of a reply stopped before its prompt was even ready."""
     return ReplyMetrics(prompt_tokens=0, generated_tokens=0, ttft_seconds=0.0,
@@ -121,8 +181,12 @@ class _Host:
         self.bos_text = ""
         self.eos_text = ""
         self.gpu_baseline: int | None = None
+        self.embedder: EmbeddingContext | None = None  # made on the first Embed request
 
     def unload(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
         if self.gen is not None:
             self.gen.close()
             self.gen = None
@@ -187,7 +251,8 @@ class _Host:
     def chat(self, req: Chat) -> None:
         gen = self.gen
         if gen is None:
-            self.send(Failed(req.request_id, "No model is loaded: load one before chatting."))
+            self.send(Failed(req.request_id, "No model is loaded: load one before chatting.",
+                             code="no_model"))
             return
         received = time.perf_counter()
 
@@ -202,36 +267,20 @@ class _Host:
             return
         except (chat_template.TemplateError, GenerationError) as exc:
             reason = str(exc)
-            self.send(Failed(req.request_id, reason[:1].upper() + reason[1:]))
+            self.send(Failed(req.request_id, reason[:1].upper() + reason[1:],
+                             code="template" if isinstance(exc, chat_template.TemplateError)
+                             else ""))
             return
         if len(tokens) >= gen.n_ctx:
             self.send(Failed(req.request_id,
                              f"The conversation is {len(tokens):,} tokens, more than the model's "
                              f"context of {gen.n_ctx:,}. Start a new conversation or load "
-                             "the model with a longer context."))
+                             "the model with a longer context.", code="context_length"))
             return
-        sent = [0]
-
-        def wait_for_reader() -> None:
-            # Hold the next text until the parent has read every piece sent (or asked to
-            # stop): the reply stays within one token of its reader. Sleep, not spin: on a
-            # small machine the reader needs the CPU this process would burn.
-            waited = 0
-            while self.consumed.value < sent[0] and not stop_requested_now():
-                waited += 1
-                time.sleep(0 if waited < 20 else 0.0002)
-
-        def on_text(text: str) -> bool:
-            wait_for_reader()
-            if stop_requested_now():
-                return False  # at most one token after Stop: this one is not sent
-            sent[0] += 1
-            self.send(Token(req.request_id, text))
-            return True
-
+        stream = _Stream(req.request_id, self.send, self.consumed, stop_requested_now)
         generating = time.perf_counter()
         try:
-            outcome = gen.generate(tokens, req.sampling, on_text=on_text,
+            outcome = gen.generate(tokens, req.sampling, on_text=stream.on_text,
                                    should_stop=stop_requested_now)
         except MemoryError:
             log.error("generation ran out of memory")
@@ -240,17 +289,25 @@ class _Host:
                              "as far as it got. Reload the model (or pick a smaller one) to go "
                              "on.", tuple(llama_log.recent_lines(20)), unusable=True))
             return
+        except GenerationError as exc:  # a grammar that does not parse, say: this process is fine
+            self.send(Failed(req.request_id, str(exc),
+                             code="grammar" if "grammar" in str(exc) else ""))
+            return
         except Exception as exc:
             log.exception("generation failed")
             self.send(Failed(req.request_id,
                              f"Generation failed: {exc or type(exc).__name__}",
                              tuple(llama_log.recent_lines(20))))
             return
+        finish = outcome.finish_reason
+        if not stream.finish():  # Stop came while the last pieces waited: they are not sent
+            finish = "stopped"
         gpu_now = _gpu_used_bytes() if self.gpu_baseline is not None else None
         new_prompt = outcome.prompt_tokens - outcome.cached_tokens
-        self.send(ReplyDone(req.request_id, outcome.text, outcome.finish_reason, ReplyMetrics(
+        self.send(ReplyDone(req.request_id, stream.text, finish, ReplyMetrics(
             prompt_tokens=outcome.prompt_tokens,
-            generated_tokens=outcome.generated_tokens,
+            # the reply's tokens: those whose text was dropped at Stop are not in it
+            generated_tokens=outcome.generated_tokens - stream.dropped,
             ttft_seconds=generating - received + outcome.ttft_seconds,  # template included
             prompt_tokens_per_second=(new_prompt / outcome.prompt_seconds
                                       if outcome.prompt_seconds > 0 else 0.0),
@@ -262,6 +319,27 @@ class _Host:
             and self.gpu_baseline is not None else None,
             cached_tokens=outcome.cached_tokens,
         )))
+
+
+    def embed(self, req: Embed) -> None:
+        gen = self.gen
+        if gen is None:
+            self.send(Failed(req.request_id, "No model is loaded: load one first.",
+                             code="no_model"))
+            return
+        try:
+            if self.embedder is None:
+                assert self.settings is not None
+                self.embedder = EmbeddingContext(gen.model, self.settings)
+            vectors, n_tokens = self.embedder.embed(req.texts)
+        except EmbeddingsUnsupported as exc:
+            self.send(Failed(req.request_id, str(exc), code="embeddings_unsupported"))
+            return
+        except GenerationError as exc:
+            self.send(Failed(req.request_id, str(exc), code="context_length"
+                             if "context" in str(exc) else "invalid_request"))
+            return
+        self.send(Embeddings(req.request_id, vectors, n_tokens))
 
 
 def serve(requests: Connection, events: Connection, stop_value: Synchronized,  # type: ignore[type-arg]
@@ -293,6 +371,8 @@ def serve(requests: Connection, events: Connection, stop_value: Synchronized,  #
             host.load(request.settings)
         elif isinstance(request, Chat):
             host.chat(request)
+        elif isinstance(request, Embed):
+            host.embed(request)
         elif isinstance(request, Unload):
             host.unload()
             send(Unloaded())

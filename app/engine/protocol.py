@@ -24,6 +24,8 @@ class LoadSettings:
     flash_attn: str = "auto"  # "auto" (llama.cpp's tools' default), "on" or "off"
     type_k: str | None = None  # KV cache type: "f16" (default), "q8_0", "q4_0"
     type_v: str | None = None
+    # llama.cpp RPC servers ("host:port") whose devices take part in this load (app.engine.rpc)
+    rpc_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Embed:
+    """Embedding vectors of ``texts`` (one each, pooled as the model says; normalized)."""
+
+    request_id: int
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Unload:
     pass
 
@@ -60,7 +70,7 @@ class Shutdown:
     pass
 
 
-Request = Load | Chat | Unload | Shutdown
+Request = Load | Chat | Embed | Unload | Shutdown
 
 # --- events (child -> parent) -----------------------------------------------------------------
 
@@ -110,8 +120,12 @@ class ReplyMetrics:
 
 @dataclass(frozen=True)
 class Token:
+    """Streamed text: ``pieces`` generation steps' worth (one token each, as a rule; more when
+    the reader was busy and the child held text to send it together)."""
+
     request_id: int
     text: str
+    pieces: int = 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,18 @@ class Failed:
     message: str
     log_tail: tuple[str, ...] = ()
     unusable: bool = False
+    # what kind of failure, for callers that answer in codes (the server): "context_length",
+    # "template", "grammar", "embeddings_unsupported", "invalid_request"; "" when other
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The answer to ``Embed``: one vector per text, and how many tokens they took."""
+
+    request_id: int
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -140,4 +166,4 @@ class Unloaded:
     pass
 
 
-Event = LogLine | LoadProgress | Loaded | Token | ReplyDone | Failed | Unloaded
+Event = LogLine | LoadProgress | Loaded | Token | ReplyDone | Failed | Embeddings | Unloaded

@@ -1,8 +1,10 @@
 """The model host for the UI: requests from the UI thread, events back as Qt signals.
 
-A reader thread waits on the child's event pipe and its process sentinel *without* holding the
-lock, then takes the lock only to read what is ready; the UI thread's calls (chat, stop, load)
-therefore never wait behind a blocking read.
+The engine is a ``SharedHost`` (``app.engine.shared_host``): the window's chat and the local
+server (``app.server``) use the same loaded model, taking turns through its fair queue. Its
+reader thread waits on the child *without* holding the lock, so the UI thread's calls (chat,
+stop, load) never wait behind a blocking read; the events of the chat's own replies, and the
+engine-wide ones, come back here and are re-emitted as signals.
 
 ``EngineClient`` is a ``ChatEngine`` (``app.pipeline.chat_session``): a chat session starts and
 stops replies through it and is handed every event through the ``engine_event`` signal, on the UI
@@ -12,33 +14,33 @@ ends there; whether the *session* has finished with a reply is the session's ``b
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from multiprocessing.connection import wait
 
 from PySide6.QtCore import QObject, Signal
 
-from app.engine.host import Crashed, EngineError, ModelHost
+from app.engine.host import Crashed, EngineBusy, EngineError, HostEvent
 from app.engine.protocol import (
     ChatMessage,
     Failed,
     Loaded,
     LoadProgress,
     LoadSettings,
-    LogLine,
     ReplyDone,
     Sampling,
     Token,
     Unloaded,
 )
+from app.engine.shared_host import SharedHost, Work
+
+APP_SOURCE = "app"  # the window's chat, in the shared engine's queue
 
 log = logging.getLogger(__name__)
 
 
 class EngineClient(QObject):
-    """Owns one ModelHost; emits its events on the UI thread."""
+    """Owns the shared engine (``shared``); emits its events on the UI thread."""
 
     load_progress = Signal(float)
     loaded = Signal(object)  # Loaded
@@ -52,83 +54,66 @@ class EngineClient(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._host = ModelHost()
+        self.shared = SharedHost()
+        self._work: Work | None = None
         self._lock = threading.Lock()
         self._running = True
-        self._wake = threading.Event()
-        self._reader = threading.Thread(target=self._pump, name="engine-events", daemon=True)
-        self._reader.start()
+        self.shared.add_listener(self._dispatch)
 
     # --- requests (UI thread) -----------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
-        """A reply is being generated."""
-        return self._host.active_request is not None
+        """A reply of the chat's is queued or being generated."""
+        work = self._work
+        return work is not None and work.finished_at is None
 
     @property
     def current(self) -> Loaded | None:
         """The loaded model, if any."""
-        return self._host.loaded
+        return self.shared.current
 
     def load(self, settings: LoadSettings) -> None:
         """Load a model (replacing the current one); raises EngineBusy while generating."""
-        with self._lock:
-            if not self._host.alive:
-                self._host.kill()  # clear what a dead child left
-            self._host.load(settings)
-        self._wake.set()
+        self.shared.load(settings)
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
-        """Start a reply; raises EngineBusy or EngineError."""
+        """Start a reply (it waits its turn if the server is answering); raises EngineBusy or
+        EngineError."""
         with self._lock:
-            return self._host.chat(messages, sampling)
+            if self.busy:
+                raise EngineBusy("A reply is already being generated; wait for it or stop it.")
+            self._work = self.shared.submit(APP_SOURCE, self._dispatch, messages=messages,
+                                            sampling=sampling)
+            return self._work.id
 
     def stop(self) -> None:
-        """Stop the running reply after the current token."""
-        with self._lock:
-            self._host.stop()
+        """Stop the running reply after the current token (or drop it if still queued)."""
+        work = self._work
+        if work is not None:
+            self.shared.cancel(work)
 
     def kill(self) -> None:
         """End the engine process at once."""
-        with self._lock:
-            self._host.kill()
+        self.shared.kill()
 
     def pid(self) -> int | None:
         """The engine process id."""
-        return self._host.pid
+        return self.shared.pid()
 
     def shutdown(self) -> None:
         """Stop the reader thread and the child process."""
         self._running = False
-        self._wake.set()
-        self._reader.join(2)
-        with self._lock:
-            self._host.shutdown(timeout=3)
+        self.shared.remove_listener(self._dispatch)
+        self.shared.shutdown()
 
     # --- events (reader thread) ---------------------------------------------------------------
 
-    def _pump(self) -> None:
-        while self._running:
-            with self._lock:
-                handles = self._host.wait_handles()
-            if not handles:
-                self._wake.wait(0.2)
-                self._wake.clear()
-                continue
-            # The handles may be closed under us (kill): then just look again.
-            with contextlib.suppress(OSError, ValueError):
-                wait(handles, timeout=0.2)  # type: ignore[arg-type]
-            for _ in range(512):
-                with self._lock:
-                    event = self._host.poll(0)
-                if event is None:
-                    break
-                self._dispatch(event)
-
-    def _dispatch(self, event: object) -> None:
+    def _dispatch(self, event: HostEvent) -> None:
+        if not self._running:
+            return
         try:
-            if not isinstance(event, (LogLine, LoadProgress)):
+            if not isinstance(event, LoadProgress):
                 self.engine_event.emit(event)
             if isinstance(event, Token):
                 self.token.emit(event.request_id, event.text)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QCloseEvent, QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
@@ -26,14 +27,16 @@ from app.ui.chat.chat_page import ChatPage
 from app.ui.compare.page import QuantizeComparePage
 from app.ui.pages.hardware import HardwarePage
 from app.ui.pages.models import ModelsPage
+from app.ui.pages.server import ServerPage
 from app.ui.resume_banner import ResumeBanner
 from app.ui.wizard.wizard_page import WizardPage
 
 WIZARD = "Quantize wizard"
+SERVER = "Server"
 
 
 class MainWindow(QMainWindow):
-    """Hardware, Models, Chat, the quantize wizard, Quantize & Compare."""
+    """Hardware, Models, Chat, the quantize wizard, Quantize & Compare, the local server."""
 
     def __init__(self, probe: Callable[[], HardwareProfile], embedded_model: Path | None,
                  store: Storage, engine: EngineClient, settings: Settings,
@@ -49,7 +52,7 @@ class MainWindow(QMainWindow):
         self.sidebar.setFixedWidth(200)
         self.pages = QStackedWidget()
 
-        self.hardware_page = HardwarePage(probe)
+        self.hardware_page = HardwarePage(probe, settings)
         self.models_page = ModelsPage(embedded_model, settings)
         default_model = Path(settings.default_model) if settings.default_model else embedded_model
         self.chat_page = ChatPage(store, engine, settings, default_model,
@@ -66,9 +69,13 @@ class MainWindow(QMainWindow):
         self.wizard_page.default_requested.connect(self._set_default_model)
         self.models_page.quantize_requested.connect(self._quantize)
         self.chat_page.load_measured.connect(self._load_measured)
+        # the server shares the chat's engine (one copy of the model, a fair queue)
+        self.server_page = ServerPage(engine, settings, embedded_model, DISPLAY_NAME)
+        self.server_page.running_changed.connect(self._server_indicator)
         for name, page in (("Hardware", self.hardware_page), ("Models", self.models_page),
                            ("Chat", self.chat_page), (WIZARD, self.wizard_page),
-                           ("Quantize & Compare", self.compare_page)):
+                           ("Quantize & Compare", self.compare_page),
+                           (SERVER, self.server_page)):
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
@@ -109,6 +116,24 @@ class MainWindow(QMainWindow):
         self.models_page.rescan()
         self.hardware_page.refresh_estimates()
 
+    def _server_indicator(self, running: bool) -> None:
+        """A green dot beside 'Server' while it serves (the text stays: show_page finds it)."""
+        item = self.sidebar.findItems(SERVER, Qt.MatchFlag.MatchExactly)[0]
+        if not running:
+            item.setIcon(QIcon())
+            item.setToolTip("")
+            return
+        dot = QPixmap(10, 10)
+        dot.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(dot)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setBrush(QColor("#2e9d4f"))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.drawEllipse(0, 0, 10, 10)
+        painter.end()
+        item.setIcon(QIcon(dot))
+        item.setToolTip(f"Serving at {self.server_page.address.text()}")
+
     def _quantize(self, path: str) -> None:
         self.show_page(WIZARD)
         self.wizard_page.start_from(path)
@@ -123,10 +148,12 @@ class MainWindow(QMainWindow):
         self.show_page("Chat")
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Save a reply in progress and the settings, end the engine."""
+        """Stop serving, save a reply in progress and the settings, end the engine."""
+        self.server_page.shutdown()
         self.chat_page.shutdown()
         self.compare_page.shutdown()
         self.wizard_page.shutdown()
+        self.hardware_page.stop_sharing()  # this machine's RPC server ends with the window
         warm.stop_warm()
         if self._save_settings:
             settings_store.save(self.settings)

@@ -63,7 +63,8 @@ def test_missing_embedded_model_is_explained(qtbot: QtBot, make_window: MakeWind
 def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path, make_window: MakeWindow) -> None:
     window = make_window(smollm2)
     names = [window.sidebar.item(i).text() for i in range(window.sidebar.count())]
-    assert names == ["Hardware", "Models", "Chat", "Quantize wizard", "Quantize & Compare"]
+    assert names == ["Hardware", "Models", "Chat", "Quantize wizard", "Quantize & Compare",
+                     "Server"]
     window.show_page("Quantize wizard")
     assert window.pages.currentWidget() is window.wizard_page
     window.show_page("Chat")
@@ -72,6 +73,8 @@ def test_sidebar_switches_pages(qtbot: QtBot, smollm2: Path, make_window: MakeWi
     assert isinstance(window.pages.currentWidget(), QuantizeComparePage)
     window.show_page("Models")
     assert window.pages.currentWidget() is window.models_page
+    window.show_page("Server")
+    assert window.pages.currentWidget() is window.server_page
     qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
 
 

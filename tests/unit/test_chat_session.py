@@ -84,7 +84,8 @@ def test_send_streams_then_saves_the_complete_reply(live_host: ModelHost,
     assert isinstance(end, ReplyEnded) and session.state is SessionState.IDLE
     reply = end.reply
     assert reply.status == storage.STATUS_COMPLETE and reply.finish_reason == "length"
-    assert reply.text == "".join(texts) and len(texts) == 24
+    # 24 tokens of one printable byte each, in as many events as the reader's pace made
+    assert reply.text == "".join(texts) and len(reply.text) == 24 and 1 <= len(texts) <= 24
     saved = reply.message
     assert saved is not None and store.message(saved.id) == saved
     assert saved.content == reply.text and saved.model == "tiny-llama-f32.gguf"

@@ -1,0 +1,280 @@
+"""Server page: serve the model on a local OpenAI-compatible API, and watch its requests.
+
+The server (``app.server``) runs on the chat's engine (``EngineClient.shared``): one loaded
+model, requests and the window's chat taking turns. Start loads the chosen model first when it
+is not the one loaded. The page shows the address (with a copy button), examples to paste, and
+a live log of requests, refreshed from the server's ``RequestLog``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.settings import Settings
+from app.jobs.engine_client import EngineClient
+from app.pipeline.chat_session import Loaded, LoadSettings
+from app.server.config import DEFAULT_PORT, ServerConfig, ServerConfigError, is_loopback
+from app.server.request_log import LogEntry
+from app.server.runner import ServerRunner
+from app.ui.widgets import Card, name_combo, page_title, row_table, set_role, text_label
+
+LOG_COLUMNS = ("Time", "Client", "Endpoint", "Prompt", "Completion", "TTFT", "tok/s", "Status")
+MAX_ROWS = 500
+
+
+def examples(base_url: str, model_id: str, api_key: str | None) -> str:
+    """curl and Python ``openai`` examples for this server."""
+    key = api_key or "not-needed"
+    auth = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
+    return (
+        f"curl {base_url}/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
+        f"  -d '{{\"model\": \"{model_id}\", \"messages\": "
+        f"[{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n\n"
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url=\"{base_url}\", api_key=\"{key}\")\n"
+        f"reply = client.chat.completions.create(model=\"{model_id}\",\n"
+        "    messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])\n"
+        "print(reply.choices[0].message.content)\n")
+
+
+def _row(entry: LogEntry) -> tuple[str, ...]:
+    def secs(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else ""
+
+    return (time.strftime("%H:%M:%S", time.localtime(entry.started)), entry.client,
+            entry.endpoint + (" (stream)" if entry.stream else ""),
+            str(entry.prompt_tokens or ""), str(entry.completion_tokens or ""), secs(entry.ttft),
+            f"{entry.tokens_per_second:.1f}" if entry.tokens_per_second else "",
+            str(entry.status) if entry.status else "running")
+
+
+class ServerPage(QWidget):
+    """Start/stop, the model served, the address, examples, the request log."""
+
+    running_changed = Signal(bool)  # for the sidebar's indicator
+
+    def __init__(self, engine: EngineClient, settings: Settings, embedded_model: Path | None,
+                 embedded_name: str | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.settings = settings
+        self.runner: ServerRunner | None = None
+        self._pending: ServerConfig | None = None  # waiting for its model to load
+        self._changes = -1
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 20)
+        layout.setSpacing(12)
+        layout.addWidget(page_title("Server"))
+        layout.addWidget(text_label(
+            "An OpenAI-compatible API on this machine: editors, Open WebUI and scripts written "
+            "for the OpenAI client use the model you choose here. It shares the Chat page's "
+            "engine: one copy of the model, requests and chat take turns.", "Muted"))
+
+        card = Card("Serve")
+        row = QHBoxLayout()
+        self.model = name_combo()
+        if embedded_model is not None:
+            self.model.addItem(embedded_name or embedded_model.stem, str(embedded_model))
+        if settings.default_model and settings.default_model != str(embedded_model):
+            self.add_model(Path(settings.default_model))
+        row.addWidget(text_label("Model", selectable=False))
+        row.addWidget(self.model, 1)
+        self.host = QComboBox()
+        self.host.setEditable(True)
+        self.host.addItems(["127.0.0.1", "0.0.0.0"])
+        self.host.currentTextChanged.connect(self._host_changed)
+        row.addWidget(text_label("Address", selectable=False))
+        row.addWidget(self.host)
+        self.port = QSpinBox()
+        self.port.setRange(0, 65535)
+        self.port.setValue(DEFAULT_PORT)
+        row.addWidget(self.port)
+        card.body.addLayout(row)
+        keys = QHBoxLayout()
+        self.api_key = QLineEdit()
+        self.api_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.api_key.setPlaceholderText("API key (required for a network address)")
+        keys.addWidget(self.api_key, 1)
+        self.show_key = QCheckBox("Show")
+        self.show_key.toggled.connect(lambda on: self.api_key.setEchoMode(
+            QLineEdit.EchoMode.Normal if on else QLineEdit.EchoMode.Password))
+        keys.addWidget(self.show_key)
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.toggle)
+        keys.addWidget(self.start_button)
+        card.body.addLayout(keys)
+        self.network_warning = text_label(
+            "This address makes the model reachable from other machines on your network. "
+            "Every request must carry the API key.", "Warning")
+        self.network_warning.hide()
+        card.body.addWidget(self.network_warning)
+        self.status = text_label("Stopped.", "Muted")
+        card.body.addWidget(self.status)
+        address = QHBoxLayout()
+        self.address = QLineEdit()
+        self.address.setReadOnly(True)
+        address.addWidget(self.address, 1)
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.clicked.connect(self._copy)
+        address.addWidget(self.copy_button)
+        card.body.addLayout(address)
+        self.examples = QPlainTextEdit()
+        self.examples.setReadOnly(True)
+        self.examples.setMaximumHeight(150)
+        card.body.addWidget(self.examples)
+        layout.addWidget(card)
+
+        log_card = Card("Requests")
+        self.table = row_table(LOG_COLUMNS)
+        log_card.body.addWidget(self.table)
+        layout.addWidget(log_card, 1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(500)
+        self._timer.timeout.connect(self.refresh_log)
+        engine.loaded.connect(self._model_loaded)
+        engine.load_failed.connect(self._load_failed)
+        self._show_address()
+
+    # --- intent -------------------------------------------------------------------------------
+
+    def add_model(self, path: Path) -> None:
+        """Offer ``path`` (a library model) in the list."""
+        if self.model.findData(str(path)) < 0:
+            self.model.addItem(path.stem, str(path))
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+    def toggle(self) -> None:
+        if self.running or self._pending is not None:
+            self.stop()
+        else:
+            self.start()
+
+    def config(self) -> ServerConfig:
+        key = self.api_key.text().strip() or None
+        return ServerConfig(host=self.host.currentText().strip() or "127.0.0.1",
+                            port=self.port.value(), api_key=key)
+
+    def start(self) -> None:
+        """Validate, load the chosen model if another is loaded, then serve."""
+        config = self.config()
+        try:
+            config.validate()
+        except ServerConfigError as exc:
+            self._show_status(str(exc), "Warning")
+            return
+        path = self.model.currentData()
+        if not path:
+            self._show_status("Choose a model to serve.", "Warning")
+            return
+        current = self.engine.current
+        if current is not None and Path(current.path) == Path(path):
+            self._serve(config)
+            return
+        self._pending = config
+        self.start_button.setText("Cancel")
+        self._show_status(f"Loading {Path(path).name}…", "Muted")
+        try:
+            self.engine.load(LoadSettings(str(path), n_ctx=self.settings.n_ctx,
+                                          n_threads=self.settings.threads,
+                                          flash_attn=self.settings.flash_attn))
+        except Exception as exc:  # EngineBusy: the chat is replying
+            self._pending = None
+            self.start_button.setText("Start")
+            self._show_status(str(exc), "Warning")
+
+    def _serve(self, config: ServerConfig) -> None:
+        self._pending = None
+        self.runner = ServerRunner(self.engine.shared, config)
+        try:
+            self.runner.start()
+        except (OSError, ServerConfigError) as exc:
+            self.runner = None
+            self.start_button.setText("Start")
+            self._show_status(str(exc), "Warning")
+            return
+        self.start_button.setText("Stop")
+        self._show_status(f"Serving at {self.runner.base_url}", "")
+        self._show_address()
+        self._timer.start()
+        self.running_changed.emit(True)
+
+    def stop(self) -> None:
+        """Stop serving (open streams end; their replies are stopped)."""
+        self._pending = None
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+            self.running_changed.emit(False)
+        self._timer.stop()
+        self.refresh_log()
+        self.start_button.setText("Start")
+        self._show_status("Stopped.", "Muted")
+        self._show_address()
+
+    def shutdown(self) -> None:
+        """The window closes."""
+        self.stop()
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _model_loaded(self, loaded: Loaded) -> None:
+        pending = self._pending
+        if pending is not None and Path(loaded.path) == Path(self.model.currentData() or ""):
+            self._serve(pending)
+
+    def _load_failed(self, message: str) -> None:
+        if self._pending is not None:
+            self._pending = None
+            self.start_button.setText("Start")
+            self._show_status(f"The model could not be loaded: {message}", "Warning")
+
+    def _host_changed(self, host: str) -> None:
+        self.network_warning.setVisible(not is_loopback(host.strip() or "127.0.0.1"))
+
+    def _show_status(self, text: str, role: str) -> None:
+        self.status.setText(text)
+        set_role(self.status, role)
+
+    def _show_address(self) -> None:
+        config = self.runner.config if self.runner else self.config()
+        url = self.runner.base_url if self.runner else config.base_url()
+        path = self.model.currentData()
+        model_id = Path(path).stem if path else "model"
+        self.address.setText(url)
+        self.examples.setPlainText(examples(url, model_id, config.api_key))
+
+    def _copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.address.text())
+
+    def refresh_log(self) -> None:
+        """Show the log's entries, newest first (when it changed)."""
+        runner = self.runner
+        if runner is None or runner.log.changes == self._changes:
+            return
+        self._changes = runner.log.changes
+        entries = runner.log.entries()[-MAX_ROWS:][::-1]
+        self.table.setRowCount(len(entries))
+        for r, entry in enumerate(entries):
+            for c, value in enumerate(_row(entry)):
+                self.table.setItem(r, c, QTableWidgetItem(value))

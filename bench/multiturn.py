@@ -1,0 +1,103 @@
+"""Does a long conversation stay quick to answer? Time to first token at turn 5 against turn 1.
+
+A conversation on SmolLM2 Q4_K_M (the chat template, the engine child, the pipe: what the Chat
+page gets) grows over four turns to about ``--history`` tokens (long user messages, as when a
+document is pasted, and the model's own replies), then a fifth message is sent. The same
+message is also sent as the first turn of a fresh conversation, and, for scale, turn 5 again
+after another conversation has taken the cache (what every turn would cost without reuse).
+Time to first token is measured by the caller: send to the first streamed text. Target
+(issue 17): turn 5 at most 1.2x turn 1. Median of ``--reps`` conversations, each with its own
+opening words so that none reuses another's cache.
+
+    .venv/bin/python -m bench.multiturn [--threads 2] [--reps 3] [--history 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from app.core.sampling import Sampling
+from app.engine.host import ModelHost
+from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
+from bench._llama_tools import quantized
+
+PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to the sea and build "
+           "deltas where they slow down. People settled beside them for water, food and "
+           "trade, and many cities still stand where a river could be crossed. ")
+NEW_MESSAGE = "Summarise what we discussed in two sentences."
+SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=48)
+WORDS = ("Amber", "Birch", "Cedar", "Dune", "Ember", "Fjord", "Grove", "Heath")
+
+
+def ask(host: ModelHost, messages: list[ChatMessage]) -> tuple[str, float, ReplyDone]:
+    """(reply, time to its first text, the metrics event) for ``messages``."""
+    start = time.perf_counter()
+    first = 0.0
+    text: list[str] = []
+    done = None
+    for event in host.chat_stream(tuple(messages), SAMPLING):
+        if isinstance(event, Token) and event.text:
+            first = first or time.perf_counter()
+            text.append(event.text)
+        elif isinstance(event, ReplyDone):
+            done = event
+    assert done is not None
+    return "".join(text), (first or time.perf_counter()) - start, done
+
+
+def conversation(host: ModelHost, rep: int, history_tokens: int) -> dict[str, float]:
+    opening = f"{WORDS[rep % len(WORDS)]} {rep}. "
+    per_turn = history_tokens // 4
+    user = opening + PASSAGE * max(1, per_turn // 45) + "What does this say about rivers?"
+    messages: list[ChatMessage] = []
+    for _turn in range(4):
+        messages.append(ChatMessage("user", user))
+        reply, _, _ = ask(host, messages)
+        messages.append(ChatMessage("assistant", reply))
+        user = f"{opening}More, turn {_turn + 2}. " + PASSAGE * max(1, per_turn // 45)
+    messages.append(ChatMessage("user", NEW_MESSAGE))
+    _, turn5, done5 = ask(host, messages)
+    # turn 1 of a fresh conversation with the same message (its own opening: nothing reused
+    # but what any conversation shares, the template's start)
+    _, turn1, done1 = ask(host, [ChatMessage("user", f"{opening}{NEW_MESSAGE}")])
+    # turn 5 again, its cache gone (the fresh conversation took it)
+    _, cold, done_cold = ask(host, messages)
+    return {"history": done5.metrics.prompt_tokens, "cached": done5.metrics.cached_tokens,
+            "turn1": turn1, "turn5": turn5, "cold": cold,
+            "turn1_prompt": done1.metrics.prompt_tokens - done1.metrics.cached_tokens,
+            "cold_cached": done_cold.metrics.cached_tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--history", type=int, default=2000)
+    args = parser.parse_args()
+    model = quantized("Q4_K_M")
+    host = ModelHost()
+    host.load_sync(LoadSettings(str(model), n_ctx=4096, n_threads=args.threads))
+    ask(host, [ChatMessage("user", "Hello")])  # warm-up
+    runs = [conversation(host, rep, args.history) for rep in range(args.reps)]
+    host.shutdown()
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(f"SmolLM2 Q4_K_M, threads {args.threads}, median of {args.reps} conversations\n")
+    print("| turn | prompt tokens | of them cached | time to first token | vs turn 1 |\n"
+          "|---|---:|---:|---:|---:|")
+    print(f"| 1 (fresh conversation) | – | – | {med('turn1') * 1000:.0f} ms | 1.00 |")
+    print(f"| 5 (history kept) | {med('history'):.0f} | {med('cached'):.0f} | "
+          f"{med('turn5') * 1000:.0f} ms | **{med('turn5') / med('turn1'):.2f}** |")
+    print(f"| 5, cache taken by another conversation | {med('history'):.0f} | "
+          f"{med('cold_cached'):.0f} | {med('cold') * 1000:.0f} ms | "
+          f"{med('cold') / med('turn1'):.2f} |")
+    print("\ntarget: turn 5 (history kept) at most 1.2x turn 1")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""A real server on 127.0.0.1 (port 0) over a real engine child, for the ``openai`` client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from app.engine.protocol import Failed, Loaded, LoadSettings
+from app.engine.shared_host import SharedHost
+from app.server.config import ServerConfig
+from app.server.runner import ServerRunner
+from tests.helpers.tiny_model import write_tiny_llama
+
+
+def load(shared: SharedHost, settings: LoadSettings, timeout: float = 120) -> Loaded:
+    """Load and wait for the engine's answer."""
+    got: list[object] = []
+    done = threading.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, (Loaded, Failed)):
+            got.append(event)
+            done.set()
+
+    shared.add_listener(on_event)
+    try:
+        shared.load(settings)
+        assert done.wait(timeout), "the model did not load"
+    finally:
+        shared.remove_listener(on_event)
+    assert isinstance(got[0], Loaded), got[0]
+    return got[0]
+
+
+def serve(shared: SharedHost, **config: object) -> ServerRunner:
+    runner = ServerRunner(shared, ServerConfig(port=0, **config))  # type: ignore[arg-type]
+    runner.start()
+    return runner
+
+
+def client(runner: ServerRunner, api_key: str = "unused", **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=runner.base_url, api_key=api_key, max_retries=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("server-models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def tiny_shared(tiny_path: Path) -> Iterator[SharedHost]:
+    """The tiny model (context 2048, one thread) in a shared engine."""
+    shared = SharedHost()
+    load(shared, LoadSettings(str(tiny_path), n_ctx=2048, n_threads=1))
+    yield shared
+    shared.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_shared: SharedHost) -> Iterator[ServerRunner]:
+    runner = serve(tiny_shared, max_tokens_limit=4096)
+    yield runner
+    runner.stop()

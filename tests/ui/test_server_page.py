@@ -1,0 +1,50 @@
+"""The Server page: start on the chat's engine, answer a real request, log it, stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from pytestqt.qtbot import QtBot
+
+from app.core.settings import Settings
+from app.jobs.engine_client import EngineClient
+from app.ui.pages.server import ServerPage
+
+
+def test_the_page_serves_the_chosen_model_and_logs_requests(
+        qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
+    engine = EngineClient()
+    engines.append(engine)
+    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
+    qtbot.addWidget(page)
+    page.port.setValue(0)
+    # a network address without a key is refused, and the page says why
+    page.host.setCurrentText("0.0.0.0")
+    assert page.network_warning.isVisibleTo(page)
+    page.start()
+    assert not page.running and "API key" in page.status.text()
+    page.host.setCurrentText("127.0.0.1")
+    assert not page.network_warning.isVisibleTo(page)
+    with qtbot.waitSignal(page.running_changed, timeout=30_000) as started:
+        page.start()  # loads the model in the shared engine, then serves
+    assert started.args == [True] and engine.current is not None
+    url = page.address.text()
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert "from openai import OpenAI" in page.examples.toPlainText()
+    reply = httpx.post(f"{url}/chat/completions", timeout=30, json={
+        "model": tiny_model.stem, "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200
+    qtbot.waitUntil(lambda: page.table.rowCount() == 1 and
+                    page.table.item(0, 7).text() == "200", timeout=5_000)
+    assert page.table.item(0, 2).text() == "chat/completions"
+    assert page.table.item(0, 4).text() == "4"
+    with qtbot.waitSignal(page.running_changed) as stopped:
+        page.stop()
+    assert stopped.args == [False]
+    try:
+        httpx.get(f"{url}/models", timeout=2)
+        raise AssertionError("the server still answers after Stop")
+    except httpx.ConnectError:
+        pass
