@@ -3,7 +3,7 @@ and flash-attention setting (auto, both sides).
 
 QuantDesk's numbers are what the caller of the engine sees (the child process, the pipe, the
 parent's reads included): prompt tok/s = prompt tokens / time to the first token; generation
-tok/s = (tokens - 1) / (last token's arrival - first token's). Prompts are raw text that starts
+tok/s = (tokens - 1) / (last text's arrival - first text's). Prompts are raw text that starts
 with a different word each run, so no run reuses another's cached tokens. llama-bench measures
 pp512 (a 512-token prompt) and tg128 at the depth of our prompt (``-d``: 128 tokens generated
 after that many tokens of context), median of its repetitions. Targets (issue 17): generation
@@ -52,8 +52,9 @@ def engine_run(host: ModelHost, text: str) -> tuple[int, float, float]:
     assert done is not None and done.metrics.generated_tokens == N_GEN, done
     assert done.metrics.cached_tokens == 0  # a fresh prompt each run
     n_prompt = done.metrics.prompt_tokens
+    # tokens from the reply's figure: a busy reader gets several per event (host_child)
     return (n_prompt, n_prompt / (arrivals[0] - start),
-            (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+            (N_GEN - 1) / (arrivals[-1] - arrivals[0]))
 
 
 def llama_bench(model: Path, threads: int, depth: int, reps: int) -> tuple[float, float] | None:

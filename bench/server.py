@@ -21,13 +21,15 @@ from pathlib import Path
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
-def _stream_rate(times: list[float]) -> float:
-    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+def _stream_rate(times: list[float], tokens: int) -> float:
+    """Tokens after the first over the time from the first text to the last. Counted from the
+    reply's own figure: a busy reader gets several tokens per event (app/engine/host_child)."""
+    return (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
 
 def in_app(model: Path, threads: int, tokens: int, reps: int) -> float:
     from app.engine.host import ModelHost
-    from app.engine.protocol import ChatMessage, LoadSettings, Sampling, Token
+    from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Sampling, Token
 
     host = ModelHost()
     try:
@@ -35,9 +37,14 @@ def in_app(model: Path, threads: int, tokens: int, reps: int) -> float:
         sampling = Sampling(temperature=0, max_tokens=tokens, ignore_eos=True)
         rates = []
         for _ in range(reps + 1):
-            times = [time.perf_counter() for e in host.chat_stream(
-                [ChatMessage(**m) for m in PROMPT], sampling) if isinstance(e, Token)]
-            rates.append(_stream_rate(times))
+            times, done = [], None
+            for e in host.chat_stream([ChatMessage(**m) for m in PROMPT], sampling):
+                if isinstance(e, Token):
+                    times.append(time.perf_counter())
+                elif isinstance(e, ReplyDone):
+                    done = e
+            assert done is not None
+            rates.append(_stream_rate(times, done.metrics.generated_tokens))
         return statistics.median(rates[1:])  # the first warms up
     finally:
         host.shutdown()
@@ -50,12 +57,16 @@ def _client_run(base_url: str, model_id: str, tokens: int) -> tuple[float, float
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
     start = time.perf_counter()
     times = []
+    completion = 0
     for chunk in client.chat.completions.create(
             model=model_id, messages=PROMPT, max_tokens=tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True},
             extra_body={"ignore_eos": True}):  # type: ignore[call-overload]
         if chunk.choices and chunk.choices[0].delta.content:
             times.append(time.perf_counter())
-    return times[0] - start, _stream_rate(times), len(times)
+        if chunk.usage is not None:
+            completion = chunk.usage.completion_tokens
+    return times[0] - start, _stream_rate(times, completion), completion
 
 
 def main() -> None:

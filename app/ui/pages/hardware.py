@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 
 from app.core import capacity, load_stats, store_reads
 from app.core import settings as settings_store
-from app.core.hardware import HardwareProfile, RemoteServer, advice
+from app.core.hardware import HardwareProfile, LlamaBuild, RemoteServer, advice
 from app.core.settings import Settings
 from app.core.units import format_bytes
 from app.jobs import rpc
@@ -303,7 +303,7 @@ class HardwarePage(QWidget):
             ])
         if p.llama:
             rows = [("Version", p.llama.version), ("Backends", ", ".join(p.llama.backends)),
-                    ("GPU offload", "yes" if p.llama.supports_gpu_offload else "no")]
+                    ("GPU offload", _offload(p.llama))]
             rows += [(f"Device {d.name}", f"{d.description} [{d.kind}] — "
                       f"{_memory(d.memory_free, d.memory_total)}") for d in p.llama.devices]
             rows.append(("Build features", p.llama.system_info))
@@ -321,3 +321,13 @@ class HardwarePage(QWidget):
         if p.notes:
             section("Notes", [("", n) for n in p.notes])
         tree.resizeColumnToContents(0)
+
+
+def _offload(llama: LlamaBuild) -> str:
+    """Whether layers can leave this CPU. llama.cpp says yes for a build with the RPC backend
+    even without a local GPU: then the only place they can go is another machine."""
+    if not llama.supports_gpu_offload:
+        return "no"
+    if any(d.kind in ("gpu", "igpu") for d in llama.devices):
+        return "yes"
+    return "to other machines only (RPC): no local GPU backend" if llama.has_rpc else "yes"
