@@ -15,13 +15,15 @@ opening words so that none reuses another's cache.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 from app.core.sampling import Sampling
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
-from bench._llama_tools import quantized
+from bench._llama_tools import quantized, run_timed, tool
 
 PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to the sea and build "
            "deltas where they slow down. People settled beside them for water, food and "
@@ -96,7 +98,30 @@ def main() -> None:
     print(f"| 5, cache taken by another conversation | {med('history'):.0f} | "
           f"{med('cold_cached'):.0f} | {med('cold') * 1000:.0f} ms | "
           f"{med('cold') / med('turn1'):.2f} |")
+    new_tokens = round(med("history") - med("cached"))
+    floor = llama_depth_cost(model, args.threads, new_tokens, round(med("history")))
+    if floor is not None:
+        print(f"\nllama.cpp itself (llama-bench, flash attention {floor[2]}): {new_tokens} new "
+              f"tokens at depth 0 {floor[0] * 1000:.0f} ms, at depth {med('history'):.0f} "
+              f"{floor[1] * 1000:.0f} ms: **{floor[1] / floor[0]:.2f}x**, the least turn 5 can "
+              "cost against turn 1 with this build")
     print("\ntarget: turn 5 (history kept) at most 1.2x turn 1")
+
+
+def llama_depth_cost(model: Path, threads: int, n: int, depth: int
+                     ) -> tuple[float, float, str] | None:
+    """Seconds llama-bench takes for a batch of ``n`` tokens at depth 0 and at ``depth``
+    (flash attention auto, as the engine loads), or None without the tool."""
+    exe = tool("llama-bench")
+    if exe is None:
+        return None
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+                        "-p", str(n), "-n", "0", "-d", f"0,{depth}", "-r", "5", "-o", "json"])
+    rows = json.loads(out[out.index("["):out.rindex("]") + 1])
+    at = {int(r.get("n_depth", 0)): n / float(r["avg_ts"]) for r in rows}
+    fa = str(rows[0].get("flash_attn", -1))
+    fa = {"-1": "auto", "0": "off", "1": "on", "True": "on", "False": "off"}.get(fa, fa)
+    return at[0], at[depth], fa
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ def test_release_workflow_builds_three_systems_and_runs_the_self_test() -> None:
         text = yaml.safe_dump(job)
         assert "check-bundle" in text and "pyinstaller" in text
         assert "GGML_NATIVE=OFF" in text
+        # every installer can share its machine and use others (llama.cpp's RPC backend)
+        assert text.count("GGML_NATIVE=OFF") == text.count("GGML_RPC=ON")
     assert "GGML_METAL=on" in yaml.safe_dump(jobs["macos"])
     assert "GGML_CPU_ALL_VARIANTS=ON" in yaml.safe_dump(jobs["linux"])
 
