@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.storage import Storage
+from app.pipeline.placement import placement
 from app.pipeline.texts import TextSource
 
 StepRun = Generator[Any, None, dict[str, Any]]
@@ -250,11 +251,12 @@ class Imatrix(Kind):
         from app.engine.imatrix import Computed, compute
 
         text = TextSource.from_json(params["text"])
+        layers, servers = placement(Path(params["model"]), params.get("n_ctx", 512))
         result: dict[str, Any] = {}
         for event in compute(Path(params["model"]), text.read(), Path(params["out"]),
                              n_ctx=params.get("n_ctx", 512), max_chunks=params.get("chunks"),
                              threads=params.get("threads"), dataset=text.name,
-                             cancel=ctx.cancel):
+                             cancel=ctx.cancel, n_gpu_layers=layers, rpc_servers=servers):
             if isinstance(event, Computed):
                 result = {"path": str(event.path), "chunks": event.chunks,
                           "tokens": event.tokens, "tensors": event.tensors,
@@ -311,10 +313,11 @@ def _quantize_cost(quant: str) -> float:
     return 1.8 if "_K" in quant else 1.0
 
 
-def _eval_options(params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+def _eval_options(params: dict[str, Any], ctx: StepContext, model: str) -> dict[str, Any]:
+    layers, servers = placement(Path(model), params.get("n_ctx", 512))
     return {"n_ctx": params.get("n_ctx", 512), "max_chunks": params.get("chunks"),
             "speed_reps": params.get("speed_reps", 3), "threads": params.get("threads"),
-            "cancel": ctx.cancel}
+            "cancel": ctx.cancel, "n_gpu_layers": layers, "rpc_servers": servers}
 
 
 def _eval_seconds(params: dict[str, Any], rates: Rates, reference: bool) -> float:
@@ -341,8 +344,8 @@ class EvaluateReference(Kind):
         from app.engine.evaluate import reference_pass
 
         text = TextSource.from_json(params["text"]).read()
-        result, cached = yield from reference_pass(Path(params["reference"]), text,
-                                                   **_eval_options(params, ctx))
+        result, cached = yield from reference_pass(
+            Path(params["reference"]), text, **_eval_options(params, ctx, params["reference"]))
         return {"result": result.to_json(), "from_cache": cached}
 
     def predict(self, params: dict[str, Any], rates: Rates) -> float:
@@ -365,7 +368,8 @@ class Evaluate(Kind):
 
         text = TextSource.from_json(params["text"]).read()
         result = yield from candidate_pass(Path(params["reference"]), Path(params["candidate"]),
-                                           text, **_eval_options(params, ctx))
+                                           text, **_eval_options(params, ctx,
+                                                                 params["candidate"]))
         return {"result": result.to_json()}
 
     def predict(self, params: dict[str, Any], rates: Rates) -> float:

@@ -4,6 +4,7 @@ what a local-only load does; a server lost mid-reply or down at load gives words
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -250,3 +251,34 @@ def test_plan_places_layers_across_machines_in_words(smollm2: Path) -> None:
         assert 0 < use.total <= device.usable
     pair = memory.plan_pair(info, info, profile, 2048)
     assert not pair.together and "one client at a time" in pair.explanation
+
+
+def test_pipeline_evaluation_uses_the_servers_in_the_settings(
+        tiny_model: Path, servers: tuple[rpc.RpcServer, ...]) -> None:
+    from app.core import settings as settings_store
+    from app.core.resources import evaluation_text
+    from app.engine.evaluate import reference_cache_dir, reference_pass
+    from app.pipeline.placement import placement
+
+    # without other machines in the settings, steps run on this machine as before
+    assert placement(tiny_model, 512) == (0, ())
+    stored = settings_store.load()
+    stored.rpc_servers = list(endpoints(servers))
+    settings_store.save(stored)
+    layers, used = placement(tiny_model, 512)
+    assert layers > 0 and set(used) == set(endpoints(servers))
+
+    def ppl(n_gpu_layers: int, rpc_servers: tuple[str, ...]) -> float:
+        text = evaluation_text()
+        shutil.rmtree(reference_cache_dir(tiny_model, text, 512, 2), ignore_errors=True)
+        job = reference_pass(tiny_model, text, max_chunks=2, speed_reps=0,
+                             n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers)
+        while True:
+            try:
+                next(job)
+            except StopIteration as done:
+                result, cached = done.value
+                assert not cached
+                return float(result.quality.ppl)
+
+    assert ppl(layers, used) == pytest.approx(ppl(0, ()), rel=1e-4)
