@@ -265,7 +265,11 @@ def test_pipeline_evaluation_uses_the_servers_in_the_settings(
     stored = settings_store.load()
     stored.rpc_servers = list(endpoints(servers))
     settings_store.save(stored)
-    layers, used = placement(tiny_model, 512)
+    try:
+        layers, used = placement(tiny_model, 512)
+    finally:  # later tests' steps run on this machine again
+        stored.rpc_servers = []
+        settings_store.save(stored)
     assert layers > 0 and set(used) == set(endpoints(servers))
 
     def ppl(n_gpu_layers: int, rpc_servers: tuple[str, ...]) -> float:
