@@ -82,3 +82,11 @@ def run_timed(cmd: list[str]) -> tuple[float, str]:
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return seconds, proc.stdout + proc.stderr
+
+
+def engine_flash_attn(n_gpu_layers: int = 0) -> str:
+    """llama-bench's -fa value for the setting the engine loads with by default ('auto':
+    off on the CPU alone, app.core.memory.flash_attention), so both sides compute alike."""
+    from app.core.memory import flash_attention
+
+    return "1" if flash_attention(None, n_gpu_layers) else "0"

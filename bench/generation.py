@@ -1,5 +1,5 @@
 """Chat speed through the engine against llama-bench, in the same run, on the same model, threads
-and flash-attention setting (auto, both sides).
+and flash-attention setting (the engine's default, both sides).
 
 QuantDesk's numbers are what the caller of the engine sees (the child process, the pipe, the
 parent's reads included): prompt tok/s = prompt tokens / time to the first token; generation
@@ -23,7 +23,7 @@ from pathlib import Path
 from app.core.sampling import Sampling
 from app.engine.host import ModelHost
 from app.engine.protocol import LoadSettings, ReplyDone, Token
-from bench._llama_tools import quantized, run_timed, tool
+from bench._llama_tools import engine_flash_attn, quantized, run_timed, tool
 
 TEXT = ("The history of computing is a story of abstraction. Each generation of engineers "
         "built tools that hid the details of the layer below, so that the next could think in "
@@ -62,10 +62,11 @@ def llama_bench(model: Path, threads: int, depth: int, reps: int) -> tuple[float
     exe = tool("llama-bench")
     if exe is None:
         return None
-    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+    fa = engine_flash_attn()
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
                         "-p", "512", "-n", "0", "-r", str(reps), "-o", "json"])
     pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
-    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
                         "-p", "0", "-n", str(N_GEN), "-d", str(depth), "-r", str(reps),
                         "-o", "json"])
     tg = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
@@ -80,7 +81,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     args = parser.parse_args()
     print(f"threads {args.threads}, {N_GEN} tokens generated, median of {args.reps}; "
-          "flash attention auto on both sides\n")
+          "flash attention as the engine loads by default on both sides "
+          f"(-fa {engine_flash_attn()})\n")
     print("| model | prompt tokens | QuantDesk prompt tok/s | llama-bench pp512 | ratio | "
           "QuantDesk generation tok/s | llama-bench tg128 @depth | ratio |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -23,7 +23,7 @@ from pathlib import Path
 from app.core.sampling import Sampling
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
-from bench._llama_tools import quantized, run_timed, tool
+from bench._llama_tools import engine_flash_attn, quantized, run_timed, tool
 
 PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to the sea and build "
            "deltas where they slow down. People settled beside them for water, food and "
@@ -111,11 +111,11 @@ def main() -> None:
 def llama_depth_cost(model: Path, threads: int, n: int, depth: int
                      ) -> tuple[float, float, str] | None:
     """Seconds llama-bench takes for a batch of ``n`` tokens at depth 0 and at ``depth``
-    (flash attention auto, as the engine loads), or None without the tool."""
+    (flash attention as the engine loads by default), or None without the tool."""
     exe = tool("llama-bench")
     if exe is None:
         return None
-    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", "auto",
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", engine_flash_attn(),
                         "-p", str(n), "-n", "0", "-d", f"0,{depth}", "-r", "5", "-o", "json"])
     rows = json.loads(out[out.index("["):out.rindex("]") + 1])
     at = {int(r.get("n_depth", 0)): n / float(r["avg_ts"]) for r in rows}

@@ -96,13 +96,13 @@ def child(model: str, max_tokens: int) -> None:
 def llama_decode_rate(model: Path, tokens: int, depth: int) -> float | None:
     """llama.cpp's own generation rate (llama-bench tg of ``tokens`` after ``depth`` tokens of
     context, median of 3), or None without the tool."""
-    from bench._llama_tools import run_timed, tool
+    from bench._llama_tools import engine_flash_attn, run_timed, tool
 
     exe = tool("llama-bench")
     if exe is None:
         return None
-    _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", "auto", "-p", "0",
-                        "-n", str(tokens), "-d", str(depth), "-r", "3", "-o", "json"])
+    _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", engine_flash_attn(),
+                        "-p", "0", "-n", str(tokens), "-d", str(depth), "-r", "3", "-o", "json"])
     return float(json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"])
 
 

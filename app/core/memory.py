@@ -199,14 +199,55 @@ def _attention(info: ModelInfo, ubatch: int, cells: int, flash_attn: bool) -> in
     return (6 * info.n_head + 4) * ubatch * cells
 
 
+SCORES_ALLOWANCE = 512 * 1024**2  # RAM that flash attention 'auto' spends on speed, at least
+
+
+def flash_attention(setting: bool | None, n_gpu_layers: int, kv_type: str = "f16", *,
+                    scores_bytes: int = 0, weights_bytes: int = 0) -> bool:
+    """Whether a load uses flash attention; ``setting`` None is the 'auto' setting.
+
+    Auto: on when layers leave the CPU (a GPU, another machine's device: llama.cpp's 'auto',
+    on where the device supports it) or the V cache is quantized (llama.cpp quantizes it only
+    with flash attention). On the CPU alone it is off unless the attention scores it would
+    need instead (``scores_bytes``, see ``_attention``) take more than a quarter of the
+    weights (``weights_bytes``) or 512 MiB, whichever is more: llama.cpp's CPU flash attention
+    loses at depth (llama-bench, SmolLM2 Q4_K_M, 2 threads, 2,436 tokens of context: generation
+    25.6 tok/s with it, 55.3 without; 21 new tokens 36 against 229 tok/s; it wins 10% only near
+    an empty context), and a chat's later turns are at depth; a long context on a large model
+    keeps it, since the scores would then cost gigabytes.
+    """
+    if setting is not None:
+        return setting
+    if n_gpu_layers != 0 or kv_type not in ("f16", "f32"):
+        return True
+    return scores_bytes > max(weights_bytes // 4, SCORES_ALLOWANCE)
+
+
+def scores_bytes(n_head: int, n_ctx: int, n_ubatch: int = 512) -> int:
+    """The attention scores a CPU load without flash attention keeps (``_attention``)."""
+    cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
+    return (6 * n_head + 4) * min(n_ubatch, n_ctx) * cells
+
+
+def flash_setting(value: object) -> bool | None:
+    """The load setting ('auto', 'on', 'off'; older settings held a bool) as ``flash_attention``
+    takes it."""
+    if isinstance(value, bool):
+        return value
+    return {"on": True, "off": False}.get(str(value))
+
+
 def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: int = 512,
              kv_type: str = "f16", cpu_features: tuple[str, ...] = (),
-             gpu_name: str = "GPU", flash_attn: bool = True,
+             gpu_name: str = "GPU", flash_attn: bool | None = None,
              devices: Sequence[OffloadDevice] = ()) -> MemoryEstimate:
     """Bytes on the CPU (and GPU) for ``info`` loaded at ``n_ctx`` with ``n_gpu_layers``
-    (-1: all, the output layer included). ``flash_attn``: as the engine loads by default
-    ('auto' turns it on where llama.cpp supports it). ``devices``: more than one offload device
-    splits the offloaded layers between them (``split_layers``)."""
+    (-1: all, the output layer included). ``flash_attn``: None as the engine's 'auto'
+    (``flash_attention``). ``devices``: more than one offload device splits the offloaded
+    layers between them (``split_layers``)."""
+    flash_attn = flash_attention(flash_attn, n_gpu_layers, kv_type,
+                                 scores_bytes=scores_bytes(info.n_head, n_ctx, n_ubatch),
+                                 weights_bytes=sum(t.n_bytes for t in info.tensors))
     if len(devices) > 1:
         return _estimate_split(info, n_ctx, n_gpu_layers, n_ubatch=n_ubatch, kv_type=kv_type,
                                cpu_features=cpu_features, flash_attn=flash_attn,
@@ -430,7 +471,7 @@ def placement(est: MemoryEstimate, devices: Sequence[OffloadDevice]) -> tuple[st
 
 
 def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layers: int | None,
-                kv_type: str, flash_attn: bool) -> FitPlan:
+                kv_type: str, flash_attn: bool | None) -> FitPlan:
     """``plan`` when other machines lend devices: layers split over them and local GPUs."""
     features = profile.repacking_features
     # llama.cpp gives every device it is handed a share by free memory, and the first
@@ -506,7 +547,7 @@ def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layer
 
 def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
          n_gpu_layers: int | None = None, kv_type: str = "f16",
-         flash_attn: bool = True) -> FitPlan:
+         flash_attn: bool | None = None) -> FitPlan:
     """Choose GPU layers (all that fit, unless given) and check the context; explain. With
     other machines' devices in the profile (``profile.remote``), layers are split over them
     and this machine's GPUs."""

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.memory import flash_attention, scores_bytes
 from app.core.sampling import Sampling
 from app.engine import llama_log, load_params
 from app.engine.protocol import LoadSettings
@@ -102,7 +103,16 @@ class Generator:
         cparams.n_batch = settings.n_batch
         cparams.n_ubatch = settings.n_ubatch
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = FLASH_ATTENTION[_flash(settings.flash_attn)]
+        # 'auto' on a CPU-only load is off (app.core.memory.flash_attention says why); where
+        # layers are offloaded it stays llama.cpp's auto (on where the device supports it)
+        flash = _flash(settings.flash_attn)
+        if flash == "auto" and not flash_attention(
+                None, settings.n_gpu_layers, settings.type_v or "f16",
+                scores_bytes=scores_bytes(int(ll.llama_model_n_head(self.model)), settings.n_ctx,
+                                          settings.n_ubatch),
+                weights_bytes=int(ll.llama_model_size(self.model))):
+            flash = "off"
+        cparams.flash_attn_type = FLASH_ATTENTION[flash]
         if settings.type_k:
             cparams.type_k = KV_TYPES[settings.type_k]
         if settings.type_v:

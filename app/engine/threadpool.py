@@ -2,8 +2,9 @@
 
 Without one, a ggml CPU backend built without OpenMP (MSVC's and Apple clang's builds) creates
 a thread pool for every graph it computes and joins it afterwards: for generation that is one
-pool per token (with OpenMP, libgomp keeps its threads and the pool changes little). On a fast model (a small one, or a GPU
-doing most of the work) that start-up is a large part of each token's time; llama-bench and
+pool per token (with OpenMP, libgomp keeps its threads and the pool changes little). On a
+fast model (a small one, or a GPU doing most of the work) that start-up is a large part of
+each token's time; llama-bench and
 llama-cli attach a pool for the context's life, whose threads wait between tokens (polling
 briefly, then sleeping). ``attach`` does the same for a context made through llama-cpp-python.
 

@@ -110,8 +110,8 @@ def test_the_next_turn_decodes_only_the_new_tokens_and_stays_close_to_a_fresh_ev
     from app.core.gguf_info import read_model_info
     from app.engine.generation import Generator
 
-    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2))
-    try:
+    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2, flash_attn="on"))
+    try:  # loaded as the host was, so its first reply is the host's
         template = read_model_info(smollm2).chat_template
         render = lambda ms: chat_template.render(  # noqa: E731
             template, [chat_template.Message(m.role, m.content) for m in ms],

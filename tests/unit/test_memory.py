@@ -220,3 +220,20 @@ def test_context_labels() -> None:
 
     assert [context_label(n) for n in (2048, 8192, 131072, 1000, 1536)] == \
         ["2K", "8K", "128K", "1,000", "1,536"]
+
+
+def test_flash_attention_auto_follows_where_the_layers_run() -> None:
+    from app.core.memory import flash_attention, scores_bytes
+
+    gib = 1024**3
+    small = {"scores_bytes": scores_bytes(9, 4096), "weights_bytes": 100 * 1024**2}
+    # CPU alone, scores within the allowance: off (llama.cpp's CPU flash attention loses at
+    # depth); offloaded layers or a quantized V cache: on; explicit settings win
+    assert not flash_attention(None, 0, **small)
+    assert flash_attention(None, 10, **small) and flash_attention(None, -1, **small)
+    assert flash_attention(None, 0, "q8_0", **small)
+    assert flash_attention(True, 0, **small) and not flash_attention(False, 5, **small)
+    # a Llama-3-8B-sized model: 8k context keeps it off, 32k would cost 3 GiB of scores: on
+    big = 5 * gib
+    assert not flash_attention(None, 0, scores_bytes=scores_bytes(32, 8192), weights_bytes=big)
+    assert flash_attention(None, 0, scores_bytes=scores_bytes(32, 32768), weights_bytes=big)

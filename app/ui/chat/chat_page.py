@@ -218,7 +218,7 @@ class ChatPage(QWidget):
             servers = tuple(self.settings.rpc_servers)
         elif self.profile is not None:
             fit = memory.plan(info, self.profile, n_ctx=n_ctx, kv_type=choice.kv_type,
-                              flash_attn=choice.flash_attn != "off")
+                              flash_attn=memory.flash_setting(choice.flash_attn))
             layers, servers = fit.n_gpu_layers, fit.rpc_servers
         else:
             layers = 0  # the hardware probe has not answered yet: the CPU is always there

@@ -74,9 +74,11 @@ class LoadSettingsDialog(QDialog):
         self.flash_attn = QComboBox()
         self.flash_attn.addItems(FLASH_ATTENTION)
         self.flash_attn.setCurrentText(choice.flash_attn)
-        self.flash_attn.setToolTip("auto: on where llama.cpp supports it (as its own tools "
-                                   "do). Saves the attention scores' memory at long contexts; "
-                                   "a quantized KV cache needs it.")
+        self.flash_attn.setToolTip("auto: on where layers are offloaded (a GPU, another "
+                                   "machine) or the KV cache is quantized, which needs it; off "
+                                   "on the CPU alone, where llama.cpp's flash attention is "
+                                   "twice as slow deep in a conversation. On saves the "
+                                   "attention scores' memory at long contexts.")
         form.addRow("Flash attention", self.flash_attn)
         self.kv_type = QComboBox()
         self.kv_type.addItems(KV_TYPES)
