@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -497,19 +497,11 @@ def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layer
         return all(u.total <= d.usable for u, d in zip(uses, devices, strict=False))
 
     if n_gpu_layers is None:  # each device's share only grows with the layer count
-        layers, lo, hi = 0, 1, info.n_layers + 1
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            if devices_fit(est(mid, ctx)):
-                layers, lo = mid, mid + 1
-            else:
-                hi = mid - 1
+        layers = _most_layers(info, lambda n: devices_fit(est(n, ctx)))
     else:
         layers = info.n_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
     chosen = est(layers, ctx)
-    upper = max(info.n_ctx_train or ctx, ctx)
-    candidates = sorted({2**k for k in range(9, 21) if 2**k <= upper} | {upper})
-    max_ctx = max((c for c in candidates if fits(est(layers, c))), default=0)
+    max_ctx = _longest_context(info, ctx, lambda c: fits(est(layers, c)))
     endpoints = tuple(dict.fromkeys(d.endpoint for d in devices if d.endpoint))
     on = f"{len(endpoints)} other machine{'s' if len(endpoints) > 1 else ''}"
     if not fits(chosen):
@@ -545,6 +537,27 @@ def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layer
                    endpoints if layers > 0 else ())
 
 
+def _most_layers(info: ModelInfo, fits: Callable[[int], bool]) -> int:
+    """The most layers (0 … all and the output layer) for which ``fits`` holds, by bisection:
+    what offloaded layers take only grows with their count."""
+    layers, lo, hi = 0, 1, info.n_layers + 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            layers, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return layers
+
+
+def _longest_context(info: ModelInfo, ctx: int, fits: Callable[[int], bool]) -> int:
+    """The longest context among the powers of two from 512 and the trained length (or
+    ``ctx`` when longer) for which ``fits`` holds; 0 when none does."""
+    upper = max(info.n_ctx_train or ctx, ctx)
+    candidates = sorted({2**k for k in range(9, 21) if 2**k <= upper} | {upper})
+    return max((c for c in candidates if fits(c)), default=0)
+
+
 def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
          n_gpu_layers: int | None = None, kv_type: str = "f16",
          flash_attn: bool | None = None) -> FitPlan:
@@ -565,21 +578,16 @@ def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
     if n_gpu_layers is None:
         # The most layers whose GPU share fits: that share only grows with the layer count, so
         # a bisection finds it (an 80-layer model is planned for every catalog quant at once).
-        layers, lo, hi = 0, 1, info.n_layers + 1
-        while vram > 0 and lo <= hi:
-            mid = (lo + hi) // 2
-            gpu = est(mid, ctx).gpu
-            if gpu is not None and gpu.total <= vram:
-                layers, lo = mid, mid + 1
-            else:
-                hi = mid - 1
+        def gpu_fits(n: int) -> bool:
+            gpu = est(n, ctx).gpu
+            return gpu is not None and gpu.total <= vram
+
+        layers = _most_layers(info, gpu_fits) if vram > 0 else 0
     else:
         layers = info.n_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
     chosen = est(layers, ctx)
 
-    upper = max(info.n_ctx_train or ctx, ctx)
-    candidates = sorted({2**k for k in range(9, 21) if 2**k <= upper} | {upper})
-    max_ctx = max((c for c in candidates if _fits(est(layers, c), ram, vram)), default=0)
+    max_ctx = _longest_context(info, ctx, lambda c: _fits(est(layers, c), ram, vram))
     lines = []
     if not _fits(chosen, ram, vram):
         fit = "too_large"
@@ -606,7 +614,8 @@ def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
                  f"weights {_gib(chosen.cpu.weights + (chosen.gpu.weights if chosen.gpu else 0))}.")
     if max_ctx:
         lines.append(f"Longest context that fits with this plan: {max_ctx:,} tokens"
-                     + (" (the model's trained maximum)." if max_ctx >= upper else "."))
+                     + (" (the model's trained maximum)."
+                        if max_ctx >= max(info.n_ctx_train or ctx, ctx) else "."))
     if chosen.cpu.repacked:
         lines.append(f"{_gib(chosen.cpu.repacked)} of weights are repacked for faster CPU "
                      "kernels and kept twice in memory.")
