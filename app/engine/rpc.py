@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import logging
 import multiprocessing as mp
 import os
@@ -31,6 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from app.core.addresses import is_loopback as is_loopback  # part of this module's API
 from app.core.hardware import RemoteDevice, RemoteServer
 from app.engine.generation import GenerationError
 
@@ -70,16 +70,6 @@ def normalize(text: str) -> str:
     """An endpoint as llama.cpp takes it: 'host:port'."""
     host, port = parse_endpoint(text)
     return f"{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine only (a server there is unreachable from others)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _connect(endpoint: str, timeout: float) -> socket.socket:

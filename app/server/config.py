@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
+
+from app.core.addresses import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -13,16 +14,6 @@ MAX_TOKENS_LIMIT = 8192  # a reply's max_tokens above this is refused
 
 class ServerConfigError(ValueError):
     """A configuration that is not safe or not valid; the message says what to change."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 @dataclass(frozen=True)

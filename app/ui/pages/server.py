@@ -26,10 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.addresses import is_loopback
 from app.core.settings import Settings
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import Loaded, LoadSettings
-from app.server.config import DEFAULT_PORT, ServerConfig, ServerConfigError, is_loopback
+from app.server.config import DEFAULT_PORT, ServerConfig, ServerConfigError
 from app.server.request_log import LogEntry
 from app.server.runner import ServerRunner
 from app.ui.widgets import Card, name_combo, page_title, row_table, set_role, text_label
