@@ -32,7 +32,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,11 +336,12 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
         same = np.empty(total, dtype=bool)
         dp = np.empty(total, dtype=np.float64)
         send(Progress(0, n_chunks, f"{len(tokens):,} tokens, {n_chunks} chunks of {n_ctx}"))
-
-        def score(c: int, logits: np.ndarray, chunk: np.ndarray) -> None:
-            """Chunk ``c``'s numbers from its logits (a copy): NLL, and the compressed
-            reference distributions or the comparison with them."""
-            lq = log_softmax(logits)
+        t0 = time.perf_counter()
+        for c in range(n_chunks):
+            chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+            # logits only where they are scored (llama-perplexity asks for the same ones)
+            logits = runner.eval_chunk(chunk, outputs_from=first)
+            lq = log_softmax(logits[:n_ctx - 1 - first])
             rows = slice(c * n_scored, (c + 1) * n_scored)
             nxt = chunk[first + 1:]
             nll[rows] = -np.take_along_axis(lq, nxt[:, None].astype(np.int64), 1)[:, 0]
@@ -360,25 +360,7 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
                 cmp = compare_rows(lq, ref)
                 kld[rows], same[rows] = cmp["kld"], cmp["same_top"]
                 dp[rows] = np.exp(-nll[rows]) - np.exp(-arrays["nll"][rows].astype(np.float64))
-
-        t0 = time.perf_counter()
-        # Scoring a chunk (NumPy, which releases the GIL) runs on a thread while llama.cpp
-        # decodes the next one (ctypes releases it too): the scoring is off the decode path, as
-        # llama-perplexity's is. One chunk in flight: its logits are copied (llama.cpp reuses
-        # its buffer), one chunk's worth of memory.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score") as scorer:
-            pending: Future[None] | None = None
-            for c in range(n_chunks):
-                chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-                # logits only where they are scored (llama-perplexity asks for the same ones)
-                logits = np.array(runner.eval_chunk(chunk, outputs_from=first)[:n_ctx - 1 - first])
-                if pending is not None:
-                    pending.result()
-                    send(Progress(c, n_chunks, f"chunk {c}/{n_chunks}"))
-                pending = scorer.submit(score, c, logits, chunk)
-            if pending is not None:
-                pending.result()
-                send(Progress(n_chunks, n_chunks, f"chunk {n_chunks}/{n_chunks}"))
+            send(Progress(c + 1, n_chunks, f"chunk {c + 1}/{n_chunks}"))
         seconds = time.perf_counter() - t0
         if reference:
             arrays["vocab"][0] = runner.n_vocab
