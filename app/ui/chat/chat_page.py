@@ -260,12 +260,14 @@ class ChatPage(QWidget):
         model's header and writes the database), for the Models and Hardware pages."""
         features = self.profile.repacking_features if self.profile is not None else ()
         kv_type = self._load_choice.kv_type
+        flash = memory.flash_setting(self._load_choice.flash_attn)
 
         def record() -> LoadRecord:
             return store_reads.read(lambda store: load_stats.record_loaded_model(
                 store, loaded.path, n_ctx=loaded.n_ctx, n_gpu_layers=loaded.n_gpu_layers,
                 measured_rss=loaded.rss_bytes - loaded.rss_before_bytes,
-                measured_gpu=loaded.gpu_bytes, cpu_features=features, kv_type=kv_type))
+                measured_gpu=loaded.gpu_bytes, cpu_features=features, kv_type=kv_type,
+                flash_attn=flash))
 
         task = Task(record)
         task.finished.connect(self._load_recorded)
