@@ -236,14 +236,19 @@ def test_auto_gpu_layers_come_from_the_load_plan(qtbot: QtBot, make_page: MakePa
     from tests.unit.test_recommend import _profile
 
     page = make_page(max_tokens=4)
+    # The engine's loaded model, not the next model_loaded signal: the first load's signal
+    # may still be queued for the UI thread when the test goes on.
+    def loaded_layers() -> int | None:
+        current = page.engine.current
+        return None if current is None else current.n_gpu_layers
+
+    assert loaded_layers() == 0  # no hardware profile yet: the CPU
     page.set_hardware(_profile(16 * 1024**3, 8 * 1024**3))  # a GPU with room for everything
-    with qtbot.waitSignal(page.model_loaded, timeout=60_000) as blocker:
-        page.reload_model()
-    assert blocker.args[0].n_gpu_layers == 3  # both blocks and the output layer
+    page.reload_model()
+    qtbot.waitUntil(lambda: loaded_layers() == 3, timeout=60_000)  # both blocks and the output
     page.set_hardware(_profile(16 * 1024**3))  # no GPU
-    with qtbot.waitSignal(page.model_loaded, timeout=60_000) as blocker:
-        page.reload_model()
-    assert blocker.args[0].n_gpu_layers == 0
+    page.reload_model()
+    qtbot.waitUntil(lambda: loaded_layers() == 0, timeout=60_000)
 
 
 def test_a_send_before_the_finished_reply_is_handled_loses_nothing(
