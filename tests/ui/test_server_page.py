@@ -48,3 +48,26 @@ def test_the_page_serves_the_chosen_model_and_logs_requests(
         raise AssertionError("the server still answers after Stop")
     except httpx.ConnectError:
         pass
+
+
+def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
+        qtbot: QtBot, tiny_model: Path, tiny_model_f16: Path,
+        engines: list[EngineClient]) -> None:
+    from app.engine.protocol import LoadSettings
+
+    engine = EngineClient()
+    engines.append(engine)
+    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
+    qtbot.addWidget(page)
+    page.port.setValue(0)
+    with qtbot.waitSignal(page.running_changed, timeout=30_000):
+        page.start()
+    assert page.status.text().startswith(f"Serving {tiny_model.name} at ")
+    # the Chat page loads another model into the shared engine
+    engine.load(LoadSettings(str(tiny_model_f16), n_ctx=512))
+    qtbot.waitUntil(lambda: tiny_model_f16.name in page.status.text(), timeout=30_000)
+    assert "Chat page loaded it" in page.status.text()
+    models = httpx.get(f"{page.address.text()}/models", timeout=10).json()
+    assert models["data"][0]["id"] == tiny_model_f16.stem  # what the page says is true
+    page.stop()
+

@@ -215,7 +215,7 @@ class ServerPage(QWidget):
             self._show_status(str(exc), "Warning")
             return
         self.start_button.setText("Stop")
-        self._show_status(f"Serving at {self.runner.base_url}", "")
+        self._show_serving()
         self._show_address()
         self._timer.start()
         self.running_changed.emit(True)
@@ -243,6 +243,23 @@ class ServerPage(QWidget):
         pending = self._pending
         if pending is not None and Path(loaded.path) == Path(self.model.currentData() or ""):
             self._serve(pending)
+        elif self.runner is not None:  # the chat loaded another model: the server now serves it
+            self._show_serving()
+
+    def _show_serving(self) -> None:
+        """Which model answers, and where: one engine serves the chat and the clients, so a
+        model loaded on the Chat page is the one the server answers with from then on."""
+        if self.runner is None:
+            return
+        current = self.engine.current
+        chosen = Path(self.model.currentData() or "")
+        if current is None or Path(current.path) == chosen:
+            name = chosen.name or "the chosen model"
+            self._show_status(f"Serving {name} at {self.runner.base_url}", "")
+            return
+        self._show_status(f"Serving {Path(current.path).name} at {self.runner.base_url}: the "
+                          "Chat page loaded it, and the server shares the chat's engine. Stop "
+                          "and Start to serve the model chosen here again.", "Warning")
 
     def _load_failed(self, message: str) -> None:
         if self._pending is not None:
