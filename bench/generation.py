@@ -29,6 +29,7 @@ TEXT = ("The history of computing is a story of abstraction. Each generation of 
         "built tools that hid the details of the layer below, so that the next could think in "
         "larger pieces. ")
 N_GEN = 128
+N_CTX = 2048  # the engine's context in this bench
 SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=N_GEN, ignore_eos=True)
 
 
@@ -62,7 +63,7 @@ def llama_bench(model: Path, threads: int, depth: int, reps: int) -> tuple[float
     exe = tool("llama-bench")
     if exe is None:
         return None
-    fa = engine_flash_attn()
+    fa = engine_flash_attn(model, N_CTX)
     _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
                         "-p", "512", "-n", "0", "-r", str(reps), "-o", "json"])
     pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
@@ -81,15 +82,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     args = parser.parse_args()
     print(f"threads {args.threads}, {N_GEN} tokens generated, median of {args.reps}; "
-          "flash attention as the engine loads by default on both sides "
-          f"(-fa {engine_flash_attn()})\n")
+          "flash attention as the engine loads each model by default, on both sides\n")
     print("| model | prompt tokens | QuantDesk prompt tok/s | llama-bench pp512 | ratio | "
           "QuantDesk generation tok/s | llama-bench tg128 @depth | ratio |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
     for quant in ("Q4_K_M", "Q8_0"):
         model = quantized(quant)
         host = ModelHost()
-        host.load_sync(LoadSettings(str(model), n_ctx=2048, n_threads=args.threads))
+        host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
         runs = [engine_run(host, prompt(i, args.prompt_tokens)) for i in range(args.reps + 1)]
         host.shutdown()
         runs = runs[1:]  # the first is the warm-up

@@ -30,6 +30,7 @@ PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to th
            "trade, and many cities still stand where a river could be crossed. ")
 NEW_MESSAGE = "Summarise what we discussed in two sentences."
 SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=48)
+N_CTX = 4096  # the engine's context in this bench
 WORDS = ("Amber", "Birch", "Cedar", "Dune", "Ember", "Fjord", "Grove", "Heath")
 
 
@@ -81,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     model = quantized("Q4_K_M")
     host = ModelHost()
-    host.load_sync(LoadSettings(str(model), n_ctx=4096, n_threads=args.threads))
+    host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
     ask(host, [ChatMessage("user", "Hello")])  # warm-up
     runs = [conversation(host, rep, args.history) for rep in range(args.reps)]
     host.shutdown()
@@ -115,13 +116,12 @@ def llama_depth_cost(model: Path, threads: int, n: int, depth: int
     exe = tool("llama-bench")
     if exe is None:
         return None
-    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", engine_flash_attn(),
+    fa = engine_flash_attn(model, N_CTX)
+    _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
                         "-p", str(n), "-n", "0", "-d", f"0,{depth}", "-r", "5", "-o", "json"])
     rows = json.loads(out[out.index("["):out.rindex("]") + 1])
     at = {int(r.get("n_depth", 0)): n / float(r["avg_ts"]) for r in rows}
-    fa = str(rows[0].get("flash_attn", -1))
-    fa = {"-1": "auto", "0": "off", "1": "on", "True": "on", "False": "off"}.get(fa, fa)
-    return at[0], at[depth], fa
+    return at[0], at[depth], "on" if fa == "1" else "off"
 
 
 if __name__ == "__main__":

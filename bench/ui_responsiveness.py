@@ -39,6 +39,7 @@ from app.ui.chat.chat_page import ChatPage
 from tests.helpers.tiny_model import write_tiny_llama
 
 BEAT_MS = 5
+N_CTX = 4096  # the chat's context in this bench
 
 
 def wait_for(condition: object, timeout: float) -> None:
@@ -50,7 +51,7 @@ def wait_for(condition: object, timeout: float) -> None:
 
 def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, float]:
     engine = EngineClient()
-    page = ChatPage(Storage(), engine, Settings(max_tokens=max_tokens, n_ctx=4096), model)
+    page = ChatPage(Storage(), engine, Settings(max_tokens=max_tokens, n_ctx=N_CTX), model)
     page.resize(1000, 700)
     page.show()
     wait_for(lambda: engine.current is not None, 60)
@@ -101,7 +102,8 @@ def llama_decode_rate(model: Path, tokens: int, depth: int) -> float | None:
     exe = tool("llama-bench")
     if exe is None:
         return None
-    _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", engine_flash_attn(),
+    fa = engine_flash_attn(model, N_CTX)
+    _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", fa,
                         "-p", "0", "-n", str(tokens), "-d", str(depth), "-r", "3", "-o", "json"])
     return float(json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"])
 

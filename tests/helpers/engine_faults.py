@@ -23,7 +23,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +124,7 @@ def drive(cycles: int, seed: int, model: Path, report_path: Path) -> None:
     from app.jobs.engine_client import EngineClient
     from app.pipeline.chat_session import Reply
     from app.ui.chat.chat_page import ChatPage
+    from tests.helpers import qt_wait
     from tests.helpers.address_space import no_core_files, starve
 
     no_core_files()  # the engine children started from here inherit it (SIGSEGV on purpose)
@@ -157,13 +157,7 @@ def drive(cycles: int, seed: int, model: Path, report_path: Path) -> None:
     engine.load_failed.connect(load_errors.append)
 
     def wait(condition: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            app.processEvents()
-            time.sleep(0.002)
-        return True
+        return qt_wait.wait(app, condition, timeout)
 
     def reply(text: str, max_tokens: int) -> Reply | None:
         settings.max_tokens = max_tokens

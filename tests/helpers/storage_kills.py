@@ -236,6 +236,7 @@ def drive(model: Path, seed: int) -> None:
     from app.jobs.engine_client import EngineClient
     from app.pipeline.chat_session import Reply
     from app.ui.chat.chat_page import ChatPage
+    from tests.helpers import qt_wait
 
     said = threading.Lock()
 
@@ -258,13 +259,7 @@ def drive(model: Path, seed: int) -> None:
     page.reply_ended.connect(ended.append)
 
     def wait(condition: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            app.processEvents()
-            time.sleep(0.002)
-        return True
+        return qt_wait.wait(app, condition, timeout)
 
     if not wait(lambda: engine.current is not None, 60):
         raise SystemExit("the model did not load")
