@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.memory import flash_attention, scores_bytes
+from app.core.memory import flash_attention, flash_setting, scores_bytes
 from app.core.sampling import Sampling
 from app.engine import llama_log, load_params
 from app.engine.protocol import LoadSettings
@@ -105,12 +105,15 @@ class Generator:
         cparams.n_threads = cparams.n_threads_batch = threads
         # 'auto' on a CPU-only load is off (app.core.memory.flash_attention says why); where
         # layers are offloaded it stays llama.cpp's auto (on where the device supports it)
-        flash = _flash(settings.flash_attn)
-        if flash == "auto" and not flash_attention(
-                None, settings.n_gpu_layers, settings.type_v or "f16",
-                scores_bytes=scores_bytes(int(ll.llama_model_n_head(self.model)), settings.n_ctx,
-                                          settings.n_ubatch),
-                weights_bytes=int(ll.llama_model_size(self.model))):
+        chosen = flash_setting(settings.flash_attn)
+        if chosen is not None:
+            flash = "on" if chosen else "off"
+        elif flash_attention(None, settings.n_gpu_layers, settings.type_v or "f16",
+                             scores_bytes=scores_bytes(int(ll.llama_model_n_head(self.model)),
+                                                       settings.n_ctx, settings.n_ubatch),
+                             weights_bytes=int(ll.llama_model_size(self.model))):
+            flash = "auto"
+        else:
             flash = "off"
         cparams.flash_attn_type = FLASH_ATTENTION[flash]
         if settings.type_k:
@@ -384,11 +387,4 @@ def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
     """Where the earliest stop string begins in ``text[start:]``, or None."""
     found = [i for i in (text.find(stop, start) for stop in stops) if i >= 0]
     return min(found) if found else None
-
-
-def _flash(value: object) -> str:
-    """The flash-attention setting as 'auto', 'on' or 'off' (older settings held a bool)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value) if value in FLASH_ATTENTION else "auto"
 
