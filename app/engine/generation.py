@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,9 @@ def held_back(text: str, stops: Sequence[str]) -> int:
 
 
 class Generator:
-    """A loaded model with one context. Not thread-safe: one reply at a time."""
+    """A loaded model with one context of ``n_parallel`` sequences (``LoadSettings``), each
+    with its own KV cache: ``generate`` runs one reply on sequence 0; ``begin`` and ``step``
+    run several at once, one batched decode per token for all. Not thread-safe."""
 
     def __init__(self, settings: LoadSettings,
                  progress: Callable[[float], None] | None = None) -> None:
@@ -98,9 +101,14 @@ class Generator:
         from app.engine.runner import default_threads
 
         threads = settings.n_threads or default_threads()
+        n_seq = max(1, settings.n_parallel)
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = settings.n_ctx
-        cparams.n_batch = settings.n_batch
+        # each sequence gets the whole context: its own KV stream of n_ctx cells (not one
+        # cache shared by all, where a long reply could take a neighbour's room)
+        cparams.n_ctx = settings.n_ctx * n_seq
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = False
+        cparams.n_batch = max(settings.n_batch, n_seq)
         cparams.n_ubatch = settings.n_ubatch
         cparams.n_threads = cparams.n_threads_batch = threads
         # 'auto' on a CPU-only load is off (app.core.memory.flash_attention says why); where
@@ -132,12 +140,16 @@ class Generator:
         self.settings = settings
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx = int(ll.llama_n_ctx(self.ctx))
+        self.n_seq = n_seq
+        self.n_ctx = int(ll.llama_n_ctx_seq(self.ctx))  # one sequence's context
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
-        self.n_batch = settings.n_batch
+        self.n_batch = max(settings.n_batch, n_seq)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
-        self.cached: list[int] = []  # the tokens in the KV cache, positions 0…, sequence 0
+        # per sequence: the tokens in its KV cache (positions 0…), and when it was last used
+        self._caches: list[list[int]] = [[] for _ in range(n_seq)]
+        self._used = [0] * n_seq
+        self._clock = itertools.count(1)
         self._eog: list[int] | None = None
 
     # --- the vocabulary ---------------------------------------------------------------------
@@ -191,51 +203,84 @@ class Generator:
 
     # --- the cache and decoding ---------------------------------------------------------
 
-    def _decode(self, tokens: Sequence[int], start: int) -> None:
-        """Decode ``tokens`` at positions ``start``…, in batches; logits for the last one."""
-        ll, batch = self._ll, self._batch
+    def cached(self, seq: int = 0) -> list[int]:
+        """The tokens in sequence ``seq``'s KV cache, positions 0… (a copy)."""
+        return list(self._caches[seq])
+
+    def _decode(self, tokens: Sequence[int], start: int, seq: int = 0) -> None:
+        """Decode ``tokens`` at positions ``start``… of ``seq``, in batches; logits for the last
+        one."""
+        batch = self._batch
+        cache = self._caches[seq]
         for offset in range(0, len(tokens), self.n_batch):
             part = tokens[offset:offset + self.n_batch]
             n = len(part)
-            last = offset + n == len(tokens)
             for i, token in enumerate(part):
                 batch.token[i] = token
                 batch.pos[i] = start + offset + i
                 batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
+                batch.seq_id[i][0] = seq
                 batch.logits[i] = 0
-            if last:
+            if offset + n == len(tokens):
                 batch.logits[n - 1] = 1
             batch.n_tokens = n
-            status = ll.llama_decode(self.ctx, batch)
-            if status != 0:
-                self.cached = list(self.cached[:start + offset])
-                if status == 1:
-                    raise GenerationError("The context is full: no room for these tokens.")
-                raise GenerationError(f"llama.cpp could not decode (status {status}).")
-            self.cached.extend(part)
+            self._run_batch([seq])
+            cache.extend(part)
 
-    def _reuse(self, tokens: Sequence[int]) -> int:
-        """Keep the cached tokens ``tokens`` starts with (at least one token is decoded again,
-        for its logits); drop the rest from the cache. Returns how many are kept."""
-        common = 0
-        for cached, token in zip(self.cached, tokens, strict=False):
-            if cached != token:
-                break
-            common += 1
-        keep = min(common, len(tokens) - 1)
+    def _run_batch(self, seqs: Sequence[int]) -> None:
+        """``llama_decode`` the batch as filled; on failure the sequences in it lose what the
+        batch added to their cache and GenerationError says why."""
+        status = self._ll.llama_decode(self.ctx, self._batch)
+        if status == 0:
+            return
         memory = self._ll.llama_get_memory(self.ctx)
-        if keep < len(self.cached) and not self._ll.llama_memory_seq_rm(memory, 0, keep, -1):
+        for seq in set(seqs):
+            self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
+        if status == 1:
+            raise GenerationError("The context is full: no room for these tokens.")
+        raise GenerationError(f"llama.cpp could not decode (status {status}).")
+
+    def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
+        """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
+        decoded again, for its logits); drop the rest from the cache. Returns how many are
+        kept."""
+        cache = self._caches[seq]
+        keep = min(_common_prefix(cache, tokens), len(tokens) - 1)
+        memory = self._ll.llama_get_memory(self.ctx)
+        if keep < len(cache) and not self._ll.llama_memory_seq_rm(memory, seq, keep, -1):
             # a cache that cannot drop a tail (recurrent models) starts again
-            self._ll.llama_memory_clear(memory, True)
+            self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
             keep = 0
-        del self.cached[keep:]
+        del cache[keep:]
         return keep
 
     def reset(self) -> None:
-        """Forget the cache (the next prompt is decoded whole)."""
+        """Forget every sequence's cache (the next prompt is decoded whole)."""
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)
-        self.cached = []
+        for cache in self._caches:
+            cache.clear()
+
+    def sequence_for(self, tokens: Sequence[int], busy: Iterable[int] = ()) -> int:
+        """The free sequence to continue ``tokens`` on: one whose cache they continue (they
+        share at least half of it: the same conversation's last turn, a regenerated reply),
+        the longest such. Else, while other replies run, the lowest free one: llama.cpp
+        decodes a step's tokens in one micro-batch only for consecutive sequence ids (its
+        ``split_equal``), so a gap costs a second pass over the weights at every token. Else
+        an empty one, else the one used longest ago. A prompt that only shares a template's
+        opening with a cache does not take that cache's place. Raises GenerationError when
+        every sequence is busy."""
+        taken = set(busy)
+        free = [s for s in range(self.n_seq) if s not in taken]
+        if not free:
+            raise GenerationError(f"All {self.n_seq} sequences are generating.")
+
+        def preference(seq: int) -> tuple[int, bool, bool, int]:
+            cache = self._caches[seq]
+            common = _common_prefix(cache, tokens)
+            return (common if cache and 2 * common >= len(cache) else 0,
+                    bool(taken) and seq == free[0], not cache, -self._used[seq])
+
+        return max(free, key=preference)
 
     # --- sampling ---------------------------------------------------------------------
 
@@ -275,96 +320,82 @@ class Generator:
         add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    # --- a reply ---------------------------------------------------------------------
+    # --- replies ---------------------------------------------------------------------
 
-    def generate(self, tokens: Sequence[int], sampling: Sampling, *,
-                 on_text: Callable[[str], bool],
-                 should_stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """Continue ``tokens`` (a rendered prompt's tokens) until an end-of-generation token, a
-        stop string, ``sampling.max_tokens``, the end of the context, or ``should_stop()``
+    def begin(self, tokens: Sequence[int], sampling: Sampling, *,
+              on_text: Callable[[str], bool],
+              should_stop: Callable[[], bool] = lambda: False, seq: int = 0) -> Reply:
+        """Start a reply continuing ``tokens`` (a rendered prompt's tokens) on sequence
+        ``seq``; ``step`` advances it. It ends at an end-of-generation token, a stop string,
+        ``sampling.max_tokens``, the end of the sequence's context, or ``should_stop()``
         (checked before every token). ``on_text`` receives the reply's text as it becomes
         certain: whole characters, never the start of a stop string; it returns False to refuse
         a piece (the reader asked to stop meanwhile), which ends the reply without that piece
-        or its token."""
+        or its token. The caller must ``release`` a reply it abandons before its end."""
         started = time.perf_counter()
         if not tokens:
             raise GenerationError("The prompt is empty.")
         if len(tokens) >= self.n_ctx:
             raise GenerationError(f"The prompt is {len(tokens):,} tokens, more than the "
                                   f"context of {self.n_ctx:,}.")
+        if not 0 <= seq < self.n_seq:
+            raise GenerationError(f"There is no sequence {seq}.")
         sampler = self._sampler(sampling)
+        reused = self._reuse(tokens, seq)
+        self._used[seq] = next(self._clock)
+        return Reply(self, seq, tokens, reused, sampling, sampler, started, on_text,
+                     should_stop)
+
+    def step(self, replies: Sequence[Reply]) -> None:
+        """One ``llama_decode`` for the unfinished ``replies``: each generating reply's last
+        token, then prompts in order, as much of them as the batch holds; then the next token
+        of every reply whose tokens are all decoded. A reply that has ended has ``outcome``."""
+        live = [r for r in replies if r.outcome is None]
+        for reply in [r for r in live if r.prompting and r.should_stop()]:
+            reply.finish("stopped")  # a long prompt stops without decoding the rest
+        # generating replies first (a token each), in sequence order: llama.cpp puts
+        # consecutive sequences with as many tokens each in one micro-batch
+        live = sorted((r for r in live if r.outcome is None),
+                      key=lambda r: (r.prompting, r.seq))
+        if not live:
+            return
+        batch, n, taken = self._batch, 0, []
+        for reply in live:
+            take = min(len(reply.pending), self.n_batch - n)
+            if take <= 0:
+                continue
+            for i in range(take):
+                batch.token[n + i] = reply.pending[i]
+                batch.pos[n + i] = reply.pos + i
+                batch.n_seq_id[n + i] = 1
+                batch.seq_id[n + i][0] = reply.seq
+                batch.logits[n + i] = 0
+            last = take == len(reply.pending)
+            if last:
+                batch.logits[n + take - 1] = 1
+            taken.append((reply, take, n + take - 1 if last else -1))
+            n += take
+        batch.n_tokens = n
+        self._run_batch([r.seq for r, _, _ in taken])
+        for reply, take, _ in taken:
+            self._caches[reply.seq].extend(reply.pending[:take])
+            reply.pos += take
+            del reply.pending[:take]
+        for reply, _, index in taken:
+            if index >= 0:
+                reply.advance(index)
+
+    def generate(self, tokens: Sequence[int], sampling: Sampling, *,
+                 on_text: Callable[[str], bool],
+                 should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+        """One reply on sequence 0, from start to end (``begin`` says how it ends)."""
+        reply = self.begin(tokens, sampling, on_text=on_text, should_stop=should_stop)
         try:
-            reused = self._reuse(tokens)
-            self._decode(tokens[reused:], reused)
-            prompt_seconds = time.perf_counter() - started
-            return self._reply(sampling, sampler, len(tokens), reused, started,
-                               prompt_seconds, on_text, should_stop)
+            while reply.outcome is None:
+                self.step([reply])
+            return reply.outcome
         finally:
-            self._ll.llama_sampler_free(sampler)
-
-    def _reply(self, s: Sampling, sampler: Any, n_prompt: int, reused: int, started: float,
-               prompt_seconds: float, on_text: Callable[[str], bool],
-               should_stop: Callable[[], bool]) -> Outcome:
-        ll, ctx = self._ll, self.ctx
-        is_eog = ll.llama_vocab_is_eog
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = tuple(x for x in s.stop if x)
-        longest_stop = max((len(x) for x in stops), default=0)
-        text, emitted, generated = "", 0, 0
-        first_text = first_token = 0.0
-        finish, by_stop_string = "length", False
-        budget = min(s.max_tokens, self.n_ctx - n_prompt)
-
-        def emit(upto: int) -> bool:
-            """Hand over text[emitted:upto]; False when the reader refused it."""
-            nonlocal emitted, first_text
-            if upto > emitted:
-                if not on_text(text[emitted:upto]):
-                    return False
-                if not first_text:
-                    first_text = time.perf_counter()
-                emitted = upto
-            return True
-
-        while generated < budget:
-            if should_stop():
-                finish = "stopped"
-                break
-            token = ll.llama_sampler_sample(sampler, ctx, -1)  # accepts it too
-            generated += 1
-            if not first_token:
-                first_token = time.perf_counter()
-            if is_eog(self.vocab, token) and not s.ignore_eos:
-                finish = "stop"
-                break
-            before = len(text)
-            text += decoder.decode(self._piece(token))
-            upto = len(text)
-            if stops:
-                # a stop string can only end in the new text: look from where it could start
-                found = _find_stop(text, stops, max(0, before - longest_stop + 1))
-                if found is not None:
-                    text = text[:found]
-                    finish, by_stop_string = "stop", True
-                    if not emit(len(text)):
-                        finish = "stopped"
-                    break
-                upto -= held_back(text, stops)
-            if not emit(upto):  # stopped while this piece waited for its reader: drop it
-                generated -= 1
-                finish, by_stop_string = "stopped", True
-                break
-            self._decode([token], len(self.cached))  # the next logits
-        if not by_stop_string:  # what was held back (a split character, a stop's start) goes
-            text += decoder.decode(b"", final=True)
-            if not emit(len(text)):
-                finish = "stopped"
-        ended = time.perf_counter()
-        return Outcome(
-            text=text[:emitted], finish_reason=finish, prompt_tokens=n_prompt,
-            cached_tokens=reused, generated_tokens=generated,
-            ttft_seconds=(first_text or ended) - started, prompt_seconds=prompt_seconds,
-            generation_seconds=ended - first_token if first_token else 0.0)
+            reply.release()
 
     def close(self) -> None:
         ll = self._ll
@@ -383,8 +414,115 @@ class Generator:
             self.model = None
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
     """Where the earliest stop string begins in ``text[start:]``, or None."""
     found = [i for i in (text.find(stop, start) for stop in stops) if i >= 0]
     return min(found) if found else None
 
+
+
+class Reply:
+    """One reply being generated on one sequence of a ``Generator`` (made by ``begin``,
+    advanced by ``step``); ``outcome`` is set when it has ended."""
+
+    def __init__(self, gen: Generator, seq: int, tokens: Sequence[int], reused: int,
+                 sampling: Sampling, sampler: Any, started: float,
+                 on_text: Callable[[str], bool], should_stop: Callable[[], bool]) -> None:
+        self._gen, self.seq, self.sampling, self._sampler = gen, seq, sampling, sampler
+        self._on_text, self.should_stop = on_text, should_stop
+        self.n_prompt, self.reused, self.started = len(tokens), reused, started
+        self.pending: list[int] = list(tokens[reused:])  # to decode: the prompt, then a token
+        self.pos = reused  # the position of pending[0]
+        self.prompting = True
+        self.prompt_seconds = 0.0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stops = tuple(x for x in sampling.stop if x)
+        self._longest_stop = max((len(x) for x in self._stops), default=0)
+        self._text, self._emitted, self.generated = "", 0, 0
+        self._first_text = self._first_token = 0.0
+        self._budget = min(sampling.max_tokens, gen.n_ctx - len(tokens))
+        self.outcome: Outcome | None = None
+
+    def _emit(self, upto: int) -> bool:
+        """Hand over text[emitted:upto]; False when the reader refused it."""
+        if upto > self._emitted:
+            if not self._on_text(self._text[self._emitted:upto]):
+                return False
+            if not self._first_text:
+                self._first_text = time.perf_counter()
+            self._emitted = upto
+        return True
+
+    def advance(self, index: int) -> None:
+        """Sample the next token from the logits at batch ``index`` and hand over its text, or
+        end the reply."""
+        gen, ll = self._gen, self._gen._ll
+        if self.prompting:
+            self.prompting = False
+            self.prompt_seconds = time.perf_counter() - self.started
+        if self.generated >= self._budget:
+            self.finish("length")
+            return
+        if self.should_stop():
+            self.finish("stopped")
+            return
+        token = ll.llama_sampler_sample(self._sampler, gen.ctx, index)  # accepts it too
+        self.generated += 1
+        if not self._first_token:
+            self._first_token = time.perf_counter()
+        if ll.llama_vocab_is_eog(gen.vocab, token) and not self.sampling.ignore_eos:
+            self.finish("stop")
+            return
+        before = len(self._text)
+        self._text += self._decoder.decode(gen._piece(token))
+        upto = len(self._text)
+        if self._stops:
+            # a stop string can only end in the new text: look from where it could start
+            found = _find_stop(self._text, self._stops, max(0, before - self._longest_stop + 1))
+            if found is not None:
+                self._text = self._text[:found]
+                self.finish("stop" if self._emit(len(self._text)) else "stopped", held=False)
+                return
+            upto -= held_back(self._text, self._stops)
+        if not self._emit(upto):  # stopped while this piece waited for its reader: drop it
+            self.generated -= 1
+            self.finish("stopped", held=False)
+            return
+        if self.generated >= self._budget:
+            self.finish("length")
+            return
+        self.pending = [token]  # its keys and values, and the next logits, in the next step
+
+    def finish(self, reason: str, *, held: bool = True) -> None:
+        """End the reply: ``held`` hands over what was held back (a split character, the start
+        of a stop string that never came)."""
+        if held:
+            self._text += self._decoder.decode(b"", final=True)
+            if not self._emit(len(self._text)):
+                reason = "stopped"
+        ended = time.perf_counter()
+        if self.prompting:
+            self.prompt_seconds = ended - self.started
+        self.outcome = Outcome(
+            text=self._text[:self._emitted], finish_reason=reason, prompt_tokens=self.n_prompt,
+            cached_tokens=self.reused, generated_tokens=self.generated,
+            ttft_seconds=(self._first_text or ended) - self.started,
+            prompt_seconds=self.prompt_seconds,
+            generation_seconds=ended - self._first_token if self._first_token else 0.0)
+        self.pending = []
+        self.release()
+
+    def release(self) -> None:
+        """Free the sampler (done at the end; call it for a reply abandoned before)."""
+        if self._sampler is not None:
+            self._gen._ll.llama_sampler_free(self._sampler)
+            self._sampler = None

@@ -1,8 +1,10 @@
 """The parent's handle on a model-host child process.
 
-``ModelHost`` starts the child (spawn), sends requests and hands back events. It refuses a chat
-while another reply runs (``EngineBusy``) so replies never interleave, and turns a dead child
-into a ``Crashed`` event carrying the exit code or signal and llama.cpp's last log lines.
+``ModelHost`` starts the child (spawn), sends requests and hands back events. It runs as many
+replies at once as the loaded model has sequences (``Loaded.n_parallel``, 1 unless the load
+asked for more) and refuses another (``EngineBusy``); each running reply gets a *lane*, its slot
+in the stop and read counts shared with the child. A dead child becomes a ``Crashed`` event
+carrying the exit code or signal and llama.cpp's last log lines.
 
 Callers either poll events themselves (the Qt bridge does, on a thread) or use the synchronous
 helpers ``load_sync`` and ``chat_stream`` (the CLI and benchmarks do). Whoever polls must keep
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from app.engine import host_child, rpc
 from app.engine.child import describe_exit
 from app.engine.protocol import (
+    MAX_PARALLEL,
     Chat,
     ChatMessage,
     Embed,
@@ -93,13 +96,14 @@ class ModelHost:
         self._proc: mp.process.BaseProcess | None = None
         self._requests: mp.connection.Connection | None = None
         self._events: mp.connection.Connection | None = None
-        self._stop = _CTX.Value("q", -1, lock=False)
-        # Tokens of the running reply read by this side; only this side writes it.
-        self._consumed = _CTX.Value("q", 0, lock=False)
+        # per lane: the id of the request to stop; the events of its reply read by this side
+        # (only this side writes either)
+        self._stop = _CTX.Array("q", [-1] * MAX_PARALLEL, lock=False)
+        self._consumed = _CTX.Array("q", MAX_PARALLEL, lock=False)
         self._ids = itertools.count(1)
         self._crash_reported = False
         self._replace_child = False
-        self.active_request: int | None = None
+        self.active: dict[int, int] = {}  # running request id -> its lane
         self.loaded: Loaded | None = None
         self.log_tail: deque[str] = deque(maxlen=40)
         self._rpc_servers: tuple[str, ...] = ()  # of the last load: named if the child dies
@@ -115,6 +119,21 @@ class ModelHost:
     def current(self) -> Loaded | None:
         """The loaded model, if any (``loaded``, under the name chat sessions use)."""
         return self.loaded
+
+    @property
+    def active_request(self) -> int | None:
+        """A running request's id (the first started), or None when the engine is idle."""
+        return next(iter(self.active), None)
+
+    @property
+    def capacity(self) -> int:
+        """How many replies can run at once: the loaded model's sequences."""
+        return self.loaded.n_parallel if self.loaded is not None else 1
+
+    @property
+    def free(self) -> bool:
+        """Whether another reply can start now."""
+        return len(self.active) < self.capacity
 
     @property
     def pid(self) -> int | None:
@@ -136,7 +155,7 @@ class ModelHost:
         self._requests, self._events = req_send, ev_recv
         self._crash_reported = False
         self._replace_child = False
-        self.active_request = None
+        self.active.clear()
         self.loaded = None
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -160,7 +179,7 @@ class ModelHost:
             if conn is not None:
                 conn.close()
         self._proc = self._requests = self._events = None
-        self.active_request = None
+        self.active.clear()
         self.loaded = None
 
     # --- requests -----------------------------------------------------------------------------
@@ -172,7 +191,7 @@ class ModelHost:
 
     def load(self, settings: LoadSettings) -> None:
         """Load a model (unloading the current one); events: LoadProgress…, Loaded or Failed."""
-        if self.active_request is not None:
+        if self.active:
             raise EngineBusy("A reply is being generated; stop it before switching models.")
         if self._replace_child:
             self.kill()
@@ -187,8 +206,8 @@ class ModelHost:
         template); returns its request id (``request_id`` when the caller numbers requests
         itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed."""
         request_id = self._begin(request_id)
-        self._consumed.value = 0  # the child is idle: no token of another reply is in flight
-        self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt))
+        self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt,
+                        lane=self.active[request_id]))
         return request_id
 
     def embed(self, texts: Sequence[str], request_id: int | None = None) -> int:
@@ -198,18 +217,26 @@ class ModelHost:
         return request_id
 
     def _begin(self, request_id: int | None) -> int:
-        if self.active_request is not None:
-            raise EngineBusy("A reply is already being generated; wait for it or stop it.")
+        if not self.free:
+            raise EngineBusy("A reply is already being generated; wait for it or stop it."
+                             if self.capacity == 1 else
+                             f"{self.capacity} replies are already being generated.")
         if not self.alive:
             raise EngineError("The engine is not running: load a model first.")
         request_id = next(self._ids) if request_id is None else request_id
-        self.active_request = request_id
+        lane = min(set(range(MAX_PARALLEL)) - set(self.active.values()))
+        # the lane is free: no event of its last reply is in flight
+        self._consumed[lane] = 0
+        self._stop[lane] = -1
+        self.active[request_id] = lane
         return request_id
 
-    def stop(self) -> None:
-        """Stop the running reply after the current token (no-op when idle)."""
-        if self.active_request is not None:
-            self._stop.value = self.active_request
+    def stop(self, request_id: int | None = None) -> None:
+        """Stop a running reply (every one when ``request_id`` is None) after the current
+        token; no-op when it is not running."""
+        for running, lane in list(self.active.items()):
+            if request_id is None or running == request_id:
+                self._stop[lane] = running
 
     def unload(self) -> None:
         """Free the model but keep the process; event: Unloaded."""
@@ -254,7 +281,7 @@ class ModelHost:
         crash = Crashed(code, f"The engine stopped unexpectedly: {describe_exit(code)}.{hint}",
                         tuple(self.log_tail))
         log.error("%s Last log lines:\n%s", crash.message, "\n".join(crash.log_tail))
-        self.active_request = None
+        self.active.clear()
         self.loaded = None
         return crash
 
@@ -263,17 +290,17 @@ class ModelHost:
             self.log_tail.append(event.text)
             _llama_log.log(event.level, "%s", event.text)
         elif isinstance(event, Token):
-            if event.request_id == self.active_request:
-                self._consumed.value += 1  # lets the child sample the next token
+            lane = self.active.get(event.request_id)
+            if lane is not None:
+                self._consumed[lane] += 1  # the child sends the next text at once
         elif isinstance(event, Loaded):
             self.loaded = event
         elif isinstance(event, Failed) and (event.request_id is None or event.unusable):
             self._replace_child = True  # the next load gets a fresh child
-            if event.request_id is not None and event.request_id == self.active_request:
-                self.active_request = None
-        elif isinstance(event, (ReplyDone, Failed, Embeddings)) and (
-                getattr(event, "request_id", None) == self.active_request):
-            self.active_request = None
+            if event.request_id is not None:
+                self.active.pop(event.request_id, None)
+        elif isinstance(event, (ReplyDone, Failed, Embeddings)) and event.request_id is not None:
+            self.active.pop(event.request_id, None)
         elif isinstance(event, Unloaded):
             self.loaded = None
 

@@ -2,10 +2,13 @@
 
 Runs ``serve()`` in a spawned process. Everything llama.cpp or llama-cpp-python says goes back to
 the parent as ``LogLine`` events (so the parent has the last lines even if this process dies).
-One request at a time; a running reply checks the shared stop value after every token.
+A model loaded with ``n_parallel`` above 1 generates that many replies at once, one batched
+decode per token for all (``Generator.step``); while replies run, the loop takes new requests
+between tokens. Each running reply has a *lane* (given by the parent): its slot in the shared
+stop and read counts. A reply checks its lane's stop value before every token.
 
 A reply never runs more than one event ahead of its reader (``_Stream``): a piece of text is sent
-when the parent has read every event sent before (the shared ``consumed`` count), and held until
+when the parent has read every event sent before (its lane's ``consumed`` count), and held until
 then, to go with the next ones in one event. So generation never waits for the reader (a slow
 reader gets fewer, larger events), and when the parent asks to stop, at most one more event can
 reach it, the one already on its way, however busy the parent was; held text is dropped.
@@ -25,14 +28,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 
 from app.core import chat_template
 from app.core.chat_template import RenderBudget
 from app.engine import llama_log, process_stats
 from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
-from app.engine.generation import GenerationError, Generator
+from app.engine.generation import GenerationError, Generator, Outcome, Reply
 from app.engine.protocol import (
     Chat,
     Embed,
@@ -53,10 +57,6 @@ from app.engine.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-             "bf16": 30}
-
 
 class _Sender:
     """Thread-safe event sender (llama.cpp may log from more than one thread)."""
@@ -117,8 +117,7 @@ class _Stream:
     """
 
     def __init__(self, request_id: int, send: Callable[[Event], None],
-                 consumed: Synchronized,  # type: ignore[type-arg]
-                 stopped: Callable[[], bool]) -> None:
+                 consumed: Callable[[], int], stopped: Callable[[], bool]) -> None:
         self._request_id, self._send, self._consumed, self._stopped = (
             request_id, send, consumed, stopped)
         self._sent = 0  # events
@@ -136,7 +135,7 @@ class _Stream:
             self._drop()
             return False
         self._held.append(piece)
-        if self._consumed.value >= self._sent:
+        if self._consumed() >= self._sent:
             self._flush()
         return True
 
@@ -169,11 +168,23 @@ def _nothing_generated(seconds: float) -> ReplyMetrics:
                         total_seconds=seconds, peak_rss_bytes=process_stats.peak_rss_bytes())
 
 
+@dataclass
+class _Running:
+    """A reply the child is generating."""
+
+    request: Chat
+    reply: Reply
+    stream: _Stream
+    received: float  # when the request arrived
+    generating: float  # when its prompt was ready (template rendered, tokenized)
+
+
 class _Host:
-    def __init__(self, send: _Sender, stop_value: Synchronized,  # type: ignore[type-arg]
-                 consumed: Synchronized) -> None:  # type: ignore[type-arg]
+    def __init__(self, send: _Sender, stop: Any, consumed: Any) -> None:
+        """``stop`` and ``consumed``: shared arrays, one slot per lane (the request id to stop;
+        the events of the lane's reply the parent has read)."""
         self.send = send
-        self.stop_value = stop_value
+        self.stop = stop
         self.consumed = consumed
         self.gen: Generator | None = None
         self.settings: LoadSettings | None = None
@@ -182,8 +193,10 @@ class _Host:
         self.eos_text = ""
         self.gpu_baseline: int | None = None
         self.embedder: EmbeddingContext | None = None  # made on the first Embed request
+        self.running: dict[int, _Running] = {}  # by request id
 
     def unload(self) -> None:
+        self.stop_all()
         if self.embedder is not None:
             self.embedder.close()
             self.embedder = None
@@ -232,6 +245,7 @@ class _Host:
             and self.gpu_baseline is not None else None,
             template_source="model" if self.template else "fallback",
             rss_before_bytes=rss_before,
+            n_parallel=gen.n_seq,
         ))
 
     def _prompt(self, req: Chat, stop_requested: Callable[[], bool]) -> str:
@@ -249,6 +263,7 @@ class _Host:
         return prompt
 
     def chat(self, req: Chat) -> None:
+        """Start a reply (``step`` generates it), or answer at once why it cannot start."""
         gen = self.gen
         if gen is None:
             self.send(Failed(req.request_id, "No model is loaded: load one before chatting.",
@@ -257,7 +272,7 @@ class _Host:
         received = time.perf_counter()
 
         def stop_requested_now() -> bool:
-            return bool(self.stop_value.value == req.request_id)
+            return bool(self.stop[req.lane] == req.request_id)
 
         try:
             tokens = gen.tokenize(self._prompt(req, stop_requested_now), add_special=True)
@@ -277,49 +292,84 @@ class _Host:
                              f"context of {gen.n_ctx:,}. Start a new conversation or load "
                              "the model with a longer context.", code="context_length"))
             return
-        stream = _Stream(req.request_id, self.send, self.consumed, stop_requested_now)
-        generating = time.perf_counter()
+        stream = _Stream(req.request_id, self.send, lambda: int(self.consumed[req.lane]),
+                         stop_requested_now)
         try:
-            outcome = gen.generate(tokens, req.sampling, on_text=stream.on_text,
-                                   should_stop=stop_requested_now)
-        except MemoryError:
-            log.error("generation ran out of memory")
-            self.send(Failed(req.request_id,
-                             "The engine ran out of memory while generating; the reply is kept "
-                             "as far as it got. Reload the model (or pick a smaller one) to go "
-                             "on.", tuple(llama_log.recent_lines(20)), unusable=True))
-            return
+            seq = gen.sequence_for(tokens, (r.reply.seq for r in self.running.values()))
+            reply = gen.begin(tokens, req.sampling, on_text=stream.on_text,
+                              should_stop=stop_requested_now, seq=seq)
         except GenerationError as exc:  # a grammar that does not parse, say: this process is fine
             self.send(Failed(req.request_id, str(exc),
                              code="grammar" if "grammar" in str(exc) else ""))
             return
+        self.running[req.request_id] = _Running(req, reply, stream, received,
+                                                time.perf_counter())
+
+    def step(self) -> None:
+        """One token for every running reply (``Generator.step``); replies that ended are
+        answered. A failure of the decode itself fails every running reply."""
+        gen = self.gen
+        if not self.running or gen is None:
+            return
+        try:
+            gen.step([r.reply for r in self.running.values()])
+        except MemoryError:
+            log.error("generation ran out of memory")
+            self._fail_all("The engine ran out of memory while generating; the reply is kept "
+                           "as far as it got. Reload the model (or pick a smaller one) to go "
+                           "on.", unusable=True)
+            return
+        except GenerationError as exc:
+            self._fail_all(str(exc))
+            return
         except Exception as exc:
             log.exception("generation failed")
-            self.send(Failed(req.request_id,
-                             f"Generation failed: {exc or type(exc).__name__}",
-                             tuple(llama_log.recent_lines(20))))
+            self._fail_all(f"Generation failed: {exc or type(exc).__name__}")
             return
+        for request_id, running in list(self.running.items()):
+            if running.reply.outcome is not None:
+                del self.running[request_id]
+                self._done(running, running.reply.outcome)
+
+    def stop_all(self) -> None:
+        """End every running reply as stopped (before an unload or a load)."""
+        for request_id, running in list(self.running.items()):
+            del self.running[request_id]
+            running.reply.finish("stopped", held=False)
+            assert running.reply.outcome is not None
+            self._done(running, running.reply.outcome)
+
+    def _fail_all(self, message: str, unusable: bool = False) -> None:
+        tail = tuple(llama_log.recent_lines(20))
+        for request_id, running in list(self.running.items()):
+            del self.running[request_id]
+            running.reply.release()
+            self.send(Failed(request_id, message, tail, unusable=unusable,
+                             code="context_length" if "context is full" in message else ""))
+
+    def _done(self, running: _Running, outcome: Outcome) -> None:
         finish = outcome.finish_reason
-        if not stream.finish():  # Stop came while the last pieces waited: they are not sent
+        if not running.stream.finish():  # Stop came while the last pieces waited: not sent
             finish = "stopped"
         gpu_now = _gpu_used_bytes() if self.gpu_baseline is not None else None
         new_prompt = outcome.prompt_tokens - outcome.cached_tokens
-        self.send(ReplyDone(req.request_id, stream.text, finish, ReplyMetrics(
+        self.send(ReplyDone(running.request.request_id, running.stream.text, finish,
+                            ReplyMetrics(
             prompt_tokens=outcome.prompt_tokens,
             # the reply's tokens: those whose text was dropped at Stop are not in it
-            generated_tokens=outcome.generated_tokens - stream.dropped,
-            ttft_seconds=generating - received + outcome.ttft_seconds,  # template included
+            generated_tokens=outcome.generated_tokens - running.stream.dropped,
+            # the template's time included
+            ttft_seconds=running.generating - running.received + outcome.ttft_seconds,
             prompt_tokens_per_second=(new_prompt / outcome.prompt_seconds
                                       if outcome.prompt_seconds > 0 else 0.0),
             generation_tokens_per_second=(outcome.generated_tokens / outcome.generation_seconds
                                           if outcome.generation_seconds > 0 else 0.0),
-            total_seconds=time.perf_counter() - received,
+            total_seconds=time.perf_counter() - running.received,
             peak_rss_bytes=process_stats.peak_rss_bytes(),
             gpu_bytes=(gpu_now - self.gpu_baseline) if gpu_now is not None
             and self.gpu_baseline is not None else None,
             cached_tokens=outcome.cached_tokens,
         )))
-
 
     def embed(self, req: Embed) -> None:
         gen = self.gen
@@ -342,11 +392,11 @@ class _Host:
         self.send(Embeddings(req.request_id, vectors, n_tokens))
 
 
-def serve(requests: Connection, events: Connection, stop_value: Synchronized,  # type: ignore[type-arg]
-          consumed: Synchronized) -> None:  # type: ignore[type-arg]
+def serve(requests: Connection, events: Connection, stop: Any, consumed: Any) -> None:
     """The child's main loop: answer requests until Shutdown or the parent goes away.
-    ``stop_value`` holds the id of the request to stop; ``consumed`` counts the tokens of the
-    running reply that the parent has read."""
+    ``stop`` holds, per lane, the id of the request to stop; ``consumed`` counts, per lane, the
+    events of the running reply that the parent has read. While replies run, requests are
+    taken between tokens; otherwise the loop waits for the next one."""
     from app.engine.child import exit_with_parent
 
     exit_with_parent()
@@ -359,21 +409,29 @@ def serve(requests: Connection, events: Connection, stop_value: Synchronized,  #
     root.setLevel(logging.INFO)
     sys.stderr = _StderrToLog()
     llama_log.install()
-    host = _Host(send, stop_value, consumed)
-    while True:
-        try:
-            request = requests.recv()
-        except (EOFError, OSError):
-            break  # the parent is gone
-        if isinstance(request, Shutdown):
-            break
-        if isinstance(request, Load):
-            host.load(request.settings)
-        elif isinstance(request, Chat):
-            host.chat(request)
-        elif isinstance(request, Embed):
-            host.embed(request)
-        elif isinstance(request, Unload):
-            host.unload()
-            send(Unloaded())
-    host.unload()
+    host = _Host(send, stop, consumed)
+    try:
+        while True:
+            try:
+                while not host.running or requests.poll():
+                    request = requests.recv()
+                    if isinstance(request, Shutdown):
+                        return
+                    _handle(host, request)
+            except (EOFError, OSError):
+                return  # the parent is gone
+            host.step()
+    finally:
+        host.unload()
+
+
+def _handle(host: _Host, request: object) -> None:
+    if isinstance(request, Load):
+        host.load(request.settings)
+    elif isinstance(request, Chat):
+        host.chat(request)
+    elif isinstance(request, Embed):
+        host.embed(request)
+    elif isinstance(request, Unload):
+        host.unload()
+        host.send(Unloaded())

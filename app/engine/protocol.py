@@ -8,6 +8,8 @@ from app.core.sampling import Sampling
 
 __all__ = ["Sampling"]  # part of the protocol; defined in core so settings share its defaults
 
+MAX_PARALLEL = 16  # the most replies one engine generates at once (LoadSettings.n_parallel)
+
 # --- requests (parent -> child) ---------------------------------------------------------------
 
 
@@ -26,6 +28,8 @@ class LoadSettings:
     type_v: str | None = None
     # llama.cpp RPC servers ("host:port") whose devices take part in this load (app.engine.rpc)
     rpc_servers: tuple[str, ...] = ()
+    # replies generated at once (llama.cpp parallel sequences), each with n_ctx of context
+    n_parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Chat:
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = field(default_factory=Sampling)
     prompt: str | None = None
+    lane: int = 0  # its place in the shared stop and read counts (one per running reply)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Loaded:
     gpu_bytes: int | None
     rss_before_bytes: int  # the child's RSS just before loading: the bare engine process
     template_source: str  # "model" or "fallback"
+    n_parallel: int = 1  # replies the engine generates at once
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """One model host shared by several clients — the app's chat and the server's requests.
 
-The engine child generates one reply at a time (one llama.cpp sequence, its KV cache kept for
-the next turn). ``SharedHost`` owns that ``ModelHost`` and a thread that reads its events;
+The engine child generates as many replies at once as the loaded model has sequences (one
+unless the load asked for ``n_parallel`` more; each keeps its KV cache for the next turn).
+``SharedHost`` owns that ``ModelHost`` and a thread that reads its events;
 clients *submit* work (a reply, embeddings) and receive that work's events through a callback,
 on the reader thread. Engine-wide events (load progress, loaded, a failed load, a crash,
 unloaded) go to every listener.
@@ -9,7 +10,8 @@ unloaded) go to every listener.
 Fairness: work waits in one queue per *source* ("app" for the window's chat, one per client
 address for the server), first come first served within a source, and the sources take turns.
 A burst of sixteen requests from one script therefore runs in the order it arrived, and the
-chat in the window still gets the next turn instead of waiting behind all sixteen.
+chat in the window still gets the next turn instead of waiting behind all sixteen. With several
+sequences, work starts whenever one is free, in the same order.
 
 Cancellation: queued work is dropped at once (it ends with ``ReplyDone('stopped')`` and no
 text); running work is stopped through the host, which takes effect within one token (see
@@ -93,7 +95,7 @@ class SharedHost:
         self._last_served: str | None = None
         self._listeners: list[EventCallback] = []
         self._ids = itertools.count(1)
-        self.running: Work | None = None
+        self.active: dict[int, Work] = {}  # running work by id, in the order it started
         self.loading = False
         self._recovering = False
         self.settings: LoadSettings | None = None  # the last load asked for (for recovery)
@@ -109,6 +111,12 @@ class SharedHost:
         """The loaded model, if any."""
         return self.host.loaded
 
+    @property
+    def running(self) -> Work | None:
+        """The running work that started first, or None when the engine is idle."""
+        with self._lock:
+            return next(iter(self.active.values()), None)
+
     def pending(self, source: str | None = None) -> int:
         """Work queued (not yet running), of ``source`` or in all."""
         with self._lock:
@@ -119,7 +127,7 @@ class SharedHost:
     def has_work(self, source: str) -> bool:
         """Whether ``source`` has work queued or running."""
         with self._lock:
-            running = self.running is not None and self.running.source == source
+            running = any(work.source == source for work in self.active.values())
             return running or bool(self._queues.get(source))
 
     def add_listener(self, callback: EventCallback) -> None:
@@ -138,7 +146,7 @@ class SharedHost:
         """Load a model (replacing the current one); raises EngineBusy while a reply runs.
         Queued work runs on the new model once it is loaded."""
         with self._lock:
-            if self.running is not None:
+            if self.active:
                 raise EngineBusy("A reply is being generated; stop it before switching models.")
             if not self.host.alive:
                 self.host.kill()  # clear what a dead child left
@@ -156,10 +164,9 @@ class SharedHost:
     def kill(self) -> None:
         """End the engine process at once; the running work ends as crashed."""
         with self._lock:
-            work = self.running
             self.host.kill()
             self.loading = False
-            if work is not None:
+            for work in list(self.active.values()):
                 self._end(work, Crashed(None, "The engine was stopped.", ()))
 
     def pid(self) -> int | None:
@@ -208,10 +215,10 @@ class SharedHost:
         with self._lock:
             if work.finished_at is not None:
                 return
-            if work is self.running:
+            if self.active.get(work.id) is work:
                 if work.cancelled_at is None:
                     work.cancelled_at = time.monotonic()
-                self.host.stop()
+                self.host.stop(work.id)
                 return
             queue = self._queues.get(work.source)
             if queue is not None and work in queue:
@@ -232,12 +239,15 @@ class SharedHost:
         return None
 
     def _dispatch(self) -> None:
-        """Start the next work if the engine is free (under the lock)."""
-        while self.running is None and not self.loading:
+        """Start the next work while the engine has a free sequence (under the lock)."""
+        while not self.loading and (not self.host.alive or self.host.free):
             work = self._next_work()
             if work is None:
                 return
             if not self.host.alive:
+                if self.active:  # a crash still being reported: its work ends first
+                    self._queues[work.source].appendleft(work)
+                    return
                 if work.recover and self.settings is not None:
                     self._queues[work.source].appendleft(work)  # runs once reloaded
                     log.info("reloading %s after the engine stopped", self.settings.path)
@@ -257,12 +267,11 @@ class SharedHost:
                 self._end(work, Failed(work.id, str(exc)))
                 continue
             work.started_at = time.monotonic()
-            self.running = work
+            self.active[work.id] = work
 
     def _end(self, work: Work, event: HostEvent) -> None:
         work.finished_at = time.monotonic()
-        if self.running is work:
-            self.running = None
+        self.active.pop(work.id, None)
         self._deliver(work.on_event, event)
 
     @staticmethod
@@ -296,10 +305,10 @@ class SharedHost:
         """One event from the host (under the lock)."""
         if isinstance(event, LogLine):
             return
-        work = self.running
         if isinstance(event, (Token, ReplyDone, Embeddings)) or (
                 isinstance(event, Failed) and event.request_id is not None):
-            if work is None or event.request_id != work.id:
+            work = self.active.get(event.request_id or 0)
+            if work is None:
                 return  # the end of work already ended here (killed, say)
             if isinstance(event, Token):
                 work.tokens += event.pieces
@@ -312,7 +321,7 @@ class SharedHost:
             return
         if isinstance(event, (Crashed, Failed)):  # died, or a load failed
             self.loading = False
-            if work is not None:
+            for work in list(self.active.values()):
                 self._end(work, event)
             if self._recovering:
                 self._fail_waiting_recovery(event.message)

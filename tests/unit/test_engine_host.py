@@ -308,7 +308,7 @@ def test_switching_models_replaces_the_loaded_one(host: ModelHost, tiny_model: P
 
 
 def test_failed_event_for_unknown_request_does_not_clear_active(host: ModelHost) -> None:
-    host.active_request = 5
+    host.active[5] = 0
     host._track(Failed(None, "load failed"))
     assert host.active_request == 5
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.core.sampling import Sampling
+from app.engine.generation import GenerationError
 from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
 
@@ -167,3 +168,55 @@ def test_sampling_with_a_seed_repeats(host: ModelHost) -> None:
     _, b = _complete(host, SEA, sampling)
     _, c = _complete(host, SEA, Sampling(temperature=0.9, max_tokens=24, seed=4321))
     assert a.text == b.text != c.text
+
+
+def test_a_reply_takes_the_sequence_that_keeps_its_step_in_one_micro_batch(
+        tiny_model: Path) -> None:
+    """Which sequence a new reply gets: the one its conversation's cache is in; else, while
+    others run, the lowest free one (llama.cpp batches consecutive sequence ids together);
+    else an empty one, never a cache it only shares a template's opening with."""
+    from app.engine.generation import Generator
+
+    gen = Generator(LoadSettings(str(tiny_model), n_ctx=256, n_threads=1, n_parallel=4))
+    try:
+        assert gen.n_seq == 4 and gen.n_ctx >= 256
+        conversation = gen.tokenize("a conversation that goes on and on")
+        outcome = gen.generate(conversation, GREEDY, on_text=lambda _t: True)
+        assert outcome.generated_tokens > 0 and len(gen.cached(0)) > len(conversation)
+        # a new prompt that shares only its first tokens with sequence 0 goes to an empty one
+        other = conversation[:2] + gen.tokenize("something else entirely", add_special=False)
+        assert gen.sequence_for(other) == 1
+        # the next turn of the conversation finds its own cache, wherever the others run
+        follow = gen.cached(0) + gen.tokenize(" and then?", add_special=False)
+        assert gen.sequence_for(follow, busy=[1, 2]) == 0
+        # while sequences 0, 2 and 3 run, a new reply fills the gap at 1
+        assert gen.sequence_for(other, busy=[0, 2, 3]) == 1
+        with pytest.raises(GenerationError):
+            gen.sequence_for(other, busy=range(4))
+    finally:
+        gen.close()
+
+
+def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path) -> None:
+    """Several replies in one batched decode per token, begun on out-of-order sequences and at
+    different times, each give exactly the tokens they give alone."""
+    from app.engine.generation import Generator
+
+    gen = Generator(LoadSettings(str(tiny_model), n_ctx=256, n_threads=1, n_parallel=3))
+    try:
+        prompts = [gen.tokenize(f"prompt number {i} " * (i + 1)) for i in range(3)]
+        alone = []
+        for p in prompts:
+            gen.reset()
+            alone.append(gen.generate(p, GREEDY, on_text=lambda _t: True).text)
+        gen.reset()
+        replies = [gen.begin(prompts[0], GREEDY, on_text=lambda _t: True, seq=2)]
+        for _ in range(5):  # the first runs alone for a while, then the others join
+            gen.step(replies)
+        replies += [gen.begin(p, GREEDY, on_text=lambda _t: True, seq=s)
+                    for p, s in ((prompts[1], 0), (prompts[2], 1))]
+        while any(r.outcome is None for r in replies):
+            gen.step(replies)
+        assert [r.outcome.text for r in replies if r.outcome] == alone
+    finally:
+        gen.close()
