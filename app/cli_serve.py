@@ -34,8 +34,9 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
                             "many as the memory plan fits)")
     serve.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     serve.add_argument("--parallel", type=int, default=1,
-                       help="replies generated at once (1: requests take turns in a fair "
-                            "queue; more needs llama.cpp parallel sequences, not yet here)")
+                       help="replies generated at once, each with its own --ctx of context "
+                            "(llama.cpp parallel sequences; default 1: requests take turns "
+                            "in a fair queue)")
     serve.add_argument("--model-id", help="the name clients use (default: the file's stem)")
     serve.add_argument("--cors-origin", action="append", default=[],
                        help="a browser origin allowed to call the API (repeatable; default: "
@@ -45,14 +46,15 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     serve.set_defaults(func=func)
 
 
-def _gpu_layers(value: str, path: str, n_ctx: int) -> int:
+def _gpu_layers(value: str, path: str, n_ctx: int, n_seq: int) -> int:
     if value != "auto":
         return int(value)
     from app.core import memory
     from app.core.gguf_info import read_model_info
     from app.engine.probe import full_profile
 
-    return memory.plan(read_model_info(path), full_profile(), n_ctx=n_ctx).n_gpu_layers
+    return memory.plan(read_model_info(path), full_profile(), n_ctx=n_ctx, n_seq=n_seq,
+                       embeddings=True).n_gpu_layers
 
 
 def command(args: argparse.Namespace) -> int:
@@ -61,14 +63,13 @@ def command(args: argparse.Namespace) -> int:
 
     from app.core.embedded import embedded_model_path
     from app.engine.host import Crashed
-    from app.engine.protocol import Failed, Loaded, LoadProgress, LoadSettings
+    from app.engine.protocol import MAX_PARALLEL, Failed, Loaded, LoadProgress, LoadSettings
     from app.engine.shared_host import SharedHost
     from app.server.config import ServerConfig, ServerConfigError
     from app.server.runner import ServerRunner
 
-    if args.parallel != 1:
-        print("error: --parallel above 1 is not available yet: requests take turns on one "
-              "sequence (fair queue); see README, 'Local server'", file=sys.stderr)
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        print(f"error: --parallel must be between 1 and {MAX_PARALLEL}", file=sys.stderr)
         return 2
     model = args.model or embedded_model_path()
     if model is None:
@@ -81,7 +82,7 @@ def command(args: argparse.Namespace) -> int:
                           max_tokens_limit=args.max_tokens_limit)
     try:
         config.validate()
-        layers = _gpu_layers(args.gpu_layers, str(model), args.ctx)
+        layers = _gpu_layers(args.gpu_layers, str(model), args.ctx, args.parallel)
     except (ServerConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,7 +100,7 @@ def command(args: argparse.Namespace) -> int:
     shared.add_listener(on_event)
     try:
         shared.load(LoadSettings(str(model), n_ctx=args.ctx, n_gpu_layers=layers,
-                                 n_threads=args.threads))
+                                 n_threads=args.threads, n_parallel=args.parallel))
         ready.wait()
         print(file=sys.stderr)
         loaded = outcome[0]
@@ -113,14 +114,18 @@ def command(args: argparse.Namespace) -> int:
                   "the API key", file=sys.stderr)
 
         def bound(url: str) -> None:
+            at_once = f", {args.parallel} replies at once" if args.parallel > 1 else ""
             print(f"serving {Path(model).name} as '{config.model_id or Path(model).stem}' at "
-                  f"{url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+                  f"{url}{at_once}  (Ctrl-C stops)", file=sys.stderr, flush=True)
 
         try:
             runner.serve_forever(on_bound=bound)
         except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # uvicorn shut down on Ctrl-C, then raised it again
+            pass
+        print("stopped", file=sys.stderr)
         return 0
     finally:
         shared.shutdown()

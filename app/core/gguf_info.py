@@ -102,6 +102,9 @@ class ModelInfo:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+    # llama.cpp's pooling type ({arch}.pooling_type: 1 mean, 2 CLS, 3 last token); 0 when the
+    # GGUF declares none, as for every text-generation model: only embedding models set it
+    pooling_type: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -386,4 +389,5 @@ def _model_info(path: Path, parts: tuple[Path, ...], parsed: list[Header]) -> Mo
         bos_token_id=meta.integer("tokenizer.ggml.bos_token_id", 0, _U32_MAX),
         eos_token_id=meta.integer("tokenizer.ggml.eos_token_id", 0, _U32_MAX),
         tensors=tuple(t for one in parsed for t in one.tensors),
+        pooling_type=meta.integer(f"{arch}.pooling_type", 0, 16) or 0,
     )

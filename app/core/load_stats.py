@@ -94,17 +94,18 @@ def record_load(store: Storage, model_path: str | Path, estimate: memory.MemoryE
 def record_loaded_model(store: Storage, model_path: str | Path, *, n_ctx: int, n_gpu_layers: int,
                         measured_rss: int, measured_gpu: int | None = None,
                         cpu_features: tuple[str, ...] = (), kv_type: str | None = None,
-                        flash_attn: bool | None = None,
+                        flash_attn: bool | None = None, n_seq: int = 1,
                         info: ModelInfo | None = None) -> LoadRecord:
     """Estimate the load that was just made (the model's header is read unless ``info`` is
     given) and record it against the measurement. ``cpu_features``: the profile's
     ``repacking_features``; ``kv_type``: the load's KV cache type (None: F16); ``flash_attn``:
-    the load's setting (None: auto, ``memory.flash_attention``). Reads the disk
+    the load's setting (None: auto, ``memory.flash_attention``); ``n_seq``: its parallel
+    sequences (``Loaded.n_parallel``). Reads the disk
     and writes the database: call it off the UI thread. Raises GGUFError when the model cannot
     be read."""
     info = info or read_model_info(model_path)
     estimate = memory.estimate(info, n_ctx, n_gpu_layers, cpu_features=cpu_features,
-                               kv_type=kv_type or "f16", flash_attn=flash_attn)
+                               kv_type=kv_type or "f16", flash_attn=flash_attn, n_seq=n_seq)
     return record_load(store, model_path, estimate, measured_rss, measured_gpu)
 
 

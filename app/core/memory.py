@@ -29,6 +29,7 @@ GPU figures follow the same rules but are not measured on the project's machines
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -174,14 +175,15 @@ def _swa_layers(info: ModelInfo) -> set[int]:
 
 
 def kv_cache_bytes(info: ModelInfo, n_ctx: int, layers: range, kv_type: str = "f16",
-                   n_ubatch: int = 512) -> int:
-    """KV cache of ``layers`` at context ``n_ctx``."""
+                   n_ubatch: int = 512, n_seq: int = 1) -> int:
+    """KV cache of ``layers`` at context ``n_ctx``, for each of ``n_seq`` parallel sequences
+    (each has its own cache of ``n_ctx`` cells: ``LoadSettings.n_parallel``)."""
     cells = math.ceil(n_ctx / KV_PAD) * KV_PAD
     swa = _swa_layers(info)
     swa_cells = (min(cells, math.ceil((info.sliding_window or 0) + n_ubatch) // KV_PAD * KV_PAD
                      + KV_PAD) if swa else cells)
     per_cell = info.n_head_kv * (info.head_dim_k + info.head_dim_v) * KV_BYTES[kv_type]
-    return int(sum((swa_cells if i in swa else cells) * per_cell for i in layers))
+    return n_seq * int(sum((swa_cells if i in swa else cells) * per_cell for i in layers))
 
 
 def _activations(info: ModelInfo, n_ubatch: int) -> int:
@@ -200,6 +202,40 @@ def _attention(info: ModelInfo, ubatch: int, cells: int, flash_attn: bool) -> in
 
 
 SCORES_ALLOWANCE = 512 * 1024**2  # RAM that flash attention 'auto' spends on speed, at least
+
+
+EMBEDDINGS_MAX_CTX = 8192  # the embeddings context's longest text (app.engine.embedding)
+# architectures whose embedding models are encoders only: no KV cache, no output head
+ENCODER_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
+                          "jina-bert-v3", "modern-bert", "neo-bert", "t5encoder"})
+
+
+def embeddings_context(info: ModelInfo, n_ctx: int) -> int:
+    """The embeddings context's length for a model loaded at ``n_ctx``: a whole text is one
+    batch, so it is capped by the model's trained context and ``EMBEDDINGS_MAX_CTX``."""
+    return min(n_ctx, info.n_ctx_train or EMBEDDINGS_MAX_CTX, EMBEDDINGS_MAX_CTX)
+
+
+def embeddings_bytes(info: ModelInfo, n_ctx: int) -> int:
+    """What serving embeddings adds: the second context ``app.engine.embedding`` makes on the
+    first request, at its largest (a text as long as that context). 0 for a model that
+    declares no pooling (a chat model: embeddings are refused). llama.cpp makes every token
+    an output when embeddings are on, so a decoder's output head runs for all of them: its
+    logits (vocabulary x tokens x 4 bytes) are kept in the output buffer *and* computed in
+    the graph, where they share memory with the activations (the larger counts). Attention
+    as flash attention (llama.cpp's 'auto' on the CPU; the context sets nothing). Measured
+    (bench/memory.py): SmolLM2 with mean pooling declared, whole-context texts at 512 / 2,048
+    / 4,096 tokens: 209 / 836 / 1,678 MiB against 207 / 837 / 1,693 estimated. Encoder-only
+    models (BERT family) have no cache and no head; not measured here (none at hand)."""
+    if not info.pooling_type:
+        return 0
+    n = embeddings_context(info, n_ctx)
+    cells = math.ceil(n / KV_PAD) * KV_PAD
+    encoder = info.architecture in ENCODER_ONLY
+    kv = 0 if encoder else kv_cache_bytes(info, n, range(info.n_layers), n_ubatch=n)
+    logits = 0 if encoder else info.n_vocab * n * 4
+    outputs = logits + info.n_embd * n * 4
+    return kv + _attention(info, n, cells, True) + outputs + max(_activations(info, n), logits)
 
 
 def flash_attention(setting: bool | None, n_gpu_layers: int, kv_type: str = "f16", *,
@@ -240,18 +276,23 @@ def flash_setting(value: object) -> bool | None:
 def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: int = 512,
              kv_type: str = "f16", cpu_features: tuple[str, ...] = (),
              gpu_name: str = "GPU", flash_attn: bool | None = None,
-             devices: Sequence[OffloadDevice] = ()) -> MemoryEstimate:
+             devices: Sequence[OffloadDevice] = (), n_seq: int = 1,
+             embeddings: bool = False) -> MemoryEstimate:
     """Bytes on the CPU (and GPU) for ``info`` loaded at ``n_ctx`` with ``n_gpu_layers``
     (-1: all, the output layer included). ``flash_attn``: None as the engine's 'auto'
     (``flash_attention``). ``devices``: more than one offload device splits the offloaded
-    layers between them (``split_layers``)."""
+    layers between them (``split_layers``). ``n_seq``: parallel sequences, each with its own
+    KV cache of ``n_ctx`` (the compute buffers do not grow: a batch is as large either way;
+    measured by bench/memory.py). ``embeddings``: the model is served, so an embeddings
+    request may add its context (``embeddings_bytes``; counted on the CPU)."""
     flash_attn = flash_attention(flash_attn, n_gpu_layers, kv_type,
                                  scores_bytes=scores_bytes(info.n_head, n_ctx, n_ubatch),
                                  weights_bytes=sum(t.n_bytes for t in info.tensors))
     if len(devices) > 1:
-        return _estimate_split(info, n_ctx, n_gpu_layers, n_ubatch=n_ubatch, kv_type=kv_type,
-                               cpu_features=cpu_features, flash_attn=flash_attn,
-                               devices=devices)
+        split = _estimate_split(info, n_ctx, n_gpu_layers, n_ubatch=n_ubatch, kv_type=kv_type,
+                                cpu_features=cpu_features, flash_attn=flash_attn,
+                                devices=devices, n_seq=n_seq)
+        return _with_embeddings(split, info, n_ctx) if embeddings else split
     if devices:
         gpu_name = devices[0].name
     n_layer = info.n_layers
@@ -280,7 +321,7 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
         device="CPU",
         weights=cpu_weights,
         repacked=repacked,
-        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first_gpu_layer), kv_type, ubatch),
+        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first_gpu_layer), kv_type, ubatch, n_seq),
         compute=(attention + _activations(info, ubatch)) if first_gpu_layer > 0 or not n_gpu
         else _activations(info, ubatch),
         output=info.n_vocab * 4,
@@ -294,20 +335,29 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
             device=gpu_name,
             weights=gpu_weights,
             kv_cache=kv_cache_bytes(info, n_ctx, range(first_gpu_layer, n_layer), kv_type,
-                                    ubatch),
+                                    ubatch, n_seq),
             compute=reserved + _activations(info, ubatch),
         )
-    return MemoryEstimate(n_ctx=n_ctx, n_gpu_layers=n_gpu, n_layers=n_layer, cpu=cpu, gpu=gpu)
+    est = MemoryEstimate(n_ctx=n_ctx, n_gpu_layers=n_gpu, n_layers=n_layer, cpu=cpu, gpu=gpu)
+    return _with_embeddings(est, info, n_ctx) if embeddings else est
+
+
+def _with_embeddings(est: MemoryEstimate, info: ModelInfo, n_ctx: int) -> MemoryEstimate:
+    extra = embeddings_bytes(info, n_ctx)
+    if not extra:
+        return est
+    return dataclasses.replace(est, cpu=dataclasses.replace(est.cpu,
+                                                            compute=est.cpu.compute + extra))
 
 
 def _estimate_split(info: ModelInfo, n_ctx: int, n_gpu_layers: int, *, n_ubatch: int,
                     kv_type: str, cpu_features: tuple[str, ...], flash_attn: bool,
-                    devices: Sequence[OffloadDevice]) -> MemoryEstimate:
+                    devices: Sequence[OffloadDevice], n_seq: int = 1) -> MemoryEstimate:
     """``estimate`` with the offloaded layers split between several devices."""
     n_layer = info.n_layers
     n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     cpu_only = estimate(info, n_ctx, 0, n_ubatch=n_ubatch, kv_type=kv_type,
-                        cpu_features=cpu_features, flash_attn=flash_attn)
+                        cpu_features=cpu_features, flash_attn=flash_attn, n_seq=n_seq)
     if n_gpu == 0:
         return cpu_only
     ubatch = min(n_ubatch, n_ctx)
@@ -338,11 +388,11 @@ def _estimate_split(info: ModelInfo, n_ctx: int, n_gpu_layers: int, *, n_ubatch:
             device=device.name, weights=weights[index],
             kv_cache=kv_cache_bytes(info, n_ctx, range(min(layers), min(max(layers) + 1,
                                                                         n_layer)),
-                                    kv_type, ubatch),
+                                    kv_type, ubatch, n_seq),
             compute=reserved + _activations(info, ubatch)))
     cpu = DeviceUse(
         device="CPU", weights=cpu_weights, repacked=repacked,
-        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first), kv_type, ubatch),
+        kv_cache=kv_cache_bytes(info, n_ctx, range(0, first), kv_type, ubatch, n_seq),
         compute=cpu_only.cpu.compute if first > 0 else _activations(info, ubatch),
         output=cpu_only.cpu.output, overhead=cpu_only.cpu.overhead)
     together = DeviceUse(device=f"{len(devices)} devices",
@@ -471,21 +521,23 @@ def placement(est: MemoryEstimate, devices: Sequence[OffloadDevice]) -> tuple[st
 
 
 def _plan_split(info: ModelInfo, profile: HardwareProfile, ctx: int, n_gpu_layers: int | None,
-                kv_type: str, flash_attn: bool | None) -> FitPlan:
+                kv_type: str, flash_attn: bool | None, n_seq: int = 1,
+                embeddings: bool = False) -> FitPlan:
     """``plan`` when other machines lend devices: layers split over them and local GPUs."""
     features = profile.repacking_features
     # llama.cpp gives every device it is handed a share by free memory, and the first
     # offloaded layer to the first device whatever its size: a server without room for one
     # block is left out of the load (and said so) rather than making nothing fit.
     block = max((estimate(info, ctx, 1, kv_type=kv_type, cpu_features=features,
-                          flash_attn=flash_attn).gpu or DeviceUse("")).total, 1)
+                          flash_attn=flash_attn, n_seq=n_seq).gpu or DeviceUse("")).total, 1)
     left_out = [d for d in offload_devices(profile) if d.endpoint and d.usable < block]
     devices = tuple(d for d in offload_devices(profile) if d not in left_out)
     ram = max(0, profile.ram_available - RAM_RESERVE)
 
     def est(layers: int, c: int) -> MemoryEstimate:
         return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,
-                        flash_attn=flash_attn, devices=devices)
+                        flash_attn=flash_attn, devices=devices, n_seq=n_seq,
+                        embeddings=embeddings)
 
     def fits(e: MemoryEstimate) -> bool:
         uses = e.devices or ((e.gpu,) if e.gpu is not None else ())
@@ -560,20 +612,22 @@ def _longest_context(info: ModelInfo, ctx: int, fits: Callable[[int], bool]) -> 
 
 def plan(info: ModelInfo, profile: HardwareProfile, n_ctx: int | None = None,
          n_gpu_layers: int | None = None, kv_type: str = "f16",
-         flash_attn: bool | None = None) -> FitPlan:
+         flash_attn: bool | None = None, n_seq: int = 1, embeddings: bool = False) -> FitPlan:
     """Choose GPU layers (all that fit, unless given) and check the context; explain. With
     other machines' devices in the profile (``profile.remote``), layers are split over them
-    and this machine's GPUs."""
+    and this machine's GPUs. Serving: ``n_seq`` replies at once, each with ``n_ctx``, and
+    ``embeddings`` (``estimate``)."""
     if profile.remote_devices:
         return _plan_split(info, profile, n_ctx or min(info.n_ctx_train or 4096, 4096),
-                           n_gpu_layers, kv_type, flash_attn)
+                           n_gpu_layers, kv_type, flash_attn, n_seq, embeddings)
     ram, vram, gpu_name = budgets(profile)
     ctx = n_ctx or min(info.n_ctx_train or 4096, 4096)
     features = profile.repacking_features
 
     def est(layers: int, c: int) -> MemoryEstimate:
         return estimate(info, c, layers, kv_type=kv_type, cpu_features=features,
-                        gpu_name=gpu_name or "GPU", flash_attn=flash_attn)
+                        gpu_name=gpu_name or "GPU", flash_attn=flash_attn, n_seq=n_seq,
+                        embeddings=embeddings)
 
     if n_gpu_layers is None:
         # The most layers whose GPU share fits: that share only grows with the layer count, so

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.core.addresses import is_loopback
+from app.engine.protocol import MAX_PARALLEL
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "MAX_PARALLEL", "MAX_TOKENS_LIMIT",
+           "ServerConfig", "ServerConfigError"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

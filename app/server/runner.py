@@ -75,8 +75,10 @@ class ServerRunner:
         assert self._socket is not None
         if on_bound is not None:
             on_bound(self.base_url)
-        server.run(sockets=[self._socket])
-        self._close_socket()
+        try:
+            server.run(sockets=[self._socket])
+        finally:
+            self._close_socket()
 
     def start(self, timeout: float = 10.0) -> None:
         """Serve on a thread of its own; returns once it accepts connections."""

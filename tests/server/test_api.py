@@ -191,6 +191,48 @@ def test_embeddings_of_a_pooling_model_match_llama_cpp_python(tiny_path: Path,
         reference.close()
 
 
+@pytest.mark.slow
+def test_the_embeddings_context_costs_what_the_plan_counts(smollm2: Path, tmp_path: Path
+                                                           ) -> None:
+    """Measured: the engine child's resident memory grows, on a whole-context text, by what
+    ``memory.embeddings_bytes`` says (within 10%); a model without pooling counts nothing."""
+    from app.core import memory
+    from app.core.gguf_info import read_model_info
+    from app.engine.host import ModelHost
+    from app.engine.protocol import Embeddings
+
+    assert memory.embeddings_bytes(read_model_info(smollm2), 1024) == 0  # a chat model
+    base = Base.of("llama", smollm2)
+    pooled = tmp_path / "smollm2-mean.gguf"
+    pooled.write_bytes(base.rebuild([*base.kv_bytes(), encode_kv("llama.pooling_type",
+                                                                 UINT32, 1)]))
+    info = read_model_info(pooled)
+    assert info.pooling_type == 1
+
+    def rss(pid: int) -> int:
+        with Path(f"/proc/{pid}/status").open() as status:
+            return next(int(line.split()[1]) * 1024 for line in status
+                        if line.startswith("VmRSS"))
+
+    host = ModelHost()
+    try:
+        host.load_sync(LoadSettings(str(pooled), n_ctx=1024, n_threads=1))
+        assert host.pid is not None
+        before = rss(host.pid)
+        host.embed([" ".join(["word"] * 1000)])
+        event = None
+        while not isinstance(event, Embeddings):
+            event = host.poll(5.0)
+            assert not hasattr(event, "message"), event
+        grown = rss(host.pid) - before
+    finally:
+        host.shutdown()
+    expected = memory.embeddings_bytes(info, 1024)
+    assert abs(grown - expected) <= 0.1 * expected, (grown, expected)
+    serving = memory.estimate(info, 1024, embeddings=True)
+    assert serving.cpu.total - memory.estimate(info, 1024).cpu.total == expected
+
+
 def test_the_server_survives_the_engine_being_killed(tiny_shared: SharedHost,
                                                      tiny_server: ServerRunner) -> None:
     c = client(tiny_server)

@@ -71,3 +71,22 @@ def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
     assert models["data"][0]["id"] == tiny_model_f16.stem  # what the page says is true
     page.stop()
 
+
+
+def test_replies_at_once_reloads_the_model_with_that_many_sequences(
+        qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
+    engine = EngineClient()
+    engines.append(engine)
+    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
+    qtbot.addWidget(page)
+    page.port.setValue(0)
+    with qtbot.waitSignal(page.running_changed, timeout=30_000):
+        page.start()
+    assert engine.current is not None and engine.current.n_parallel == 1
+    page.stop()
+    page.parallel.setValue(3)  # the same model, served three replies at a time: a reload
+    with qtbot.waitSignal(page.running_changed, timeout=30_000):
+        page.start()
+    assert engine.current is not None and engine.current.n_parallel == 3
+    assert "3 replies at once" in page.status.text()
+    page.stop()

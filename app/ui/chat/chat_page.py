@@ -267,7 +267,7 @@ class ChatPage(QWidget):
                 store, loaded.path, n_ctx=loaded.n_ctx, n_gpu_layers=loaded.n_gpu_layers,
                 measured_rss=loaded.rss_bytes - loaded.rss_before_bytes,
                 measured_gpu=loaded.gpu_bytes, cpu_features=features, kv_type=kv_type,
-                flash_attn=flash))
+                flash_attn=flash, n_seq=loaded.n_parallel))
 
         task = Task(record)
         task.finished.connect(self._load_recorded)

@@ -30,7 +30,7 @@ from app.core.addresses import is_loopback
 from app.core.settings import Settings
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import Loaded, LoadSettings
-from app.server.config import DEFAULT_PORT, ServerConfig, ServerConfigError
+from app.server.config import DEFAULT_PORT, MAX_PARALLEL, ServerConfig, ServerConfigError
 from app.server.request_log import LogEntry
 from app.server.runner import ServerRunner
 from app.ui.widgets import Card, name_combo, page_title, row_table, set_role, text_label
@@ -86,7 +86,8 @@ class ServerPage(QWidget):
         layout.addWidget(text_label(
             "An OpenAI-compatible API on this machine: editors, Open WebUI and scripts written "
             "for the OpenAI client use the model you choose here. It shares the Chat page's "
-            "engine: one copy of the model, requests and chat take turns.", "Muted"))
+            "engine: one copy of the model; requests and chat take turns, or run together "
+            "when it generates several replies at once.", "Muted"))
 
         card = Card("Serve")
         row = QHBoxLayout()
@@ -107,6 +108,15 @@ class ServerPage(QWidget):
         self.port.setRange(0, 65535)
         self.port.setValue(DEFAULT_PORT)
         row.addWidget(self.port)
+        self.parallel = QSpinBox()
+        self.parallel.setRange(1, MAX_PARALLEL)
+        self.parallel.setValue(1)
+        self.parallel.setSuffix(" at once")
+        self.parallel.setToolTip(
+            "Replies generated at the same time (llama.cpp parallel sequences). Several "
+            "clients then share each step of the model instead of waiting in turn; each reply "
+            "keeps its own context, so the KV cache takes this many times the memory.")
+        row.addWidget(self.parallel)
         card.body.addLayout(row)
         keys = QHBoxLayout()
         self.api_key = QLineEdit()
@@ -189,7 +199,8 @@ class ServerPage(QWidget):
             self._show_status("Choose a model to serve.", "Warning")
             return
         current = self.engine.current
-        if current is not None and Path(current.path) == Path(path):
+        if (current is not None and Path(current.path) == Path(path)
+                and current.n_parallel == self.parallel.value()):
             self._serve(config)
             return
         self._pending = config
@@ -198,7 +209,8 @@ class ServerPage(QWidget):
         try:
             self.engine.load(LoadSettings(str(path), n_ctx=self.settings.n_ctx,
                                           n_threads=self.settings.threads,
-                                          flash_attn=self.settings.flash_attn))
+                                          flash_attn=self.settings.flash_attn,
+                                          n_parallel=self.parallel.value()))
         except Exception as exc:  # EngineBusy: the chat is replying
             self._pending = None
             self.start_button.setText("Start")
@@ -255,7 +267,9 @@ class ServerPage(QWidget):
         chosen = Path(self.model.currentData() or "")
         if current is None or Path(current.path) == chosen:
             name = chosen.name or "the chosen model"
-            self._show_status(f"Serving {name} at {self.runner.base_url}", "")
+            at_once = (f", {current.n_parallel} replies at once"
+                       if current is not None and current.n_parallel > 1 else "")
+            self._show_status(f"Serving {name} at {self.runner.base_url}{at_once}", "")
             return
         self._show_status(f"Serving {Path(current.path).name} at {self.runner.base_url}: the "
                           "Chat page loaded it, and the server shares the chat's engine. Stop "
