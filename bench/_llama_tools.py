@@ -7,7 +7,8 @@ same C++ code. Build them outside the repo and name their folder in QUANTDESK_LL
     pip download --no-binary :all: --no-deps llama-cpp-python==$(VERSION)
     tar xf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
     cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF && \\
-        cmake --build build -j --target llama-quantize llama-imatrix llama-perplexity llama-bench
+        cmake --build build -j --target llama-quantize llama-imatrix llama-perplexity llama-bench \\
+            llama-batched-bench
     export QUANTDESK_LLAMA_TOOLS=$PWD/build/bin
 
 The models are SmolLM2's F16 form (dequantized from the embedded file) and its quantizations,
