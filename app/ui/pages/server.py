@@ -116,6 +116,7 @@ class ServerPage(QWidget):
             "Replies generated at the same time (llama.cpp parallel sequences). Several "
             "clients then share each step of the model instead of waiting in turn; each reply "
             "keeps its own context, so the KV cache takes this many times the memory.")
+        row.addWidget(text_label("Replies", selectable=False))
         row.addWidget(self.parallel)
         card.body.addLayout(row)
         keys = QHBoxLayout()
