@@ -26,13 +26,16 @@ All per-token work is llama.cpp's or vectorized numpy over whole chunks.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ TOP_K = 128
 TAIL_SAMPLES = 128
 CACHE_FORMAT = 2  # 2: tail sampled from float32 probabilities
 CACHE_LIMIT_BYTES = 4 * 2**30  # oldest reference caches are removed beyond this
-_BLOCK_ROWS = 64  # rows per vectorized block in the reference pass (bounds float64 scratch)
+_BLOCK_ROWS = 64  # rows per vectorized block in the reference pass (bounds the scratch)
 
 
 class EvalError(Exception):
@@ -211,10 +214,13 @@ def top_k(lp: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
+def compress_reference(lp: np.ndarray, rng: np.random.Generator | np.ndarray, k: int = TOP_K,
                        s: int = TAIL_SAMPLES) -> dict[str, np.ndarray]:
-    """Top-k tokens and s systematic samples of the rest, for rows of log-probabilities."""
+    """Top-k tokens and s systematic samples of the rest, for rows of log-probabilities.
+    ``rng``: the generator, or the rows' sample offsets already drawn from it (``offsets``),
+    so rows compressed in parts give what they give together."""
     rows, vocab = lp.shape
+    offsets = rng if isinstance(rng, np.ndarray) else sample_offsets(rng, rows)
     k = min(k, vocab)
     top = top_k(lp, k)
     top_lp = np.take_along_axis(lp, top, 1)
@@ -228,19 +234,27 @@ def compress_reference(lp: np.ndarray, rng: np.random.Generator, k: int = TOP_K,
             block = slice(start, min(start + _BLOCK_ROWS, rows))
             p = np.exp(lp[block])
             np.put_along_axis(p, top[block], 0.0, axis=1)
-            cum = np.cumsum(p, axis=1, dtype=np.float64)  # float64: the flat search below
-            mass = cum[:, -1].copy()
+            # the tail's mass from numpy's pairwise sum (float32, ~1e-7 relative); the samples'
+            # positions from a float32 running sum, spread over that sum's own total, so its
+            # rounding (~1e-5 relative) moves a sample only across a token boundary that close
+            mass = p.sum(axis=1)
+            cum = np.cumsum(p, axis=1)
             n = cum.shape[0]
-            # one flat sorted array: row r's cumulative sums shifted by 2r (each row spans [0, 1])
-            shift = 2.0 * np.arange(n)[:, None]
-            targets = (np.arange(s)[None, :] + rng.random((n, 1))) / s * mass[:, None]
-            flat = np.searchsorted((cum + shift).ravel(), (targets + shift).ravel(), side="right")
-            idx = np.minimum(flat.reshape(n, s) - (np.arange(n) * vocab)[:, None], vocab - 1)
+            targets = (np.arange(s)[None, :] + offsets[block]) / s * cum[:, -1:]
+            idx = np.empty((n, s), dtype=np.int64)
+            for r in range(n):  # a search per row: s lookups in a sorted row, microseconds
+                idx[r] = np.searchsorted(cum[r], targets[r], side="right")
+            np.minimum(idx, vocab - 1, out=idx)
             tail_ids[block] = idx
             tail_lp[block] = np.take_along_axis(lp[block], idx, 1)
             tail_mass[block] = mass
     return {"top_ids": top.astype(np.int32), "top_lp": top_lp.astype(np.float16),
             "tail_ids": tail_ids, "tail_lp": tail_lp.astype(np.float16), "tail_mass": tail_mass}
+
+
+def sample_offsets(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """Each row's offset for the tail's systematic samples (``compress_reference``)."""
+    return rng.random((rows, 1))
 
 
 def compare_rows(lq: np.ndarray, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -337,30 +351,43 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
         dp = np.empty(total, dtype=np.float64)
         send(Progress(0, n_chunks, f"{len(tokens):,} tokens, {n_chunks} chunks of {n_ctx}"))
         t0 = time.perf_counter()
-        for c in range(n_chunks):
-            chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-            # logits only where they are scored (llama-perplexity asks for the same ones)
-            logits = runner.eval_chunk(chunk, outputs_from=first)
-            lq = log_softmax(logits[:n_ctx - 1 - first])
-            rows = slice(c * n_scored, (c + 1) * n_scored)
-            nxt = chunk[first + 1:]
-            nll[rows] = -np.take_along_axis(lq, nxt[:, None].astype(np.int64), 1)[:, 0]
-            if reference:
-                packed = compress_reference(lq, rng)
-                for key, value in packed.items():
-                    arrays[key][rows] = value
-                arrays["nll"][rows] = nll[rows]
-                arrays["next"][rows] = nxt
+        # a chunk's rows are scored in parts on the cores llama.cpp's threads leave idle between
+        # two decodes (numpy releases the GIL), as llama-perplexity scores on worker threads
+        parts = _row_parts(n_scored, _score_workers(threads))
+        pool = ThreadPoolExecutor(len(parts)) if len(parts) > 1 else None
+
+        def in_parts(score: Callable[[slice], None]) -> None:
+            if pool is None:
+                score(parts[0])
             else:
-                ref = {key: np.asarray(arrays[key][rows]) for key in
-                       ("top_ids", "top_lp", "tail_ids", "tail_lp", "tail_mass")}
-                if not np.array_equal(arrays["next"][rows], nxt):
-                    raise EvalError("The candidate tokenizes the text differently from the "
-                                    "reference: they are not variants of the same model.")
-                cmp = compare_rows(lq, ref)
-                kld[rows], same[rows] = cmp["kld"], cmp["same_top"]
-                dp[rows] = np.exp(-nll[rows]) - np.exp(-arrays["nll"][rows].astype(np.float64))
-            send(Progress(c + 1, n_chunks, f"chunk {c + 1}/{n_chunks}"))
+                list(pool.map(score, parts))
+
+        try:
+            for c in range(n_chunks):
+                chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+                # logits only where they are scored (llama-perplexity asks for the same ones)
+                logits = runner.eval_chunk(chunk, outputs_from=first)
+                base = c * n_scored
+                nxt = chunk[first + 1:]
+                if reference:
+                    score = partial(_score_reference, logits=logits, nxt=nxt, base=base,
+                                    offsets=sample_offsets(rng, n_scored), nll=nll,
+                                    arrays=arrays)
+                else:
+                    if not np.array_equal(arrays["next"][base:base + n_scored], nxt):
+                        raise EvalError("The candidate tokenizes the text differently from the "
+                                        "reference: they are not variants of the same model.")
+                    score = partial(_score_candidate, logits=logits, nxt=nxt, base=base,
+                                    nll=nll, arrays=arrays, kld=kld, same=same, dp=dp)
+                in_parts(score)
+                if reference:
+                    rows = slice(base, base + n_scored)
+                    arrays["nll"][rows] = nll[rows]
+                    arrays["next"][rows] = nxt
+                send(Progress(c + 1, n_chunks, f"chunk {c + 1}/{n_chunks}"))
+        finally:
+            if pool is not None:
+                pool.shutdown()
         seconds = time.perf_counter() - t0
         if reference:
             arrays["vocab"][0] = runner.n_vocab
@@ -375,6 +402,46 @@ def _run_variant(send: Callable[[Any], None], model: str, text: str, n_ctx: int,
     if not reference:
         result.update(kld=kld, same=same, dp=dp)
     return result
+
+
+def _score_reference(part: slice, *, logits: np.ndarray, nxt: np.ndarray, base: int,
+                     offsets: np.ndarray, nll: np.ndarray, arrays: dict[str, Any]) -> None:
+    """Rows ``part`` of a chunk of the reference pass: their NLL and compressed
+    distributions, written at ``base`` + the rows."""
+    lq = log_softmax(logits[part])
+    rows = slice(base + part.start, base + part.stop)
+    nll[rows] = -np.take_along_axis(lq, nxt[part, None].astype(np.int64), 1)[:, 0]
+    for key, value in compress_reference(lq, offsets[part]).items():
+        arrays[key][rows] = value
+
+
+def _score_candidate(part: slice, *, logits: np.ndarray, nxt: np.ndarray, base: int,
+                     nll: np.ndarray, arrays: dict[str, Any], kld: np.ndarray,
+                     same: np.ndarray, dp: np.ndarray) -> None:
+    """Rows ``part`` of a chunk of a candidate's pass, against the reference's cache."""
+    lq = log_softmax(logits[part])
+    rows = slice(base + part.start, base + part.stop)
+    nll[rows] = -np.take_along_axis(lq, nxt[part, None].astype(np.int64), 1)[:, 0]
+    ref = {key: np.asarray(arrays[key][rows]) for key in
+           ("top_ids", "top_lp", "tail_ids", "tail_lp", "tail_mass")}
+    cmp = compare_rows(lq, ref)
+    kld[rows], same[rows] = cmp["kld"], cmp["same_top"]
+    dp[rows] = np.exp(-nll[rows]) - np.exp(-arrays["nll"][rows].astype(np.float64))
+
+
+def _score_workers(threads: int | None) -> int:
+    """Threads that score a chunk: as many as llama.cpp decodes with, at most 4 (the parts are
+    memory-bound numpy work; more threads stop paying)."""
+    from app.engine.runner import default_threads
+
+    return max(1, min(4, threads or default_threads()))
+
+
+def _row_parts(rows: int, n: int) -> list[slice]:
+    """``rows`` split into ``n`` contiguous parts (fewer when there are few rows)."""
+    n = max(1, min(n, rows // 32 or 1))
+    edges = [rows * i // n for i in range(n + 1)]
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
 def _open_cache(folder: Path, total: int, mode: str) -> dict[str, Any]:

@@ -204,3 +204,24 @@ def test_cancel_kills_the_child_and_leaves_no_reference_a_later_run_would_read(
     assert isinstance(result, Evaluation)
     assert _numbers(result.reference) == _numbers(uninterrupted.reference)
     assert _numbers(result.candidates[0]) == _numbers(uninterrupted.candidates[0])
+
+
+def test_a_chunk_compressed_in_parts_is_the_chunk_compressed_whole() -> None:
+    """The reference pass scores a chunk's rows in parts on several threads: the cache it
+    writes is the one a single thread writes, and the tail's mass is the exact one."""
+    from app.engine.evaluate import _row_parts, compress_reference, log_softmax, sample_offsets
+
+    logits = np.random.default_rng(0).standard_normal((255, 4096)).astype(np.float32) * 3
+    lp = log_softmax(logits)
+    whole = compress_reference(lp, np.random.default_rng(7))
+    offsets = sample_offsets(np.random.default_rng(7), 255)
+    parts = [compress_reference(lp[part], offsets[part]) for part in _row_parts(255, 3)]
+    assert len(parts) == 3
+    for key, value in whole.items():
+        assert np.array_equal(value, np.concatenate([p[key] for p in parts]))
+    exact = np.exp(lp.astype(np.float64)).sum(1) - np.take_along_axis(
+        np.exp(lp.astype(np.float64)), whole["top_ids"].astype(np.int64), 1).sum(1)
+    assert np.allclose(whole["tail_mass"], exact, rtol=1e-5)
+    # every sampled tail token is outside the top tokens
+    assert not any(set(t) & set(top) for t, top in zip(whole["tail_ids"], whole["top_ids"],
+                                                        strict=True))
