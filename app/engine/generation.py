@@ -46,6 +46,15 @@ class GenerationError(Exception):
     """The model could not be loaded or a reply could not be generated; the message says why."""
 
 
+class DecodeError(GenerationError):
+    """``llama_decode`` failed for a batch; ``seqs`` are the sequences that were in it (the
+    others are untouched)."""
+
+    def __init__(self, message: str, seqs: Iterable[int]) -> None:
+        super().__init__(message)
+        self.seqs = frozenset(seqs)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One reply's text and what it cost."""
@@ -237,8 +246,8 @@ class Generator:
         for seq in set(seqs):
             self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
         if status == 1:
-            raise GenerationError("The context is full: no room for these tokens.")
-        raise GenerationError(f"llama.cpp could not decode (status {status}).")
+            raise DecodeError("The context is full: no room for these tokens.", seqs)
+        raise DecodeError(f"llama.cpp could not decode (status {status}).", seqs)
 
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
         """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
@@ -267,8 +276,10 @@ class Generator:
         decodes a step's tokens in one micro-batch only for consecutive sequence ids (its
         ``split_equal``), so a gap costs a second pass over the weights at every token. Else
         an empty one, else the one used longest ago. A prompt that only shares a template's
-        opening with a cache does not take that cache's place. Raises GenerationError when
-        every sequence is busy."""
+        opening with a cache does not take that cache's place, except for the gap rule: while
+        others run, closing a gap (every step faster for everyone running) is put before
+        keeping an idle conversation's cache (its next turn decodes its history again). Raises
+        GenerationError when every sequence is busy."""
         taken = set(busy)
         free = [s for s in range(self.n_seq) if s not in taken]
         if not free:

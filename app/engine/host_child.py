@@ -36,7 +36,7 @@ from app.core import chat_template
 from app.core.chat_template import RenderBudget
 from app.engine import llama_log, process_stats
 from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
-from app.engine.generation import GenerationError, Generator, Outcome, Reply
+from app.engine.generation import DecodeError, GenerationError, Generator, Outcome, Reply
 from app.engine.protocol import (
     Chat,
     Embed,
@@ -302,12 +302,24 @@ class _Host:
             self.send(Failed(req.request_id, str(exc),
                              code="grammar" if "grammar" in str(exc) else ""))
             return
+        except MemoryError:  # this request fails; replies already running go on
+            log.error("starting a reply ran out of memory")
+            self.send(Failed(req.request_id, "The engine ran out of memory starting this reply. "
+                             "Reload the model (or pick a smaller one) to go on.",
+                             tuple(llama_log.recent_lines(20)), unusable=True))
+            return
+        except Exception as exc:
+            log.exception("starting a reply failed")
+            self.send(Failed(req.request_id, f"Generation failed: {exc or type(exc).__name__}",
+                             tuple(llama_log.recent_lines(20))))
+            return
         self.running[req.request_id] = _Running(req, reply, stream, received,
                                                 time.perf_counter())
 
     def step(self) -> None:
         """One token for every running reply (``Generator.step``); replies that ended are
-        answered. A failure of the decode itself fails every running reply."""
+        answered. A decode that fails fails the replies that were in its batch; anything else
+        going wrong fails every reply still running."""
         gen = self.gen
         if not self.running or gen is None:
             return
@@ -315,17 +327,14 @@ class _Host:
             gen.step([r.reply for r in self.running.values()])
         except MemoryError:
             log.error("generation ran out of memory")
-            self._fail_all("The engine ran out of memory while generating; the reply is kept "
-                           "as far as it got. Reload the model (or pick a smaller one) to go "
-                           "on.", unusable=True)
-            return
-        except GenerationError as exc:
-            self._fail_all(str(exc))
-            return
+            self._fail("The engine ran out of memory while generating; the reply is kept as "
+                       "far as it got. Reload the model (or pick a smaller one) to go on.",
+                       unusable=True)
+        except DecodeError as exc:
+            self._fail(str(exc), seqs=exc.seqs)
         except Exception as exc:
             log.exception("generation failed")
-            self._fail_all(f"Generation failed: {exc or type(exc).__name__}")
-            return
+            self._fail(f"Generation failed: {exc or type(exc).__name__}")
         for request_id, running in list(self.running.items()):
             if running.reply.outcome is not None:
                 del self.running[request_id]
@@ -339,9 +348,15 @@ class _Host:
             assert running.reply.outcome is not None
             self._done(running, running.reply.outcome)
 
-    def _fail_all(self, message: str, unusable: bool = False) -> None:
+    def _fail(self, message: str, unusable: bool = False,
+              seqs: frozenset[int] | None = None) -> None:
+        """Fail the unfinished replies (those on ``seqs`` only, when given); replies that
+        ended before the failure are answered by ``step`` as usual."""
         tail = tuple(llama_log.recent_lines(20))
         for request_id, running in list(self.running.items()):
+            if running.reply.outcome is not None or (
+                    seqs is not None and running.reply.seq not in seqs):
+                continue
             del self.running[request_id]
             running.reply.release()
             self.send(Failed(request_id, message, tail, unusable=unusable,

@@ -174,7 +174,8 @@ class SharedHost:
         return self.host.pid
 
     def shutdown(self) -> None:
-        """Stop the reader thread and the child process; queued work ends as stopped."""
+        """Stop the reader thread and the child process; queued work ends as stopped, running
+        work as failed (its reader is told the engine went away)."""
         self._alive = False
         self._wake.set()
         self._reader.join(2)
@@ -184,6 +185,9 @@ class SharedHost:
                     work = queue.popleft()
                     self._end(work, _stopped_before_start(work))
             self.host.shutdown(timeout=3)
+            for work in list(self.active.values()):
+                self._end(work, Failed(work.id, "The engine was shut down.",
+                                       code="engine_unavailable"))
 
     # --- work ---------------------------------------------------------------------------------
 

@@ -206,6 +206,34 @@ def test_cancel_kills_the_child_and_leaves_no_reference_a_later_run_would_read(
     assert _numbers(result.candidates[0]) == _numbers(uninterrupted.candidates[0])
 
 
+def test_scoring_on_several_threads_writes_what_one_thread_writes(
+        tiny_model: Path, tiny_model_f16: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passes themselves (run here in this process), with chunks scored in 1 and in 4
+    parts: the reference's cache and a candidate's per-token results are the same."""
+    from app.engine import evaluate
+
+    text = resources.evaluation_text()
+    results = {}
+    for workers in (1, 4):
+        monkeypatch.setattr(evaluate, "_score_workers", lambda _threads, n=workers: n)
+        cache = tmp_path / f"cache-{workers}"
+        evaluate._run_variant(lambda _e: None, str(tiny_model_f16), text, 256, 3, str(cache),
+                              True, 0, 1)
+        candidate = evaluate._run_variant(lambda _e: None, str(tiny_model), text, 256, 3,
+                                          str(cache), False, 0, 1)
+        arrays = {p.stem: np.load(p) for p in cache.glob("*.npy")}
+        results[workers] = arrays, candidate
+    assert len(evaluate._row_parts(127, 4)) == 3  # parts of at least 32 rows
+    (one, cand_one), (four, cand_four) = results[1], results[4]
+    assert one.keys() == four.keys() and len(one) == 8
+    for key in one:
+        assert np.array_equal(one[key], four[key]), key
+    for key in ("nll", "kld", "same", "dp"):
+        assert np.array_equal(cand_one[key], cand_four[key]), key
+    assert cand_one["kld"].mean() > 0  # a real comparison (F32 against F16), not zeros
+
+
 def test_a_chunk_compressed_in_parts_is_the_chunk_compressed_whole() -> None:
     """The reference pass scores a chunk's rows in parts on several threads: the cache it
     writes is the one a single thread writes, and the tail's mass is the exact one."""

@@ -189,22 +189,32 @@ def test_a_reply_takes_the_sequence_that_keeps_its_step_in_one_micro_batch(
         # the next turn of the conversation finds its own cache, wherever the others run
         follow = gen.cached(0) + gen.tokenize(" and then?", add_special=False)
         assert gen.sequence_for(follow, busy=[1, 2]) == 0
-        # while sequences 0, 2 and 3 run, a new reply fills the gap at 1
-        assert gen.sequence_for(other, busy=[0, 2, 3]) == 1
+        # while sequence 0 runs, a new reply takes sequence 1 (it holds another conversation)
+        # rather than the empty 2: 0 and 1 then step in one micro-batch
+        gen.generate(other, GREEDY, on_text=lambda _t: True)  # sequence 0's cache: other
+        gen._caches[1] = list(follow)  # as if sequence 1 held the first conversation
+        unrelated = gen.tokenize("a third prompt, unlike the others")
+        assert gen.sequence_for(unrelated, busy=[0]) == 1
+        assert gen.sequence_for(unrelated) == 2  # nothing runs: an empty one, caches kept
         with pytest.raises(GenerationError):
             gen.sequence_for(other, busy=range(4))
     finally:
         gen.close()
 
 
-def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path) -> None:
+@pytest.mark.parametrize("n_batch", [512, 8])
+def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path, n_batch: int
+                                                         ) -> None:
     """Several replies in one batched decode per token, begun on out-of-order sequences and at
-    different times, each give exactly the tokens they give alone."""
+    different times, each give exactly the tokens they give alone; with a small batch the
+    prompts are split across steps, next to the running reply's tokens."""
     from app.engine.generation import Generator
 
-    gen = Generator(LoadSettings(str(tiny_model), n_ctx=256, n_threads=1, n_parallel=3))
+    gen = Generator(LoadSettings(str(tiny_model), n_ctx=512, n_threads=1, n_parallel=3,
+                                 n_batch=n_batch, n_ubatch=n_batch))
     try:
-        prompts = [gen.tokenize(f"prompt number {i} " * (i + 1)) for i in range(3)]
+        prompts = [gen.tokenize(f"prompt number {i} " * (2 * i + 2)) for i in range(3)]
+        assert min(len(p) for p in prompts) > 2 * n_batch or n_batch > 100
         alone = []
         for p in prompts:
             gen.reset()
@@ -218,5 +228,8 @@ def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path) -> No
         while any(r.outcome is None for r in replies):
             gen.step(replies)
         assert [r.outcome.text for r in replies if r.outcome] == alone
+        for reply in replies:  # each cache holds its prompt and the reply (but its last token)
+            assert reply.outcome is not None
+            assert len(gen.cached(reply.seq)) == reply.n_prompt + reply.outcome.generated_tokens - 1
     finally:
         gen.close()
