@@ -153,7 +153,13 @@ class Generator:
         self.n_ctx = int(ll.llama_n_ctx_seq(self.ctx))  # one sequence's context
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
         self.n_batch = max(settings.n_batch, n_seq)
-        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        # the batch's arrays, looked up once (each ctypes field access makes a new object,
+        # thousands of times a second on a small model); every token has one sequence id
+        self._b_token, self._b_pos, self._b_logits = batch.token, batch.pos, batch.logits
+        self._b_seq = [batch.seq_id[i] for i in range(self.n_batch)]
+        for i in range(self.n_batch):
+            batch.n_seq_id[i] = 1
         self._piece_buf = ctypes.create_string_buffer(256)
         # per sequence: the tokens in its KV cache (positions 0…), and when it was last used
         self._caches: list[list[int]] = [[] for _ in range(n_seq)]
@@ -219,20 +225,20 @@ class Generator:
     def _decode(self, tokens: Sequence[int], start: int, seq: int = 0) -> None:
         """Decode ``tokens`` at positions ``start``… of ``seq``, in batches; logits for the last
         one."""
-        batch = self._batch
+        token_at, pos_at, seq_at, logits_at = (self._b_token, self._b_pos, self._b_seq,
+                                               self._b_logits)
         cache = self._caches[seq]
         for offset in range(0, len(tokens), self.n_batch):
             part = tokens[offset:offset + self.n_batch]
             n = len(part)
             for i, token in enumerate(part):
-                batch.token[i] = token
-                batch.pos[i] = start + offset + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = 0
+                token_at[i] = token
+                pos_at[i] = start + offset + i
+                seq_at[i][0] = seq
+                logits_at[i] = 0
             if offset + n == len(tokens):
-                batch.logits[n - 1] = 1
-            batch.n_tokens = n
+                logits_at[n - 1] = 1
+            self._batch.n_tokens = n
             self._run_batch([seq])
             cache.extend(part)
 
@@ -361,32 +367,37 @@ class Generator:
         """One ``llama_decode`` for the unfinished ``replies``: each generating reply's last
         token, then prompts in order, as much of them as the batch holds; then the next token
         of every reply whose tokens are all decoded. A reply that has ended has ``outcome``."""
-        live = [r for r in replies if r.outcome is None]
-        for reply in [r for r in live if r.prompting and r.should_stop()]:
-            reply.finish("stopped")  # a long prompt stops without decoding the rest
-        # generating replies first (a token each), in sequence order: llama.cpp puts
-        # consecutive sequences with as many tokens each in one micro-batch
-        live = sorted((r for r in live if r.outcome is None),
-                      key=lambda r: (r.prompting, r.seq))
+        live = []
+        for reply in replies:
+            if reply.outcome is None and reply.prompting and reply.should_stop():
+                reply.finish("stopped")  # a long prompt stops without decoding the rest
+            if reply.outcome is None:
+                live.append(reply)
         if not live:
             return
-        batch, n, taken = self._batch, 0, []
+        if len(live) > 1:
+            # generating replies first (a token each), in sequence order: llama.cpp puts
+            # consecutive sequences with as many tokens each in one micro-batch
+            live.sort(key=lambda r: (r.prompting, r.seq))
+        token_at, pos_at, seq_at, logits_at = (self._b_token, self._b_pos, self._b_seq,
+                                               self._b_logits)
+        n, taken = 0, []
         for reply in live:
             take = min(len(reply.pending), self.n_batch - n)
             if take <= 0:
                 continue
+            pending, pos, seq = reply.pending, reply.pos, reply.seq
             for i in range(take):
-                batch.token[n + i] = reply.pending[i]
-                batch.pos[n + i] = reply.pos + i
-                batch.n_seq_id[n + i] = 1
-                batch.seq_id[n + i][0] = reply.seq
-                batch.logits[n + i] = 0
-            last = take == len(reply.pending)
+                token_at[n + i] = pending[i]
+                pos_at[n + i] = pos + i
+                seq_at[n + i][0] = seq
+                logits_at[n + i] = 0
+            last = take == len(pending)
             if last:
-                batch.logits[n + take - 1] = 1
+                logits_at[n + take - 1] = 1
             taken.append((reply, take, n + take - 1 if last else -1))
             n += take
-        batch.n_tokens = n
+        self._batch.n_tokens = n
         self._run_batch([r.seq for r, _, _ in taken])
         for reply, take, _ in taken:
             self._caches[reply.seq].extend(reply.pending[:take])
