@@ -12,6 +12,7 @@ import pytest
 from app.engine.protocol import Failed, Loaded, LoadSettings
 from app.engine.shared_host import SharedHost
 from app.server.config import ServerConfig
+from app.server.request_log import LogEntry
 from app.server.runner import ServerRunner
 from tests.helpers.tiny_model import write_tiny_llama
 
@@ -65,3 +66,31 @@ def tiny_server(tiny_shared: SharedHost) -> Iterator[ServerRunner]:
     runner = serve(tiny_shared, max_tokens_limit=4096)
     yield runner
     runner.stop()
+
+
+def ask(runner: ServerRunner, i: int, stream: bool, max_tokens: int) -> str:
+    """Client number ``i``'s greedy reply (streamed or not) through the openai client."""
+    kwargs = {"model": "tiny", "max_tokens": max_tokens, "temperature": 0,
+              "messages": [{"role": "user", "content": f"client number {i}"}]}
+    c = client(runner, timeout=120)
+    if not stream:
+        return c.chat.completions.create(**kwargs).choices[0].message.content or ""  # type: ignore[call-overload]
+    return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        **kwargs, stream=True) if ch.choices)  # type: ignore[call-overload]
+
+
+def sixteen_at_once(runner: ServerRunner, max_tokens: int) -> list[LogEntry]:
+    """Sixteen clients ask at once, streaming; each reply must be the one it gets asked alone
+    (none dropped, cut or mixed with another's tokens). Returns the server's log of the sixteen."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = [ask(runner, i, False, max_tokens) for i in range(16)]  # the oracle
+    assert len(set(alone)) > 1
+    runner.log.clear()
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda i: ask(runner, i, True, max_tokens), range(16)))
+    assert together == alone
+    entries = runner.log.entries()
+    assert len(entries) == 16 and all(e.status == 200 for e in entries)
+    assert all(e.completion_tokens == max_tokens for e in entries)
+    return entries

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -12,31 +11,16 @@ from app.engine.host import HostEvent
 from app.engine.protocol import ChatMessage, ReplyDone, Sampling
 from app.engine.shared_host import SharedHost
 from app.server.runner import ServerRunner
-from tests.server.conftest import client
+from tests.server.conftest import ask, sixteen_at_once
 
 
 def _ask(runner: ServerRunner, i: int, stream: bool) -> str:
-    kwargs = {"model": "tiny", "max_tokens": 32, "temperature": 0,
-              "messages": [{"role": "user", "content": f"client number {i}"}]}
-    c = client(runner, timeout=120)
-    if not stream:
-        return c.chat.completions.create(**kwargs).choices[0].message.content or ""  # type: ignore[call-overload]
-    return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        **kwargs, stream=True) if ch.choices)  # type: ignore[call-overload]
+    return ask(runner, i, stream, max_tokens=32)
 
 
 def test_sixteen_streaming_clients_each_get_their_whole_reply_in_arrival_order(
         tiny_server: ServerRunner) -> None:
-    # the oracle: each prompt's greedy reply, asked alone
-    alone = [_ask(tiny_server, i, stream=False) for i in range(16)]
-    assert len(set(alone)) > 1
-    tiny_server.log.clear()
-    with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda i: _ask(tiny_server, i, stream=True), range(16)))
-    assert together == alone  # none dropped, none cut, none mixed with another's tokens
-    entries = tiny_server.log.entries()
-    assert len(entries) == 16 and all(e.status == 200 for e in entries)
-    assert all(e.completion_tokens == 32 for e in entries)
+    entries = sixteen_at_once(tiny_server, max_tokens=32)
     # fair: the engine took them in the order they arrived, one after another
     by_arrival = sorted(entries, key=lambda e: e.work_id or 0)
     starts = [e.engine_started or 0.0 for e in by_arrival]

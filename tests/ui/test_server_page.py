@@ -12,13 +12,25 @@ from app.jobs.engine_client import EngineClient
 from app.ui.pages.server import ServerPage
 
 
-def test_the_page_serves_the_chosen_model_and_logs_requests(
-        qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
+def _page(qtbot: QtBot, model: Path, engines: list[EngineClient]
+          ) -> tuple[ServerPage, EngineClient]:
+    """A Server page on a fresh engine, offering ``model``, on any free port."""
     engine = EngineClient()
     engines.append(engine)
-    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
+    page = ServerPage(engine, Settings(n_ctx=512, threads=1), model, "Tiny")
     qtbot.addWidget(page)
     page.port.setValue(0)
+    return page, engine
+
+
+def _start(qtbot: QtBot, page: ServerPage) -> None:
+    with qtbot.waitSignal(page.running_changed, timeout=30_000):
+        page.start()
+
+
+def test_the_page_serves_the_chosen_model_and_logs_requests(
+        qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
+    page, engine = _page(qtbot, tiny_model, engines)
     # a network address without a key is refused, and the page says why
     page.host.setCurrentText("0.0.0.0")
     assert page.network_warning.isVisibleTo(page)
@@ -55,13 +67,8 @@ def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
         engines: list[EngineClient]) -> None:
     from app.engine.protocol import LoadSettings
 
-    engine = EngineClient()
-    engines.append(engine)
-    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
-    qtbot.addWidget(page)
-    page.port.setValue(0)
-    with qtbot.waitSignal(page.running_changed, timeout=30_000):
-        page.start()
+    page, engine = _page(qtbot, tiny_model, engines)
+    _start(qtbot, page)
     assert page.status.text().startswith(f"Serving {tiny_model.name} at ")
     # the Chat page loads another model into the shared engine
     engine.load(LoadSettings(str(tiny_model_f16), n_ctx=512))
@@ -75,18 +82,12 @@ def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
 
 def test_replies_at_once_reloads_the_model_with_that_many_sequences(
         qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
-    engine = EngineClient()
-    engines.append(engine)
-    page = ServerPage(engine, Settings(n_ctx=512, threads=1), tiny_model, "Tiny")
-    qtbot.addWidget(page)
-    page.port.setValue(0)
-    with qtbot.waitSignal(page.running_changed, timeout=30_000):
-        page.start()
+    page, engine = _page(qtbot, tiny_model, engines)
+    _start(qtbot, page)
     assert engine.current is not None and engine.current.n_parallel == 1
     page.stop()
     page.parallel.setValue(3)  # the same model, served three replies at a time: a reload
-    with qtbot.waitSignal(page.running_changed, timeout=30_000):
-        page.start()
+    _start(qtbot, page)
     assert engine.current is not None and engine.current.n_parallel == 3
     assert "3 replies at once" in page.status.text()
     page.stop()
