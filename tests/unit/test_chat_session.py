@@ -126,16 +126,19 @@ def test_stop_keeps_what_was_written_as_stopped(live_host: ModelHost, store: Sto
     session = _session(live_host, store, max_tokens=1800)
     reply = session.send("Tell me a long story").reply
     seen = ""
+    events_after_stop = 0
     for update in follow(session, live_host.poll):
         if isinstance(update, ReplyText):
             seen += update.text
-            if len(seen) == 10:
+            if session.state is SessionState.STOPPING:
+                events_after_stop += 1
+            elif len(seen) >= 10:  # an event may carry several pieces (a busy reader)
                 assert session.stop()
                 assert session.state is SessionState.STOPPING
                 assert session.stop()  # a second press changes nothing
                 assert session.state is SessionState.STOPPING
     assert reply.status == storage.STATUS_STOPPED and reply.finish_reason == "stopped"
-    assert reply.text == seen and 10 <= len(seen) <= 11
+    assert reply.text == seen and len(seen) >= 10 and events_after_stop <= 1
     assert reply.message is not None and reply.message.status == storage.STATUS_STOPPED
     assert reply.message.content == seen
     assert not session.stop()  # idle: nothing to stop
