@@ -12,7 +12,7 @@ import base64
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from sse_starlette import EventSourceResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from app.engine.host import Crashed, HostEvent
-from app.engine.protocol import Embeddings, Failed, ReplyDone, Token
+from app.engine.protocol import ChatMessage, Embeddings, Failed, ReplyDone, Sampling, Token
 from app.engine.shared_host import SharedHost
 from app.server import errors
 from app.server.bridge import Gone, WorkEvents
@@ -78,16 +78,20 @@ class Api:
 
     # --- one request's life -----------------------------------------------------------------
 
-    def entry(self, request: Request, endpoint: str, stream: bool) -> LogEntry:
+    def submit(self, request: Request, endpoint: str, stream: bool, *,
+               messages: Sequence[ChatMessage] = (), sampling: Sampling | None = None,
+               prompt: str | None = None, texts: Sequence[str] | None = None
+               ) -> tuple[LogEntry, WorkEvents]:
+        """Log the request and queue its work on the shared engine (``SharedHost.submit``),
+        in the turn of its client's address."""
         client = request.client
         entry = LogEntry(client=f"{client.host}:{client.port}" if client else "?",
                          endpoint=endpoint, stream=stream)
         self.log.add(entry)
-        return entry
-
-    @staticmethod
-    def source(request: Request) -> str:
-        return f"api {request.client.host if request.client else '?'}"
+        events = WorkEvents(self.shared, f"api {client.host if client else '?'}",
+                            messages=messages, sampling=sampling, prompt=prompt, texts=texts)
+        entry.work = events.work
+        return entry, events
 
     def close(self, entry: LogEntry, events: WorkEvents | None, status: int,
               done: ReplyDone | None = None, error: str | None = None) -> None:
@@ -228,9 +232,8 @@ def create_app(shared: SharedHost, config: ServerConfig, log: RequestLog | None 
         model_id = api.check_model(body.model)
         messages = body.engine_messages()
         sampling = body.engine_sampling(config.max_tokens_limit)
-        entry = api.entry(request, "chat/completions", body.stream)
-        events = WorkEvents(shared, api.source(request), messages=messages, sampling=sampling)
-        entry.work = events.work
+        entry, events = api.submit(request, "chat/completions", body.stream,
+                                   messages=messages, sampling=sampling)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not body.stream:
             text, done = await api.collect(request, entry, events)
@@ -266,9 +269,8 @@ def create_app(shared: SharedHost, config: ServerConfig, log: RequestLog | None 
         model_id = api.check_model(body.model)
         prompt = body.engine_prompt()
         sampling = body.sampling(config.max_tokens_limit)
-        entry = api.entry(request, "completions", body.stream)
-        events = WorkEvents(shared, api.source(request), prompt=prompt, sampling=sampling)
-        entry.work = events.work
+        entry, events = api.submit(request, "completions", body.stream, prompt=prompt,
+                                   sampling=sampling)
         reply_id, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         echo = prompt if body.echo else ""
         if not body.stream:
@@ -295,9 +297,7 @@ def create_app(shared: SharedHost, config: ServerConfig, log: RequestLog | None 
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
         model_id = api.check_model(body.model)
         texts = body.texts()
-        entry = api.entry(request, "embeddings", False)
-        events = WorkEvents(shared, api.source(request), texts=texts)
-        entry.work = events.work
+        entry, events = api.submit(request, "embeddings", False, texts=texts)
         event = await api.first_event(request, entry, events)
         if not isinstance(event, Embeddings):
             api.close(entry, events, 500, error="unexpected engine answer")
