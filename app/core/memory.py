@@ -210,10 +210,10 @@ ENCODER_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2"
                           "jina-bert-v3", "modern-bert", "neo-bert", "t5encoder"})
 
 
-def embeddings_context(info: ModelInfo, n_ctx: int) -> int:
+def embeddings_context(n_ctx: int, n_ctx_train: int) -> int:
     """The embeddings context's length for a model loaded at ``n_ctx``: a whole text is one
     batch, so it is capped by the model's trained context and ``EMBEDDINGS_MAX_CTX``."""
-    return min(n_ctx, info.n_ctx_train or EMBEDDINGS_MAX_CTX, EMBEDDINGS_MAX_CTX)
+    return min(n_ctx, n_ctx_train or EMBEDDINGS_MAX_CTX, EMBEDDINGS_MAX_CTX)
 
 
 def embeddings_bytes(info: ModelInfo, n_ctx: int) -> int:
@@ -224,12 +224,13 @@ def embeddings_bytes(info: ModelInfo, n_ctx: int) -> int:
     logits (vocabulary x tokens x 4 bytes) are kept in the output buffer *and* computed in
     the graph, where they share memory with the activations (the larger counts). Attention
     as flash attention (llama.cpp's 'auto' on the CPU; the context sets nothing). Measured
-    (bench/memory.py): SmolLM2 with mean pooling declared, whole-context texts at 512 / 2,048
-    / 4,096 tokens: 209 / 836 / 1,678 MiB against 207 / 837 / 1,693 estimated. Encoder-only
-    models (BERT family) have no cache and no head; not measured here (none at hand)."""
+    (the engine child's resident growth): SmolLM2 with mean pooling declared, whole-context
+    texts at 512 / 2,048 / 4,096 tokens: 209 / 836 / 1,678 MiB against 207 / 837 / 1,693
+    estimated; tests/server/test_api.py checks 1,024 within 10%. Encoder-only models (BERT
+    family) have no cache and no head; not measured here (none at hand)."""
     if not info.pooling_type:
         return 0
-    n = embeddings_context(info, n_ctx)
+    n = embeddings_context(n_ctx, info.n_ctx_train)
     cells = math.ceil(n / KV_PAD) * KV_PAD
     encoder = info.architecture in ENCODER_ONLY
     kv = 0 if encoder else kv_cache_bytes(info, n, range(info.n_layers), n_ubatch=n)
@@ -283,8 +284,9 @@ def estimate(info: ModelInfo, n_ctx: int, n_gpu_layers: int = 0, *, n_ubatch: in
     (``flash_attention``). ``devices``: more than one offload device splits the offloaded
     layers between them (``split_layers``). ``n_seq``: parallel sequences, each with its own
     KV cache of ``n_ctx`` (the compute buffers do not grow: a batch is as large either way;
-    measured by bench/memory.py). ``embeddings``: the model is served, so an embeddings
-    request may add its context (``embeddings_bytes``; counted on the CPU)."""
+    tests/server/test_parallel.py measures four sequences against one). ``embeddings``: the
+    model is served, so an embeddings request may add its context (``embeddings_bytes``;
+    counted on the CPU)."""
     flash_attn = flash_attention(flash_attn, n_gpu_layers, kv_type,
                                  scores_bytes=scores_bytes(info.n_head, n_ctx, n_ubatch),
                                  weights_bytes=sum(t.n_bytes for t in info.tensors))

@@ -17,7 +17,7 @@ import ctypes
 import math
 from typing import Any
 
-from app.core.memory import EMBEDDINGS_MAX_CTX
+from app.core.memory import embeddings_context
 from app.engine.generation import GenerationError
 from app.engine.protocol import LoadSettings
 
@@ -60,8 +60,7 @@ class EmbeddingContext:
                 "type, such as BGE or nomic-embed-text) for /v1/embeddings.")
         from app.engine.runner import default_threads
 
-        n_ctx = min(settings.n_ctx, int(ll.llama_model_n_ctx_train(model)) or EMBEDDINGS_MAX_CTX,
-                    EMBEDDINGS_MAX_CTX)
+        n_ctx = embeddings_context(settings.n_ctx, int(ll.llama_model_n_ctx_train(model)))
         params = ll.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = n_ctx  # a whole text per batch
         params.n_threads = params.n_threads_batch = settings.n_threads or default_threads()

@@ -48,11 +48,12 @@ class GenerationError(Exception):
 
 class DecodeError(GenerationError):
     """``llama_decode`` failed for a batch; ``seqs`` are the sequences that were in it (the
-    others are untouched)."""
+    others are untouched); ``code`` is "context_length" when there was no room left."""
 
-    def __init__(self, message: str, seqs: Iterable[int]) -> None:
+    def __init__(self, message: str, seqs: Iterable[int], code: str = "") -> None:
         super().__init__(message)
         self.seqs = frozenset(seqs)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -225,22 +226,26 @@ class Generator:
     def _decode(self, tokens: Sequence[int], start: int, seq: int = 0) -> None:
         """Decode ``tokens`` at positions ``start``… of ``seq``, in batches; logits for the last
         one."""
-        token_at, pos_at, seq_at, logits_at = (self._b_token, self._b_pos, self._b_seq,
-                                               self._b_logits)
         cache = self._caches[seq]
         for offset in range(0, len(tokens), self.n_batch):
             part = tokens[offset:offset + self.n_batch]
-            n = len(part)
-            for i, token in enumerate(part):
-                token_at[i] = token
-                pos_at[i] = start + offset + i
-                seq_at[i][0] = seq
-                logits_at[i] = 0
-            if offset + n == len(tokens):
-                logits_at[n - 1] = 1
-            self._batch.n_tokens = n
+            self._fill(0, part, start + offset, seq, offset + len(part) == len(tokens))
+            self._batch.n_tokens = len(part)
             self._run_batch([seq])
             cache.extend(part)
+
+    def _fill(self, at: int, tokens: Sequence[int], pos: int, seq: int, logits: bool) -> None:
+        """Put ``tokens`` (positions ``pos``… of ``seq``) in the batch from index ``at``; the
+        last one gives logits when ``logits`` is set."""
+        token_at, pos_at, seq_at, logits_at = (self._b_token, self._b_pos, self._b_seq,
+                                               self._b_logits)
+        for i, token in enumerate(tokens, at):
+            token_at[i] = token
+            pos_at[i] = pos + i - at
+            seq_at[i][0] = seq
+            logits_at[i] = 0
+        if logits:
+            logits_at[at + len(tokens) - 1] = 1
 
     def _run_batch(self, seqs: Sequence[int]) -> None:
         """``llama_decode`` the batch as filled; on failure the sequences in it lose what the
@@ -252,7 +257,8 @@ class Generator:
         for seq in set(seqs):
             self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
         if status == 1:
-            raise DecodeError("The context is full: no room for these tokens.", seqs)
+            raise DecodeError("The context is full: no room for these tokens.", seqs,
+                              "context_length")
         raise DecodeError(f"llama.cpp could not decode (status {status}).", seqs)
 
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
@@ -379,22 +385,13 @@ class Generator:
             # generating replies first (a token each), in sequence order: llama.cpp puts
             # consecutive sequences with as many tokens each in one micro-batch
             live.sort(key=lambda r: (r.prompting, r.seq))
-        token_at, pos_at, seq_at, logits_at = (self._b_token, self._b_pos, self._b_seq,
-                                               self._b_logits)
         n, taken = 0, []
         for reply in live:
             take = min(len(reply.pending), self.n_batch - n)
             if take <= 0:
                 continue
-            pending, pos, seq = reply.pending, reply.pos, reply.seq
-            for i in range(take):
-                token_at[n + i] = pending[i]
-                pos_at[n + i] = pos + i
-                seq_at[n + i][0] = seq
-                logits_at[n + i] = 0
-            last = take == len(pending)
-            if last:
-                logits_at[n + take - 1] = 1
+            last = take == len(reply.pending)
+            self._fill(n, reply.pending[:take], reply.pos, reply.seq, last)
             taken.append((reply, take, n + take - 1 if last else -1))
             n += take
         self._batch.n_tokens = n

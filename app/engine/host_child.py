@@ -331,27 +331,30 @@ class _Host:
                        "far as it got. Reload the model (or pick a smaller one) to go on.",
                        unusable=True)
         except DecodeError as exc:
-            self._fail(str(exc), seqs=exc.seqs)
+            self._fail(str(exc), seqs=exc.seqs, code=exc.code)
         except Exception as exc:
             log.exception("generation failed")
             self._fail(f"Generation failed: {exc or type(exc).__name__}")
+        self._answer_ended()
+
+    def stop_all(self) -> None:
+        """End every running reply as stopped (before an unload or a load)."""
+        for running in self.running.values():
+            if running.reply.outcome is None:
+                running.reply.finish("stopped", held=False)
+        self._answer_ended()
+
+    def _answer_ended(self) -> None:
+        """Send the end of every reply that has ended, and forget it."""
         for request_id, running in list(self.running.items()):
             if running.reply.outcome is not None:
                 del self.running[request_id]
                 self._done(running, running.reply.outcome)
 
-    def stop_all(self) -> None:
-        """End every running reply as stopped (before an unload or a load)."""
-        for request_id, running in list(self.running.items()):
-            del self.running[request_id]
-            running.reply.finish("stopped", held=False)
-            assert running.reply.outcome is not None
-            self._done(running, running.reply.outcome)
-
     def _fail(self, message: str, unusable: bool = False,
-              seqs: frozenset[int] | None = None) -> None:
+              seqs: frozenset[int] | None = None, code: str = "") -> None:
         """Fail the unfinished replies (those on ``seqs`` only, when given); replies that
-        ended before the failure are answered by ``step`` as usual."""
+        ended before the failure are answered by ``_answer_ended`` as usual."""
         tail = tuple(llama_log.recent_lines(20))
         for request_id, running in list(self.running.items()):
             if running.reply.outcome is not None or (
@@ -359,8 +362,7 @@ class _Host:
                 continue
             del self.running[request_id]
             running.reply.release()
-            self.send(Failed(request_id, message, tail, unusable=unusable,
-                             code="context_length" if "context is full" in message else ""))
+            self.send(Failed(request_id, message, tail, unusable=unusable, code=code))
 
     def _done(self, running: _Running, outcome: Outcome) -> None:
         finish = outcome.finish_reason
