@@ -427,10 +427,11 @@ def serve(requests: Connection, events: Connection, stop: Any, consumed: Any) ->
     sys.stderr = _StderrToLog()
     llama_log.install()
     host = _Host(send, stop, consumed)
+    waiting = _request_waiting(requests)
     try:
         while True:
             try:
-                while not host.running or requests.poll():
+                while not host.running or waiting():
                     request = requests.recv()
                     if isinstance(request, Shutdown):
                         return
@@ -440,6 +441,22 @@ def serve(requests: Connection, events: Connection, stop: Any, consumed: Any) ->
             host.step()
     finally:
         host.unload()
+
+
+def _request_waiting(requests: Connection) -> Callable[[], bool]:
+    """Whether a request (or the parent's end) is waiting, asked between tokens.
+
+    ``Connection.poll`` builds a selector at every call, some 20 µs: on a fast model that cost
+    the loop 8% of its tokens. A poll object registered once answers in about a microsecond.
+    Windows pipes cannot be polled that way: ``Connection.poll`` there."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(requests.fileno(), select.POLLIN)
+    except (AttributeError, OSError):
+        return requests.poll
+    return lambda: bool(poller.poll(0))  # POLLHUP too: recv() then says the parent is gone
 
 
 def _handle(host: _Host, request: object) -> None:
