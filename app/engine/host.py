@@ -201,13 +201,15 @@ class ModelHost:
         self._send(Load(settings))
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
-             prompt: str | None = None, request_id: int | None = None) -> int:
+             prompt: str | None = None, request_id: int | None = None,
+             event_interval: float = 0.0) -> int:
         """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
         template); returns its request id (``request_id`` when the caller numbers requests
-        itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed."""
+        itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed; text events
+        at least ``event_interval`` seconds apart (``Chat.event_interval``)."""
         request_id = self._begin(request_id)
         self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt,
-                        lane=self.active[request_id]))
+                        lane=self.active[request_id], event_interval=event_interval))
         return request_id
 
     def embed(self, texts: Sequence[str], request_id: int | None = None) -> int:

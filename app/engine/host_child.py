@@ -11,7 +11,10 @@ A reply never runs more than one event ahead of its reader (``_Stream``): a piec
 when the parent has read every event sent before (its lane's ``consumed`` count), and held until
 then, to go with the next ones in one event. So generation never waits for the reader (a slow
 reader gets fewer, larger events), and when the parent asks to stop, at most one more event can
-reach it, the one already on its way, however busy the parent was; held text is dropped.
+reach it, the one already on its way, however busy the parent was; held text is dropped. A
+request may also ask for a least time between events (``Chat.event_interval``): the window,
+which redraws a reply 25 times a second, asks for that, because on a small machine every event
+wakes the reader on a core llama.cpp's threads are using.
 
 The chat template is rendered within a ``RenderBudget`` and can be cancelled by Stop, so a
 runaway template ends with a clear error and this process stays usable.
@@ -109,17 +112,21 @@ class _Stream:
     """A reply's text on its way to the parent, never more than one event ahead of its reader.
 
     A piece is sent when the parent has read every event sent before (the shared ``consumed``
-    count); while it has not, pieces are held and go together in the next event. Generation
-    never waits for the reader, and a slow reader gets fewer, larger events instead of a queue.
+    count) and, when the request asked for an interval, that long after the last event; until
+    then, pieces are held and go together in the next event. Generation never waits for the
+    reader, and a slow reader gets fewer, larger events instead of a queue.
     When Stop is asked, held pieces are dropped: after Stop at most one event (the one already
     on its way) reaches the parent, however busy it was. ``text`` is what was sent: the reply
     as the parent has it.
     """
 
     def __init__(self, request_id: int, send: Callable[[Event], None],
-                 consumed: Callable[[], int], stopped: Callable[[], bool]) -> None:
+                 consumed: Callable[[], int], stopped: Callable[[], bool],
+                 interval: float = 0.0) -> None:
         self._request_id, self._send, self._consumed, self._stopped = (
             request_id, send, consumed, stopped)
+        self._interval = interval
+        self._next_at = 0.0  # no event before this time (perf_counter)
         self._sent = 0  # events
         self._held: list[str] = []
         self._pieces: list[str] = []
@@ -135,7 +142,8 @@ class _Stream:
             self._drop()
             return False
         self._held.append(piece)
-        if self._consumed() >= self._sent:
+        if self._consumed() >= self._sent and (
+                not self._interval or time.perf_counter() >= self._next_at):
             self._flush()
         return True
 
@@ -157,6 +165,8 @@ class _Stream:
         text, pieces = "".join(self._held), len(self._held)
         self._held.clear()
         self._sent += 1
+        if self._interval:
+            self._next_at = time.perf_counter() + self._interval
         self._pieces.append(text)
         self._send(Token(self._request_id, text, pieces))
 
@@ -293,7 +303,7 @@ class _Host:
                              "the model with a longer context.", code="context_length"))
             return
         stream = _Stream(req.request_id, self.send, lambda: int(self.consumed[req.lane]),
-                         stop_requested_now)
+                         stop_requested_now, req.event_interval)
         try:
             seq = gen.sequence_for(tokens, (r.reply.seq for r in self.running.values()))
             reply = gen.begin(tokens, req.sampling, on_text=stream.on_text,

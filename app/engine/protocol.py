@@ -55,6 +55,9 @@ class Chat:
     sampling: Sampling = field(default_factory=Sampling)
     prompt: str | None = None
     lane: int = 0  # its place in the shared stop and read counts (one per running reply)
+    # the least time between two text events (seconds): 0 sends each piece once the reader has
+    # read the last; a reader that shows text a few times a second asks for fewer events
+    event_interval: float = 0.0
 
 
 @dataclass(frozen=True)

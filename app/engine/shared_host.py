@@ -69,6 +69,7 @@ class Work:
     prompt: str | None = None
     texts: tuple[str, ...] | None = None  # set: an embeddings request
     recover: bool = False
+    event_interval: float = 0.0  # the least time between text events (Chat.event_interval)
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled_at: float | None = None
@@ -194,15 +195,16 @@ class SharedHost:
     def submit(self, source: str, on_event: EventCallback, *,
                messages: Sequence[ChatMessage] = (), sampling: Sampling | None = None,
                prompt: str | None = None, texts: Sequence[str] | None = None,
-               recover: bool = False) -> Work:
+               recover: bool = False, event_interval: float = 0.0) -> Work:
         """Queue a reply to ``messages`` (or a continuation of ``prompt``), or embeddings of
-        ``texts``. Its events go to ``on_event``: Token…, then ReplyDone, Failed or Crashed (or
-        Embeddings). Raises EngineError when no engine runs and ``recover`` is not asked."""
+        ``texts``. Its events go to ``on_event``: Token… (at least ``event_interval`` seconds
+        apart), then ReplyDone, Failed or Crashed (or Embeddings). Raises EngineError when no
+        engine runs and ``recover`` is not asked."""
         with self._lock:
             if not recover and not self.host.alive and not self.loading:
                 raise EngineError(NOT_RUNNING)
             work = Work(next(self._ids), source, on_event, tuple(messages), sampling, prompt,
-                        tuple(texts) if texts is not None else None, recover)
+                        tuple(texts) if texts is not None else None, recover, event_interval)
             self._queues.setdefault(source, deque()).append(work)
             if source not in self._turns:
                 # a newcomer's turn comes before the source served last (at the back)
@@ -266,7 +268,7 @@ class SharedHost:
                     self.host.embed(work.texts, request_id=work.id)
                 else:
                     self.host.chat(work.messages, work.sampling, work.prompt,
-                                   request_id=work.id)
+                                   request_id=work.id, event_interval=work.event_interval)
             except EngineError as exc:
                 self._end(work, Failed(work.id, str(exc)))
                 continue

@@ -2,11 +2,12 @@
 
 ``run(cycles)`` starts a GUI process (the real Chat page, offscreen, on the tiny model) that,
 each cycle, starts a new conversation, gets a short reply that completes, then a long one that
-it breaks at a random token — SIGKILL or SIGSEGV to the engine child, or an address-space limit
-(``tests.helpers.address_space.starve``) under which Python and llama.cpp can no longer
-allocate — and reloads the model. The GUI process writes what it saw as JSON; ``run`` then
-checks the database from outside: it passes ``PRAGMA integrity_check``, every completed message
-is there as written, every broken reply is there with status partial.
+it breaks at a random point (once 1–200 characters of it arrived) — SIGKILL or SIGSEGV to the
+engine child, or an address-space limit (``tests.helpers.address_space.starve``) under which
+Python and llama.cpp can no longer allocate — and reloads the model. The GUI process writes
+what it saw as JSON; ``run`` then checks the database from outside: it passes ``PRAGMA
+integrity_check``, every completed message is there as written, every broken reply is there
+with status partial.
 
     python -m tests.helpers.engine_faults drive --cycles N --seed S --model M --report R
 """
@@ -201,11 +202,13 @@ def drive(cycles: int, seed: int, model: Path, report_path: Path) -> None:
         at = rng.randint(1, 200)
         seen = [0]
 
-        def inject(_request: int, _text: str, at: int = at, fault: str = fault,
+        def inject(_request: int, text: str, at: int = at, fault: str = fault,
                    seen: list[int] = seen) -> None:
-            seen[0] += 1
+            # counted in characters (a token each on this model): the window gets the text in
+            # events of many tokens (TEXT_EVENT_INTERVAL)
+            before, seen[0] = seen[0], seen[0] + len(text)
             pid = engine.pid()
-            if seen[0] != at or pid is None:
+            if not before < at <= seen[0] or pid is None:
                 return
             if fault == "RLIMIT_AS":
                 starve(pid)
@@ -213,7 +216,7 @@ def drive(cycles: int, seed: int, model: Path, report_path: Path) -> None:
                 os.kill(pid, getattr(signal, fault))
 
         engine.token.connect(inject)
-        broken = reply(f"cycle {cycle}: a long one, broken by {fault} at token {at}", 1900)
+        broken = reply(f"cycle {cycle}: a long one, broken by {fault} after {at} characters", 1900)
         engine.token.disconnect(inject)
         if broken is None:
             failures.append(f"cycle {cycle}: the broken reply did not end")

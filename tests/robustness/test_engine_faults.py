@@ -1,9 +1,9 @@
-"""The engine child dies at a random token — SIGKILL, SIGSEGV, or starved of address space so
-that Python and llama.cpp cannot allocate — while a real GUI process (the Chat page, offscreen)
-streams its reply; the model is reloaded and the next cycle begins. The GUI process stays up,
-its memory does not grow, every completed message is in the database and every broken reply
-is kept with status partial. Set QUANTDESK_FAULT_SEED to replay a run. The long version (100
-cycles) is bench/engine_faults.py.
+"""The engine child dies at a random point of a reply — SIGKILL, SIGSEGV, or starved of address
+space so that Python and llama.cpp cannot allocate — while a real GUI process (the Chat page,
+offscreen) streams its reply; the model is reloaded and the next cycle begins. The GUI process
+stays up, its memory does not grow, every completed message is in the database and every
+broken reply is kept with status partial. Set QUANTDESK_FAULT_SEED to replay a run. The long
+version (100 cycles) is bench/engine_faults.py.
 """
 
 from __future__ import annotations

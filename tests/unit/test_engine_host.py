@@ -362,3 +362,30 @@ def test_a_slow_reader_gets_the_whole_reply_in_fewer_events(host: ModelHost,
     assert "".join(e.text for e in events) == event.text
     assert sum(e.pieces for e in events) == 400  # one piece per token on this model
     assert len(events) < 200, len(events)  # held pieces went together
+
+
+def test_a_reader_that_asks_for_an_interval_gets_events_that_far_apart(
+        host: ModelHost, tiny_model: Path) -> None:
+    # The window asks for a text event every 40 ms at most (it redraws no faster): the reply is
+    # the same, in fewer events, and the first piece is not held back.
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=4096))
+    greedy = Sampling(temperature=0.0, max_tokens=1500, ignore_eos=True)
+    alone = next(e for e in host.chat_stream(HELLO, greedy) if isinstance(e, ReplyDone))
+    host.chat(HELLO, greedy, event_interval=0.04)
+    events: list[Token] = []
+    arrived: list[float] = []
+    while True:
+        event = host.poll(10)
+        assert event is not None and not isinstance(event, (Crashed, Failed)), event
+        if isinstance(event, Token):
+            events.append(event)
+            arrived.append(time.perf_counter())
+        elif isinstance(event, ReplyDone):
+            break
+    assert event.text == alone.text and "".join(e.text for e in events) == event.text
+    assert sum(e.pieces for e in events) == 1500
+    assert events[0].pieces == 1  # the first token went at once: no wait for the first text
+    # the child spaces its events 40 ms apart (the last one is the end's flush): the arrival
+    # times can only bunch by the pipe's scheduling
+    assert len(events) >= 3
+    assert len(events) <= (arrived[-1] - arrived[0]) / 0.04 + 2, (len(events), arrived)
