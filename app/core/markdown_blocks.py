@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 _FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[ \t]*\n(.*?)(?:^```[ \t]*$|\Z)", re.S | re.M)
+_FENCE_LINE = re.compile(r"^```", re.M)
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,16 @@ def split_blocks(message: str) -> list[Block]:
     if rest.strip():
         blocks.append(Block("text", rest.strip("\n")))
     return blocks
+
+
+def settled_end(text: str, start: int = 0) -> int:
+    """Where the settled part of a growing message ends: just after its last blank line at or
+    after ``start`` that is outside a code fence, or ``start`` when there is none. What comes
+    before cannot change as more text arrives (a paragraph, a list item or a closed code block
+    is finished), so a streaming view lays it out once."""
+    cut = text.rfind("\n\n", start)
+    while cut >= start:
+        if len(_FENCE_LINE.findall(text, 0, cut)) % 2 == 0:
+            return cut + 2
+        cut = text.rfind("\n\n", start, cut)
+    return start

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QLabel
 from pytestqt.qtbot import QtBot
 
 from app.core import hardware, storage
@@ -20,6 +21,7 @@ from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import SessionState
 from app.ui.chat.chat_page import ChatPage
+from app.ui.chat.message_widget import MessageWidget
 from app.ui.main_window import MainWindow
 from tests.helpers.tiny_model import write_tiny_llama
 
@@ -197,6 +199,29 @@ def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePag
     assert page.message_widgets() == []  # the open conversation was the deleted one
     page.open_conversation(convs[1].id)
     assert page.message_widgets()[0].text == "about llamas"
+
+
+def test_a_streaming_reply_lays_out_each_settled_paragraph_once(qtbot: QtBot) -> None:
+    widget = MessageWidget("assistant")
+    qtbot.addWidget(widget)
+
+    def labels() -> list[QLabel]:
+        items = (widget.body.itemAt(i) for i in range(widget.body.count()))
+        return [w for w in (item.widget() for item in items if item) if isinstance(w, QLabel)]
+
+    widget.show_streaming("First paragraph.\n\nSecond")
+    first = labels()
+    assert [label.text() for label in first] == ["First paragraph.", "Second ▍"]
+    widget.show_streaming("First paragraph.\n\nSecond paragraph.\n\n```py\nx = 1\n\n")
+    now = labels()
+    assert now[0] is first[0] and now[-1] is first[-1]  # the first paragraph was not set again
+    # the open code block stays with the text being written: its blank line settles nothing
+    assert [label.text() for label in now] == ["First paragraph.", "Second paragraph.",
+                                               "```py\nx = 1\n\n ▍"]
+    final = "First paragraph.\n\nSecond paragraph.\n\n```py\nx = 1\n\ny = 2\n```"
+    widget.finish(final)
+    assert widget.text == final and not widget.streaming
+    assert [c.code for c in widget.code_blocks] == ["x = 1\n\ny = 2"]
 
 
 def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
