@@ -6,8 +6,10 @@ parent's reads included): prompt tok/s = prompt tokens / time to the first token
 tok/s = (tokens - 1) / (last text's arrival - first text's). Prompts are raw text that starts
 with a different word each run, so no run reuses another's cached tokens. llama-bench measures
 pp512 (a 512-token prompt) and tg128 at the depth of our prompt (``-d``: 128 tokens generated
-after that many tokens of context), median of its repetitions. Targets (issue 17): generation
-≥ 0.95x and prompt ≥ 0.90x llama-bench, on SmolLM2 Q4_K_M and Q8_0.
+after that many tokens of context). The two sides take turns, one run each (this machine's
+speed drifts by 10% within minutes, so sides measured minutes apart compare the drift), and
+each ratio is the median of the runs' ratios. Targets (issue 17): generation ≥ 0.95x and
+prompt ≥ 0.90x llama-bench, on SmolLM2 Q4_K_M and Q8_0.
 
     QUANTDESK_LLAMA_TOOLS=… .venv/bin/python -m bench.generation [--threads 2] [--reps 5]
 """
@@ -58,17 +60,18 @@ def engine_run(host: ModelHost, text: str) -> tuple[int, float, float]:
             (N_GEN - 1) / (arrivals[-1] - arrivals[0]))
 
 
-def llama_bench(model: Path, threads: int, depth: int, reps: int) -> tuple[float, float] | None:
-    """(pp512, tg128 at ``depth``) tokens/s from llama-bench, or None without the tool."""
+def llama_bench(model: Path, threads: int, depth: int) -> tuple[float, float] | None:
+    """(pp512, tg128 at ``depth``) tokens/s from one llama-bench run of each, or None without
+    the tool."""
     exe = tool("llama-bench")
     if exe is None:
         return None
     fa = engine_flash_attn(model, N_CTX)
     _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
-                        "-p", "512", "-n", "0", "-r", str(reps), "-o", "json"])
+                        "-p", "512", "-n", "0", "-r", "1", "-o", "json"])
     pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
     _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
-                        "-p", "0", "-n", str(N_GEN), "-d", str(depth), "-r", str(reps),
+                        "-p", "0", "-n", str(N_GEN), "-d", str(depth), "-r", "1",
                         "-o", "json"])
     tg = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
     return float(pp), float(tg)
@@ -81,7 +84,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     args = parser.parse_args()
-    print(f"threads {args.threads}, {N_GEN} tokens generated, median of {args.reps}; "
+    print(f"threads {args.threads}, {N_GEN} tokens generated, {args.reps} runs a side, taking "
+          "turns (medians); "
           "flash attention as the engine loads each model by default, on both sides\n")
     print("| model | prompt tokens | QuantDesk prompt tok/s | llama-bench pp512 | ratio | "
           "QuantDesk generation tok/s | llama-bench tg128 @depth | ratio |\n"
@@ -90,18 +94,24 @@ def main() -> None:
         model = quantized(quant)
         host = ModelHost()
         host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
-        runs = [engine_run(host, prompt(i, args.prompt_tokens)) for i in range(args.reps + 1)]
+        n_prompt = engine_run(host, prompt(0, args.prompt_tokens))[0]  # the warm-up
+        runs, bases = [], []
+        for i in range(1, args.reps + 1):
+            runs.append(engine_run(host, prompt(i, args.prompt_tokens)))
+            base = llama_bench(model, args.threads, n_prompt)
+            if base is not None:
+                bases.append(base)
         host.shutdown()
-        runs = runs[1:]  # the first is the warm-up
-        n_prompt = runs[0][0]
         pp = statistics.median(r[1] for r in runs)
         tg = statistics.median(r[2] for r in runs)
-        base = llama_bench(model, args.threads, n_prompt, args.reps)
-        if base is None:
+        if not bases:
             print(f"| SmolLM2 {quant} | {n_prompt} | {pp:.1f} | – | – | {tg:.1f} | – | – |")
             continue
-        print(f"| SmolLM2 {quant} | {n_prompt} | {pp:.1f} | {base[0]:.1f} | "
-              f"**{pp / base[0]:.3f}** | {tg:.1f} | {base[1]:.1f} | **{tg / base[1]:.3f}** |")
+        pp_ratio = statistics.median(r[1] / b[0] for r, b in zip(runs, bases, strict=True))
+        tg_ratio = statistics.median(r[2] / b[1] for r, b in zip(runs, bases, strict=True))
+        print(f"| SmolLM2 {quant} | {n_prompt} | {pp:.1f} | "
+              f"{statistics.median(b[0] for b in bases):.1f} | **{pp_ratio:.3f}** | {tg:.1f} | "
+              f"{statistics.median(b[1] for b in bases):.1f} | **{tg_ratio:.3f}** |")
 
 
 if __name__ == "__main__":
