@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core import paths
+from app.core.addresses import SERVER_HOST, SERVER_PORT
 from app.core.atomic import write_text_atomic
 from app.core.sampling import Sampling
 
@@ -52,6 +53,11 @@ class Settings:
     # user picks a network address (llama.cpp's RPC has no authentication or encryption).
     rpc_share_host: str = "127.0.0.1"
     rpc_share_port: int = 50052
+    # The Server page, as it last started serving (its API key is a secret: not kept here)
+    server_model: str | None = None
+    server_host: str = SERVER_HOST
+    server_port: int = SERVER_PORT
+    server_parallel: int = 1
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.core.addresses import is_loopback
+from app.core.addresses import SERVER_HOST, SERVER_PORT, is_loopback
 from app.engine.protocol import MAX_PARALLEL
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "MAX_PARALLEL", "MAX_TOKENS_LIMIT",
            "ServerConfig", "ServerConfigError"]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
+DEFAULT_HOST = SERVER_HOST
+DEFAULT_PORT = SERVER_PORT
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a long conversation fits; a file pasted by mistake does not
 MAX_TOKENS_LIMIT = 8192  # a reply's max_tokens above this is refused
 

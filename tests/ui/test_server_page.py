@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
@@ -91,3 +92,36 @@ def test_replies_at_once_reloads_the_model_with_that_many_sequences(
     assert engine.current is not None and engine.current.n_parallel == 3
     assert "3 replies at once" in page.status.text()
     page.stop()
+
+
+def test_the_page_starts_as_it_last_served(
+        qtbot: QtBot, tiny_model: Path, tiny_model_f16: Path,
+        engines: list[EngineClient]) -> None:
+    page, _ = _page(qtbot, tiny_model, engines)
+    page.add_model(tiny_model_f16)
+    page.model.setCurrentIndex(page.model.findData(str(tiny_model_f16)))
+    page.parallel.setValue(2)
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    page.port.setValue(port)
+    _start(qtbot, page)
+    page.stop()
+    # the window saves these settings when it closes; the next run's page shows them
+
+    def next_run() -> ServerPage:
+        engine = EngineClient()
+        engines.append(engine)
+        again = ServerPage(engine, page.settings, tiny_model, "Tiny")
+        qtbot.addWidget(again)
+        return again
+
+    again = next_run()
+    assert again.model.currentData() == str(tiny_model_f16)
+    assert (again.parallel.value(), again.port.value()) == (2, port)
+    assert again.host.currentText() == "127.0.0.1"
+    assert not again.network_warning.isVisibleTo(again)
+    # a network address remembered shows its warning from the start
+    page.settings.server_host = "0.0.0.0"
+    third = next_run()
+    assert third.network_warning.isVisibleTo(third)

@@ -30,7 +30,7 @@ from app.core.addresses import is_loopback
 from app.core.settings import Settings
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import Loaded, LoadSettings
-from app.server.config import DEFAULT_PORT, MAX_PARALLEL, ServerConfig, ServerConfigError
+from app.server.config import DEFAULT_HOST, MAX_PARALLEL, ServerConfig, ServerConfigError
 from app.server.request_log import LogEntry
 from app.server.runner import ServerRunner
 from app.ui.widgets import Card, name_combo, page_title, row_table, set_role, text_label
@@ -96,21 +96,25 @@ class ServerPage(QWidget):
             self.model.addItem(embedded_name or embedded_model.stem, str(embedded_model))
         if settings.default_model and settings.default_model != str(embedded_model):
             self.add_model(Path(settings.default_model))
+        if settings.server_model and Path(settings.server_model).is_file():
+            self.add_model(Path(settings.server_model))  # the model served last
+            self.model.setCurrentIndex(self.model.findData(settings.server_model))
         row.addWidget(text_label("Model", selectable=False))
         row.addWidget(self.model, 1)
         self.host = QComboBox()
         self.host.setEditable(True)
-        self.host.addItems(["127.0.0.1", "0.0.0.0"])
+        self.host.addItems([DEFAULT_HOST, "0.0.0.0"])
+        self.host.setCurrentText(settings.server_host)
         self.host.currentTextChanged.connect(self._host_changed)
         row.addWidget(text_label("Address", selectable=False))
         row.addWidget(self.host)
         self.port = QSpinBox()
         self.port.setRange(0, 65535)
-        self.port.setValue(DEFAULT_PORT)
+        self.port.setValue(settings.server_port)
         row.addWidget(self.port)
         self.parallel = QSpinBox()
         self.parallel.setRange(1, MAX_PARALLEL)
-        self.parallel.setValue(1)
+        self.parallel.setValue(settings.server_parallel)
         self.parallel.setSuffix(" at once")
         self.parallel.setToolTip(
             "Replies generated at the same time (llama.cpp parallel sequences). Several "
@@ -135,8 +139,8 @@ class ServerPage(QWidget):
         self.network_warning = text_label(
             "This address makes the model reachable from other machines on your network. "
             "Every request must carry the API key.", "Warning")
-        self.network_warning.hide()
         card.body.addWidget(self.network_warning)
+        self._host_changed(self.host.currentText())
         self.status = text_label("Stopped.", "Muted")
         card.body.addWidget(self.status)
         address = QHBoxLayout()
@@ -184,7 +188,7 @@ class ServerPage(QWidget):
 
     def config(self) -> ServerConfig:
         key = self.api_key.text().strip() or None
-        return ServerConfig(host=self.host.currentText().strip() or "127.0.0.1",
+        return ServerConfig(host=self.host.currentText().strip() or DEFAULT_HOST,
                             port=self.port.value(), api_key=key)
 
     def start(self) -> None:
@@ -231,7 +235,15 @@ class ServerPage(QWidget):
         self._show_serving()
         self._show_address()
         self._timer.start()
+        self._remember(config)
         self.running_changed.emit(True)
+
+    def _remember(self, config: ServerConfig) -> None:
+        """What was served, for the next run of the app (the window saves the settings)."""
+        settings = self.settings
+        settings.server_model = self.model.currentData()
+        settings.server_host, settings.server_port = config.host, config.port
+        settings.server_parallel = self.parallel.value()
 
     def stop(self) -> None:
         """Stop serving (open streams end; their replies are stopped)."""
@@ -283,7 +295,7 @@ class ServerPage(QWidget):
             self._show_status(f"The model could not be loaded: {message}", "Warning")
 
     def _host_changed(self, host: str) -> None:
-        self.network_warning.setVisible(not is_loopback(host.strip() or "127.0.0.1"))
+        self.network_warning.setVisible(not is_loopback(host.strip() or DEFAULT_HOST))
 
     def _show_status(self, text: str, role: str) -> None:
         self.status.setText(text)
