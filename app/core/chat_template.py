@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, NoReturn
 
 from jinja2 import BaseLoader
@@ -317,6 +317,13 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+# Compiled templates, by source: compiling one took longer than rendering a long conversation
+# with it, at every reply. The code is the same for every environment (each render gets a fresh
+# one, with its own budget); a template that failed to compile is not kept.
+_compiled: dict[str, CodeType] = {}
+_COMPILED_KEPT = 8
+
+
 def _environment(meter: _Meter) -> _BudgetedSandbox:
     env = _BudgetedSandbox(meter)
     env.globals["raise_exception"] = _raise_exception
@@ -376,7 +383,15 @@ def render(
 def _render(source: str, context: dict[str, Any], meter: _Meter) -> str:
     parts: list[str] = []
     size = 0
-    chunks = _environment(meter).from_string(source).generate(**context)
+    env = _environment(meter)
+    code = _compiled.get(source)
+    if code is None:  # compiled under the budget, as the template runs
+        code = env.compile(source)
+        if len(_compiled) >= _COMPILED_KEPT:
+            _compiled.pop(next(iter(_compiled)))
+        _compiled[source] = code
+    template = env.template_class.from_code(env, code, env.make_globals(None))
+    chunks = template.generate(**context)
     try:
         for chunk in chunks:
             size += len(chunk)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.core import chat_template
 from app.core.chat_template import (
     CHATML,
     Message,
@@ -173,6 +174,20 @@ def test_the_output_limit_is_the_budget() -> None:
     assert len(render(template, [], budget=RenderBudget(max_chars=1_000_000))) == 1_000_000
     with pytest.raises(TemplateBudgetError, match="a prompt of more than 999,999"):
         render(template, [], budget=RenderBudget(max_chars=999_999))
+
+
+def test_a_template_is_compiled_once_and_each_render_has_its_own_budget() -> None:
+    template = "{% for i in range(1000) %}{{ 'y' * 1000 }}{{ messages | length }}{% endfor %}"
+    first = render(template, [], budget=RenderBudget(max_chars=1_001_000))
+    compiled = chat_template._compiled[template]
+    assert render(template, MESSAGES) == first.replace("0", "2")  # its own messages
+    assert chat_template._compiled[template] is compiled  # not compiled again
+    with pytest.raises(TemplateBudgetError, match="a prompt of more than 999,999"):
+        render(template, [], budget=RenderBudget(max_chars=999_999))
+    # a template that does not compile is not kept
+    with pytest.raises(TemplateError):
+        render("{% for %}", MESSAGES)
+    assert "{% for %}" not in chat_template._compiled
 
 
 # --- injection: no Python object, file or network -------------------------------------------
