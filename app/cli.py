@@ -110,6 +110,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from app.core.embedded import embedded_model_path
     from app.engine.host import ModelHost
+    from app.engine.protocol import READING_INTERVAL
     from app.pipeline.chat_session import (
         PARTIAL,
         ChatSession,
@@ -136,7 +137,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     # The same reply life cycle as the Chat page, over a conversation that is not saved.
     store = MemoryStore()
     conversation = store.create_conversation("quantdesk chat", system_prompt=args.system or "")
-    host = ModelHost()
+    host = ModelHost(event_interval=READING_INTERVAL)  # text for a person, not per token
     session = ChatSession(host, store, lambda: sampling)
     session.open(conversation.id)
 

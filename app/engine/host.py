@@ -92,7 +92,10 @@ HostEvent = Event | Crashed
 class ModelHost:
     """One child process that owns (at most) one loaded model."""
 
-    def __init__(self) -> None:
+    def __init__(self, event_interval: float = 0.0) -> None:
+        """``event_interval``: the least time between the text events of its replies, unless
+        a request says otherwise (``Chat.event_interval``; ``READING_INTERVAL`` for a person)."""
+        self.event_interval = event_interval
         self._proc: mp.process.BaseProcess | None = None
         self._requests: mp.connection.Connection | None = None
         self._events: mp.connection.Connection | None = None
@@ -202,14 +205,16 @@ class ModelHost:
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
              prompt: str | None = None, request_id: int | None = None,
-             event_interval: float = 0.0) -> int:
+             event_interval: float | None = None) -> int:
         """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
         template); returns its request id (``request_id`` when the caller numbers requests
         itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed; text events
-        at least ``event_interval`` seconds apart (``Chat.event_interval``)."""
+        at least ``event_interval`` seconds apart (the host's own when None)."""
         request_id = self._begin(request_id)
         self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt,
-                        lane=self.active[request_id], event_interval=event_interval))
+                        lane=self.active[request_id],
+                        event_interval=self.event_interval if event_interval is None
+                        else event_interval))
         return request_id
 
     def embed(self, texts: Sequence[str], request_id: int | None = None) -> int:
@@ -334,10 +339,10 @@ class ModelHost:
                 raise EngineError(event.message, event.log_tail)
 
     def chat_stream(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
-                    timeout: float = 600.0, prompt: str | None = None
-                    ) -> Iterator[Token | ReplyDone]:
+                    timeout: float = 600.0, prompt: str | None = None,
+                    event_interval: float | None = None) -> Iterator[Token | ReplyDone]:
         """Yield Token events and finally the ReplyDone; raise EngineError on failure."""
-        request_id = self.chat(messages, sampling, prompt)
+        request_id = self.chat(messages, sampling, prompt, event_interval=event_interval)
         while True:
             event = self._next(timeout)
             if isinstance(event, Token) and event.request_id == request_id:

@@ -9,6 +9,10 @@ from app.core.sampling import Sampling
 __all__ = ["Sampling"]  # part of the protocol; defined in core so settings share its defaults
 
 MAX_PARALLEL = 16  # the most replies one engine generates at once (LoadSettings.n_parallel)
+# Text for a person to read (the window, ``quantdesk chat``) needs no more than 25 events a
+# second (Chat.event_interval); each event wakes the reader on a core llama.cpp's threads may be
+# using. Programs (the server's clients) get an event per token.
+READING_INTERVAL = 0.04
 
 # --- requests (parent -> child) ---------------------------------------------------------------
 

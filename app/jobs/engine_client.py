@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.engine.host import Crashed, EngineBusy, EngineError, HostEvent
 from app.engine.protocol import (
+    READING_INTERVAL,
     ChatMessage,
     Failed,
     Loaded,
@@ -36,10 +37,9 @@ from app.engine.shared_host import SharedHost, Work
 
 APP_SOURCE = "app"  # the window's chat, in the shared engine's queue
 # The window redraws a streaming reply at most 25 times a second (the chat page's render
-# timer), so its text events need come no faster. Each event wakes this process on a core that
-# llama.cpp's threads are using: on a 2-core machine, an event per token cost a fast model 40%
-# of its speed (bench/ui_responsiveness.py).
-TEXT_EVENT_INTERVAL = 0.04
+# timer), so its text events need come no faster (READING_INTERVAL). Each event wakes this
+# process on a core that llama.cpp's threads are using: on a 2-core machine, an event per token
+# cost a fast model 40% of its speed (bench/ui_responsiveness.py).
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class EngineClient(QObject):
                 raise EngineBusy("A reply is already being generated; wait for it or stop it.")
             self._work = self.shared.submit(APP_SOURCE, self._dispatch, messages=messages,
                                             sampling=sampling,
-                                            event_interval=TEXT_EVENT_INTERVAL)
+                                            event_interval=READING_INTERVAL)
             return self._work.id
 
     def stop(self) -> None:
@@ -142,4 +142,4 @@ class EngineClient(QObject):
             self._running = False
 
 
-__all__ = ["EngineClient", "EngineError"]
+__all__ = ["READING_INTERVAL", "EngineClient", "EngineError"]

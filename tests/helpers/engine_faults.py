@@ -205,7 +205,7 @@ def drive(cycles: int, seed: int, model: Path, report_path: Path) -> None:
         def inject(_request: int, text: str, at: int = at, fault: str = fault,
                    seen: list[int] = seen) -> None:
             # counted in characters (a token each on this model): the window gets the text in
-            # events of many tokens (TEXT_EVENT_INTERVAL)
+            # events of many tokens (READING_INTERVAL)
             before, seen[0] = seen[0], seen[0] + len(text)
             pid = engine.pid()
             if not before < at <= seen[0] or pid is None:

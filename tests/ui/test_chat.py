@@ -57,7 +57,7 @@ def test_send_streams_tokens_and_saves_the_reply(qtbot: QtBot, make_page: MakePa
     page.engine.token.connect(lambda _rid, _t: growth.append(len(page.session.reply.text)
                                                              if page.session.reply else -1))
     reply = _send(qtbot, page, "Hello there")
-    # the text arrived in pieces, growing (a piece every TEXT_EVENT_INTERVAL at most: the
+    # the text arrived in pieces, growing (a piece every READING_INTERVAL at most: the
     # tiny model writes 1,000 tokens in about half a second)
     assert len(growth) >= 3 and growth == sorted(growth) and growth[0] > 0
     assert reply.role == "assistant" and reply.status == storage.STATUS_COMPLETE

@@ -33,7 +33,7 @@ from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.load_stats import LoadRecord
 from app.core.settings import Settings
-from app.jobs.engine_client import TEXT_EVENT_INTERVAL, EngineClient
+from app.jobs.engine_client import READING_INTERVAL, EngineClient
 from app.jobs.task import Task
 from app.pipeline.chat_session import (
     ChatSession,
@@ -164,7 +164,7 @@ class ChatPage(QWidget):
         self._render_timer.setSingleShot(True)
         # redraw a streaming reply at most 25 times a second (the engine's text events come as
         # often, no more)
-        self._render_timer.setInterval(round(TEXT_EVENT_INTERVAL * 1000))
+        self._render_timer.setInterval(round(READING_INTERVAL * 1000))
         self._render_timer.timeout.connect(self._render_reply)
 
         engine.load_progress.connect(self.model_bar.show_progress)
