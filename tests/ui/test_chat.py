@@ -201,13 +201,17 @@ def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePag
     assert page.message_widgets()[0].text == "about llamas"
 
 
+def _labels(widget: MessageWidget) -> list[QLabel]:
+    items = (widget.body.itemAt(i) for i in range(widget.body.count()))
+    return [w for w in (item.widget() for item in items if item) if isinstance(w, QLabel)]
+
+
 def test_a_streaming_reply_lays_out_each_settled_paragraph_once(qtbot: QtBot) -> None:
     widget = MessageWidget("assistant")
     qtbot.addWidget(widget)
 
     def labels() -> list[QLabel]:
-        items = (widget.body.itemAt(i) for i in range(widget.body.count()))
-        return [w for w in (item.widget() for item in items if item) if isinstance(w, QLabel)]
+        return _labels(widget)
 
     widget.show_streaming("First paragraph.\n\nSecond")
     first = labels()
@@ -222,6 +226,34 @@ def test_a_streaming_reply_lays_out_each_settled_paragraph_once(qtbot: QtBot) ->
     widget.finish(final)
     assert widget.text == final and not widget.streaming
     assert [c.code for c in widget.code_blocks] == ["x = 1\n\ny = 2"]
+
+
+def test_a_streaming_code_block_is_laid_out_twenty_lines_at_a_time(qtbot: QtBot) -> None:
+    widget = MessageWidget("assistant")
+    qtbot.addWidget(widget)
+    code = [f"x{i} = {i}" for i in range(30)]
+    widget.show_streaming("Code:\n\n```py\n" + "\n".join(code[:25]) + "\n")
+    texts = [label.text() for label in _labels(widget)]
+    # the open block's whole lines settled; what is written next reopens the block
+    assert texts == ["Code:", "```py\n" + "\n".join(code[:25]), "```py\n ▍"]
+    first_lines = _labels(widget)[1]
+    whole = "Code:\n\n```py\n" + "\n".join(code) + "\n```\n\nAfter"
+    widget.show_streaming(whole)
+    assert _labels(widget)[1] is first_lines
+    assert [label.text() for label in _labels(widget)][2:] == [
+        "```py\n" + "\n".join(code[25:]) + "\n```", "After ▍"]
+    widget.finish(whole)
+    assert [c.code for c in widget.code_blocks] == ["\n".join(code)]
+
+
+def test_a_label_lays_out_its_new_text_for_its_height(qtbot: QtBot) -> None:
+    widget = MessageWidget("assistant")
+    qtbot.addWidget(widget)
+    widget.show_streaming("one line")
+    label = _labels(widget)[-1]
+    short = label.heightForWidth(300)
+    widget.show_streaming("one line " + "and many more words " * 40)
+    assert label is _labels(widget)[-1] and label.heightForWidth(300) > 3 * short
 
 
 def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
