@@ -1,0 +1,106 @@
+"""What one redraw of a streaming reply costs the window as the reply grows.
+
+A reply grows a sentence (or a code line) at a time in a message bubble inside a scroll area,
+as on the Chat page, and each step is shown and laid out (``processEvents``). Measured: the
+window thread's time for one step at a few lengths, for the message widget as it streams
+(settled paragraphs and code lines in labels of their own, each label laying its text out once
+per width) against one QLabel holding the whole reply, the way the window showed a streaming
+reply before, in the same run. Target: a redraw stays well under the 40 ms between two redraws
+however long the reply gets (a redraw that costs more is a stall, and on a small machine its
+time is taken from llama.cpp's threads).
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.redraw
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from app.ui.chat.message_widget import MessageWidget
+
+SENTENCE = "The river flows through the valley and carries silt to the sea. "
+CODE_LINE = "    total = compute_something(value, other_value) + 42  # a comment\n"
+
+
+def prose(paragraphs: int) -> list[str]:
+    """The reply after each step: three sentences a paragraph."""
+    steps, text = [], ""
+    for _ in range(paragraphs):
+        for _ in range(3):
+            text += SENTENCE
+            steps.append(text)
+        text += "\n\n"
+    return steps
+
+
+def code(lines: int) -> list[str]:
+    """The reply after each step: a line of an open code block at a time."""
+    text = "Here is the program:\n\n```python\n"
+    steps = []
+    for _ in range(lines):
+        text += CODE_LINE
+        steps.append(text)
+    return steps
+
+
+def one_label() -> tuple[QWidget, Callable[[str], None]]:
+    """The whole reply in one Markdown label (the window before)."""
+    bubble = QWidget()
+    label = QLabel()
+    label.setTextFormat(Qt.TextFormat.MarkdownText)
+    label.setWordWrap(True)
+    QVBoxLayout(bubble).addWidget(label)
+    return bubble, lambda text: label.setText(text + " ▍")
+
+
+def message_widget() -> tuple[QWidget, Callable[[str], None]]:
+    widget = MessageWidget("assistant")
+    return widget, widget.show_streaming
+
+
+def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str], None]]],
+              steps: list[str], at: list[int]) -> list[float]:
+    """Milliseconds one step takes at the steps ``at`` (median of the 3 steps there)."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    widget, show = make()
+    area.setWidget(widget)
+    area.resize(900, 700)
+    area.show()
+    app.processEvents()
+    took: list[float] = []
+    for text in steps:
+        start = time.perf_counter()
+        show(text)
+        app.processEvents()
+        took.append((time.perf_counter() - start) * 1000)
+    area.close()
+    return [statistics.median(took[i - 3:i]) for i in at]
+
+
+def main() -> None:
+    app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    cases = [("paragraphs", prose(60), (10, 30, 60), 3), ("code lines", code(400),
+                                                          (100, 200, 400), 1)]
+    print("one redraw of a streaming reply, ms (median of 3 steps at that length)\n")
+    print("| reply so far | one label for the reply (before) | message widget | ratio |\n"
+          "|---|---:|---:|---:|")
+    for name, steps, marks, per in cases:
+        at = [m * per for m in marks]
+        before = redraw_ms(app, one_label, steps, at)
+        now = redraw_ms(app, message_widget, steps, at)
+        for mark, b, n in zip(marks, before, now, strict=True):
+            print(f"| {mark} {name} | {b:.1f} | {n:.1f} | {n / b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
