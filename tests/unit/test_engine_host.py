@@ -348,16 +348,12 @@ def test_a_slow_reader_gets_the_whole_reply_in_fewer_events(host: ModelHost,
     # A reader busy 5 ms per event (a GUI painting, a server with many clients) does not hold
     # generation back: the child keeps generating and sends what accumulated in one event.
     host.load_sync(LoadSettings(str(tiny_model), n_ctx=2048))
-    host.chat(HELLO, Sampling(max_tokens=400, ignore_eos=True))
     events: list[Token] = []
-    while True:
-        event = host.poll(10)
-        assert event is not None and not isinstance(event, (Crashed, Failed)), event
+    for event in host.chat_stream(HELLO, Sampling(max_tokens=400, ignore_eos=True)):
         if isinstance(event, Token):
             events.append(event)
             time.sleep(0.005)
-        elif isinstance(event, ReplyDone):
-            break
+    assert isinstance(event, ReplyDone)
     assert event.finish_reason == "length" and event.metrics.generated_tokens == 400
     assert "".join(e.text for e in events) == event.text
     assert sum(e.pieces for e in events) == 400  # one piece per token on this model
@@ -371,17 +367,13 @@ def test_a_reader_that_asks_for_an_interval_gets_events_that_far_apart(
     host.load_sync(LoadSettings(str(tiny_model), n_ctx=4096))
     greedy = Sampling(temperature=0.0, max_tokens=1500, ignore_eos=True)
     alone = next(e for e in host.chat_stream(HELLO, greedy) if isinstance(e, ReplyDone))
-    host.chat(HELLO, greedy, event_interval=0.04)
     events: list[Token] = []
     arrived: list[float] = []
-    while True:
-        event = host.poll(10)
-        assert event is not None and not isinstance(event, (Crashed, Failed)), event
+    for event in host.chat_stream(HELLO, greedy, event_interval=0.04):
         if isinstance(event, Token):
             events.append(event)
             arrived.append(time.perf_counter())
-        elif isinstance(event, ReplyDone):
-            break
+    assert isinstance(event, ReplyDone)
     assert event.text == alone.text and "".join(e.text for e in events) == event.text
     assert sum(e.pieces for e in events) == 1500
     assert events[0].pieces == 1  # the first token went at once: no wait for the first text
