@@ -12,9 +12,10 @@ when the parent has read every event sent before (its lane's ``consumed`` count)
 then, to go with the next ones in one event. So generation never waits for the reader (a slow
 reader gets fewer, larger events), and when the parent asks to stop, at most one more event can
 reach it, the one already on its way, however busy the parent was; held text is dropped. A
-request may also ask for a least time between events (``Chat.event_interval``): the window,
-which redraws a reply 25 times a second, asks for that, because on a small machine every event
-wakes the reader on a core llama.cpp's threads are using.
+request may also ask for a least time between events (``Chat.event_interval``): text for a
+person (the window, which redraws a reply 25 times a second, and ``quantdesk chat``) asks for
+``READING_INTERVAL``, because on a small machine every event wakes the reader on a core
+llama.cpp's threads are using.
 
 The chat template is rendered within a ``RenderBudget`` and can be cancelled by Stop, so a
 runaway template ends with a clear error and this process stays usable.
