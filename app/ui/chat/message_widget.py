@@ -172,9 +172,10 @@ class MessageWidget(QFrame):
             self._settle(cut, "")
         opened = open_fence(text)
         if opened is not None:
-            start, fence = opened
-            lines_end = text.rfind("\n", max(start, self._settled)) + 1
-            if text.count("\n", max(start, self._settled), lines_end) >= CODE_CHUNK_LINES:
+            code_start, fence = opened
+            start = max(code_start, self._settled)  # the code lines not laid out yet
+            lines_end = text.rfind("\n", start) + 1
+            if text.count("\n", start, lines_end) >= CODE_CHUNK_LINES:
                 self._settle(lines_end, fence)
         self._streaming_label.setText(self._fence + text[self._settled:] + " ▍")
 
