@@ -466,19 +466,27 @@ class Reply:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._stops = tuple(x for x in sampling.stop if x)
         self._longest_stop = max((len(x) for x in self._stops), default=0)
-        self._text, self._emitted, self.generated = "", 0, 0
+        # the text handed over, in pieces (joined once at the end: a string grown by += on an
+        # attribute is copied whole at every token, quadratic in the reply's length), and the
+        # text not handed over yet: a split character's bytes live in the decoder, the start of
+        # a possible stop string here
+        self._parts: list[str] = []
+        self._unsent, self.generated = "", 0
         self._first_text = self._first_token = 0.0
         self._budget = min(sampling.max_tokens, gen.n_ctx - len(tokens))
         self.outcome: Outcome | None = None
 
     def _emit(self, upto: int) -> bool:
-        """Hand over text[emitted:upto]; False when the reader refused it."""
-        if upto > self._emitted:
-            if not self._on_text(self._text[self._emitted:upto]):
+        """Hand over the first ``upto`` characters not handed over yet; False when the reader
+        refused them."""
+        if upto > 0:
+            piece = self._unsent[:upto]
+            if not self._on_text(piece):
                 return False
             if not self._first_text:
                 self._first_text = time.perf_counter()
-            self._emitted = upto
+            self._parts.append(piece)
+            self._unsent = self._unsent[upto:]
         return True
 
     def advance(self, index: int) -> None:
@@ -501,17 +509,19 @@ class Reply:
         if ll.llama_vocab_is_eog(gen.vocab, token) and not self.sampling.ignore_eos:
             self.finish("stop")
             return
-        before = len(self._text)
-        self._text += self._decoder.decode(gen._piece(token))
-        upto = len(self._text)
+        before = len(self._unsent)
+        self._unsent += self._decoder.decode(gen._piece(token))
+        upto = len(self._unsent)
         if self._stops:
-            # a stop string can only end in the new text: look from where it could start
-            found = _find_stop(self._text, self._stops, max(0, before - self._longest_stop + 1))
+            # a stop string can only end in the new text, and can only begin in the text not
+            # handed over (its possible beginnings were held back): look from where it could
+            # start
+            found = _find_stop(self._unsent, self._stops, max(0, before - self._longest_stop + 1))
             if found is not None:
-                self._text = self._text[:found]
-                self.finish("stop" if self._emit(len(self._text)) else "stopped", held=False)
+                self._unsent = self._unsent[:found]
+                self.finish("stop" if self._emit(found) else "stopped", held=False)
                 return
-            upto -= held_back(self._text, self._stops)
+            upto -= held_back(self._unsent, self._stops)
         if not self._emit(upto):  # stopped while this piece waited for its reader: drop it
             self.generated -= 1
             self.finish("stopped", held=False)
@@ -525,14 +535,14 @@ class Reply:
         """End the reply: ``held`` hands over what was held back (a split character, the start
         of a stop string that never came)."""
         if held:
-            self._text += self._decoder.decode(b"", final=True)
-            if not self._emit(len(self._text)):
+            self._unsent += self._decoder.decode(b"", final=True)
+            if not self._emit(len(self._unsent)):
                 reason = "stopped"
         ended = time.perf_counter()
         if self.prompting:
             self.prompt_seconds = ended - self.started
         self.outcome = Outcome(
-            text=self._text[:self._emitted], finish_reason=reason, prompt_tokens=self.n_prompt,
+            text="".join(self._parts), finish_reason=reason, prompt_tokens=self.n_prompt,
             cached_tokens=self.reused, generated_tokens=self.generated,
             ttft_seconds=(self._first_text or ended) - self.started,
             prompt_seconds=self.prompt_seconds,
