@@ -45,16 +45,3 @@ def settled_end(text: str, start: int = 0) -> int:
             return cut + 2
         cut = text.rfind("\n\n", start, cut)
     return start
-
-
-def open_fence(text: str) -> tuple[int, str] | None:
-    """The code fence ``text`` ends inside, once its opening line is complete: (where the code
-    starts, the opening line with its newline); None outside a fence."""
-    fences = list(_FENCE_LINE.finditer(text))
-    if len(fences) % 2 == 0:
-        return None
-    start = fences[-1].start()
-    newline = text.find("\n", start)
-    if newline < 0:
-        return None
-    return newline + 1, text[start:newline + 1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QLabel
+from PySide6.QtWidgets import QLabel, QWidget
 from pytestqt.qtbot import QtBot
 
 from app.core import hardware, storage
@@ -21,7 +21,7 @@ from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import SessionState
 from app.ui.chat.chat_page import ChatPage
-from app.ui.chat.message_widget import MessageWidget
+from app.ui.chat.message_widget import CodeBlock, MessageWidget
 from app.ui.main_window import MainWindow
 from tests.helpers.tiny_model import write_tiny_llama
 
@@ -201,27 +201,33 @@ def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePag
     assert page.message_widgets()[0].text == "about llamas"
 
 
-def _labels(widget: MessageWidget) -> list[QLabel]:
+def _widgets(widget: MessageWidget) -> list[QWidget]:
     items = (widget.body.itemAt(i) for i in range(widget.body.count()))
-    return [w for w in (item.widget() for item in items if item) if isinstance(w, QLabel)]
+    return [w for w in (item.widget() for item in items if item) if w is not None]
+
+
+def _labels(widget: MessageWidget) -> list[QLabel]:
+    return [w for w in _widgets(widget) if isinstance(w, QLabel)]
 
 
 def test_a_streaming_reply_lays_out_each_settled_paragraph_once(qtbot: QtBot) -> None:
     widget = MessageWidget("assistant")
     qtbot.addWidget(widget)
-
-    def labels() -> list[QLabel]:
-        return _labels(widget)
-
     widget.show_streaming("First paragraph.\n\nSecond")
-    first = labels()
+    first = _labels(widget)
     assert [label.text() for label in first] == ["First paragraph.", "Second ▍"]
     widget.show_streaming("First paragraph.\n\nSecond paragraph.\n\n```py\nx = 1\n\n")
-    now = labels()
-    assert now[0] is first[0] and now[-1] is first[-1]  # the first paragraph was not set again
-    # the open code block stays with the text being written: its blank line settles nothing
-    assert [label.text() for label in now] == ["First paragraph.", "Second paragraph.",
-                                               "```py\nx = 1\n\n ▍"]
+    now = _widgets(widget)
+    assert now[0] is first[0]  # the first paragraph was not set again
+    assert [w.text() for w in now[:2] if isinstance(w, QLabel)] == ["First paragraph.",
+                                                                   "Second paragraph."]
+    # the open code block is a code block already; its blank line settles nothing
+    block = now[2]
+    assert isinstance(block, CodeBlock) and len(now) == 3
+    assert (block.language, block.code) == ("py", "x = 1")
+    assert [label.text() for label in block.labels()] == ["x = 1 ▍"]
+    widget.show_streaming("First paragraph.\n\nSecond paragraph.\n\n```py\nx = 1\n\ny = 2")
+    assert _widgets(widget)[2] is block and block.code == "x = 1\n\ny = 2"  # updated, not new
     final = "First paragraph.\n\nSecond paragraph.\n\n```py\nx = 1\n\ny = 2\n```"
     widget.finish(final)
     assert widget.text == final and not widget.streaming
@@ -231,19 +237,45 @@ def test_a_streaming_reply_lays_out_each_settled_paragraph_once(qtbot: QtBot) ->
 def test_a_streaming_code_block_is_laid_out_twenty_lines_at_a_time(qtbot: QtBot) -> None:
     widget = MessageWidget("assistant")
     qtbot.addWidget(widget)
-    code = [f"x{i} = {i}" for i in range(30)]
-    widget.show_streaming("Code:\n\n```py\n" + "\n".join(code[:25]) + "\n")
-    texts = [label.text() for label in _labels(widget)]
-    # the open block's whole lines settled; what is written next reopens the block
-    assert texts == ["Code:", "```py\n" + "\n".join(code[:25]), "```py\n ▍"]
-    first_lines = _labels(widget)[1]
-    whole = "Code:\n\n```py\n" + "\n".join(code) + "\n```\n\nAfter"
+    code = [f"x{i} = {i}" for i in range(50)]
+    shown = "Code:\n\n```py\n"
+    for line in code[:45]:  # a line at a time, as a model writes it
+        shown += line + "\n"
+        widget.show_streaming(shown)
+    label, block = _widgets(widget)
+    assert isinstance(label, QLabel) and label.text() == "Code:"
+    assert isinstance(block, CodeBlock)
+    chunks = block.labels()
+    assert [c.text() for c in chunks] == ["\n".join(code[:20]), "\n".join(code[20:40]),
+                                          "\n".join(code[40:45]) + " ▍"]
+    for line in code[45:]:
+        shown += line + "\n"
+        widget.show_streaming(shown)
+    later = block.labels()
+    assert later[0] is chunks[0] and later[1] is chunks[1]  # laid out once
+    whole = shown + "```\n\nAfter"
     widget.show_streaming(whole)
-    assert _labels(widget)[1] is first_lines
-    assert [label.text() for label in _labels(widget)][2:] == [
-        "```py\n" + "\n".join(code[25:]) + "\n```", "After ▍"]
+    # closed and followed by a blank line: settled, laid out as in the finished message
+    texts = [w.text() if isinstance(w, QLabel) else w.code for w in _widgets(widget)
+             if isinstance(w, QLabel | CodeBlock)]
+    assert texts == ["Code:", "\n".join(code), "After ▍"]
     widget.finish(whole)
     assert [c.code for c in widget.code_blocks] == ["\n".join(code)]
+
+
+def test_a_streaming_code_line_wraps_as_in_the_finished_reply(qtbot: QtBot) -> None:
+    """A long code line must not widen the conversation (a sideways scroll bar) while the
+    reply is being written."""
+    widget = MessageWidget("assistant")
+    qtbot.addWidget(widget)
+    line = "result = compute(argument_one, argument_two) + other(x) * 3  # why it is done " * 3
+    text = "Here:\n\n```python\n" + line + "\nprint(result)\n"
+    widget.finish(text + "```")
+    finished = widget.minimumSizeHint().width()
+    widget2 = MessageWidget("assistant")
+    qtbot.addWidget(widget2)
+    widget2.show_streaming(text)
+    assert widget2.minimumSizeHint().width() <= finished < len(line) * 3
 
 
 def test_a_label_lays_out_its_new_text_for_its_height(qtbot: QtBot) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.markdown_blocks import Block, open_fence, settled_end, split_blocks
+from app.core.markdown_blocks import Block, settled_end, split_blocks
 
 
 def test_prose_and_fenced_code() -> None:
@@ -35,10 +35,3 @@ def test_settled_end_never_cuts_inside_a_code_fence() -> None:
     assert settled_end(text) == text.index("```")  # the blank line in the code does not count
     closed = text + "```\n\nAfter the code"
     assert settled_end(closed) == closed.index("After")
-
-
-def test_open_fence_is_the_fence_the_text_ends_inside() -> None:
-    assert open_fence("Intro.\n\n```py\nx = 1\n") == (len("Intro.\n\n```py\n"), "```py\n")
-    assert open_fence("Intro.\n\n```py") is None  # its opening line is not complete yet
-    assert open_fence("```py\nx = 1\n```\nAfter") is None
-    assert open_fence("no code") is None

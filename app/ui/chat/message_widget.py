@@ -13,30 +13,37 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.markdown_blocks import open_fence, settled_end, split_blocks
+from app.core.markdown_blocks import Block, settled_end, split_blocks
 
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
 CODE_CHUNK_LINES = 20  # a streaming code block's lines are laid out this many at a time
+STREAMING_CURSOR = " ▍"  # at the end of a reply being written
 
 
-class _MarkdownLabel(QLabel):
-    """A word-wrapped Markdown label that lays its text out once per width. QLabel lays its
-    whole document out again at every call, and the window's layout asks every label of the
-    conversation for its height at every redraw of a streaming reply: 60 paragraphs cost 23 ms a
-    redraw."""
+class _Label(QLabel):
+    """A word-wrapped label that lays its text out once per width: Markdown prose, or a code
+    block's plain monospace lines. QLabel lays its whole text out again at every call, and the
+    window's layout asks every label of the conversation for its height at every redraw of a
+    streaming reply: 60 paragraphs cost 23 ms a redraw."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, code: bool = False) -> None:
         super().__init__()
         self._heights: dict[int, int] = {}
-        self.setTextFormat(Qt.TextFormat.MarkdownText)
+        if code:
+            self.setTextFormat(Qt.TextFormat.PlainText)
+            self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+            self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        else:
+            self.setTextFormat(Qt.TextFormat.MarkdownText)
+            self.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+            self.setOpenExternalLinks(True)
         self.setText(text)
         self.setWordWrap(True)
-        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        self.setOpenExternalLinks(True)
 
     def setText(self, text: str) -> None:
-        self._heights.clear()
-        super().setText(text)
+        if text != self.text():
+            self._heights.clear()
+            super().setText(text)
 
     def heightForWidth(self, width: int) -> int:
         height = self._heights.get(width)
@@ -55,12 +62,14 @@ def _copy(text: str) -> None:
 
 
 class CodeBlock(QFrame):
-    """A monospace code block with its language and a Copy button."""
+    """A monospace code block with its language and a Copy button. Its lines wrap, as in the
+    finished message, while it is still being written too (``grow``)."""
 
     def __init__(self, code: str, language: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("CodeBlock")
         self.code = code
+        self.language = language
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 8)
         header = QHBoxLayout()
@@ -71,12 +80,29 @@ class CodeBlock(QFrame):
         self.copy_button.clicked.connect(lambda: _copy(self.code))
         header.addWidget(self.copy_button)
         layout.addLayout(header)
-        body = QLabel(code)
-        body.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        body.setTextFormat(Qt.TextFormat.PlainText)
-        body.setWordWrap(True)
-        layout.addWidget(body)
+        self._lines = QVBoxLayout()  # the code's labels, one after another with no gap
+        self._lines.setSpacing(0)
+        layout.addLayout(self._lines)
+        self._open = _Label(code, code=True)  # the lines still being written, or all of them
+        self._lines.addWidget(self._open)
+        self._settled = 0  # the code's characters in the labels above the open one
+
+    def labels(self) -> list[QLabel]:
+        """The labels the code is shown in, in order."""
+        items = (self._lines.itemAt(i) for i in range(self._lines.count()))
+        return [w for w in (item.widget() for item in items if item) if isinstance(w, QLabel)]
+
+    def grow(self, code: str, cursor: str = "") -> None:
+        """Show the code of a block still being written (it only ever grows). Whole lines
+        settle CODE_CHUNK_LINES at a time into labels of their own, laid out once; only the
+        lines after them are set again (one label for a 400-line block took 84 ms a redraw)."""
+        self.code = code
+        lines_end = code.rfind("\n", self._settled) + 1
+        if code.count("\n", self._settled, lines_end) >= CODE_CHUNK_LINES:
+            self._lines.insertWidget(self._lines.count() - 1,
+                                     _Label(code[self._settled:lines_end - 1], code=True))
+            self._settled = lines_end
+        self._open.setText(code[self._settled:] + cursor)
 
 
 class MessageWidget(QFrame):
@@ -126,9 +152,10 @@ class MessageWidget(QFrame):
         self.meta_label.hide()
         layout.addWidget(self.meta_label)
         self.code_blocks: list[CodeBlock] = []
-        self._streaming_label: _MarkdownLabel | None = None  # the paragraph being written
-        self._settled = 0  # the streaming text laid out in labels above it
-        self._fence = ""  # the code fence the settled text ends inside
+        # while a reply streams: the widgets showing the text after its settled part (None
+        # when it is not streaming), and where that part ends
+        self._tail: list[QWidget] | None = None
+        self._settled = 0
         self.layout_text()
 
     def _edit(self) -> None:
@@ -142,54 +169,89 @@ class MessageWidget(QFrame):
             if widget is not None:
                 widget.deleteLater()
         self.code_blocks = []
-        self._streaming_label = None
+        self._tail = None
+
+    def _block_widget(self, block: Block) -> QWidget:
+        if block.kind == "code":
+            code = CodeBlock(block.text, block.language)
+            self.code_blocks.append(code)
+            return code
+        return _Label(block.text)
 
     def layout_text(self) -> None:
         """Lay the text out as prose and code blocks (after the reply has ended)."""
         self._clear_body()
         for block in split_blocks(self.text):
-            if block.kind == "code":
-                code = CodeBlock(block.text, block.language)
-                self.code_blocks.append(code)
-                self.body.addWidget(code)
-            else:
-                self.body.addWidget(_MarkdownLabel(block.text))
+            self.body.addWidget(self._block_widget(block))
 
     def show_streaming(self, text: str) -> None:
-        """Show a growing reply cheaply. Its settled paragraphs (``settled_end``) go into
-        labels of their own, laid out once, and so do a code block's lines, CODE_CHUNK_LINES
-        at a time, while the block is still open; only the rest is set again. (With one label
-        for the whole reply, every redraw laid all of it out again: a 200-line code block took
-        40 ms a redraw, and a fast model's reply 13% of a core, from llama.cpp's threads.)"""
+        """Show a growing reply cheaply, laid out as it will be when finished: prose, and code
+        in code blocks whose lines wrap. What has settled (``settled_end``: paragraphs and code
+        blocks that cannot change any more) is laid out once, in widgets of its own; only the
+        text after it is set again, and an open code block there adds its lines
+        CODE_CHUNK_LINES at a time (``CodeBlock.grow``). With one label for the whole reply,
+        every redraw laid all of it out again: a 200-line code block took 40 ms a redraw, and a
+        fast model's reply 13% of a core, from llama.cpp's threads."""
         self.text = text
-        if self._streaming_label is None:
+        if self._tail is None:
             self._clear_body()
-            self._settled, self._fence = 0, ""
-            self._streaming_label = _MarkdownLabel("")
-            self.body.addWidget(self._streaming_label)
+            self._tail, self._settled = [], 0
         cut = settled_end(text, self._settled)
         if cut > self._settled:
-            self._settle(cut, "")
-        opened = open_fence(text)
-        if opened is not None:
-            code_start, fence = opened
-            start = max(code_start, self._settled)  # the code lines not laid out yet
-            lines_end = text.rfind("\n", start) + 1
-            if text.count("\n", start, lines_end) >= CODE_CHUNK_LINES:
-                self._settle(lines_end, fence)
-        self._streaming_label.setText(self._fence + text[self._settled:] + " ▍")
+            self._drop_tail(0)
+            for block in split_blocks(text[self._settled:cut]):
+                self.body.addWidget(self._block_widget(block))
+            self._settled = cut
+        self._show_tail(text[self._settled:])
 
-    def _settle(self, end: int, fence: str) -> None:
-        """Lay the streaming text up to ``end`` out in a label of its own, above the label
-        being written; ``fence``: the code fence it ends inside (what follows reopens it)."""
-        piece = self._fence + self.text[self._settled:end]
-        self.body.insertWidget(self.body.count() - 1, _MarkdownLabel(piece.strip("\n")))
-        self._settled, self._fence = end, fence
+    def _show_tail(self, text: str) -> None:
+        """Show the text after the settled part, the cursor at its end: the widget for each of
+        its blocks is kept while the block stays of its kind, and only updated."""
+        tail = self._tail
+        assert tail is not None
+        blocks = split_blocks(text) or [Block("text", "")]
+        first = self.body.count() - len(tail)  # the tail's place in the body
+        for i, block in enumerate(blocks):
+            cursor = STREAMING_CURSOR if i == len(blocks) - 1 else ""
+            widget = tail[i] if i < len(tail) else None
+            if block.kind == "code":
+                if not (isinstance(widget, CodeBlock) and widget.language == block.language):
+                    widget = CodeBlock("", block.language)
+                    self._replace_tail(i, first, widget)
+                widget.grow(block.text, cursor)
+            else:
+                if not isinstance(widget, _Label):
+                    widget = _Label("")
+                    self._replace_tail(i, first, widget)
+                widget.setText(block.text + cursor)
+        self._drop_tail(len(blocks))
+
+    def _replace_tail(self, i: int, first: int, widget: QWidget) -> None:
+        """Put ``widget`` in the tail's place ``i`` (its widget there, if any, goes)."""
+        tail = self._tail
+        assert tail is not None
+        if i < len(tail):
+            old = tail[i]
+            self.body.removeWidget(old)
+            old.deleteLater()
+            tail[i] = widget
+        else:
+            tail.append(widget)
+        self.body.insertWidget(first + i, widget)
+
+    def _drop_tail(self, keep: int) -> None:
+        """Remove the tail's widgets after the first ``keep``."""
+        tail = self._tail
+        assert tail is not None
+        for widget in tail[keep:]:
+            self.body.removeWidget(widget)
+            widget.deleteLater()
+        del tail[keep:]
 
     @property
     def streaming(self) -> bool:
         """Whether the widget shows a reply still being written (with its cursor)."""
-        return self._streaming_label is not None
+        return self._tail is not None
 
     def finish(self, text: str, meta: str = "", status: str = "") -> None:
         """The reply has ended: final layout, metrics line and status (stopped, error)."""
