@@ -14,7 +14,9 @@ and it processes a conversation's history again from the start each turn. Here:
   that could be the start of a stop string is held back until it is decided);
 - the tokens whose keys and values are in the cache are remembered: a new prompt that starts
   the same way (the next turn of a conversation, a regenerated reply) decodes only what differs
-  (``llama_memory_seq_rm`` drops the rest), and the reply says how many tokens it reused.
+  (``llama_memory_seq_rm`` drops the rest), and the reply says how many tokens it reused;
+  where the model wrote its reply in other tokens than the tokenizer gives the stored text,
+  the cache's own tokens stand in for them (``Generator._splice``).
 
 Runs inside the model host's child process (``app.engine.host_child``).
 """
@@ -261,6 +263,57 @@ class Generator:
                               "context_length")
         raise DecodeError(f"llama.cpp could not decode (status {status}).", seqs)
 
+    def _spelled(self, token: int) -> bytes:
+        """A token's bytes, a control token's text included (to compare two token
+        sequences' text)."""
+        buf = self._piece_buf
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            self._piece_buf = buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def _splice(self, tokens: Sequence[int], seq: int = 0) -> tuple[Sequence[int], int]:
+        """``tokens`` as sequence ``seq``'s cache can best continue them, and how many of their
+        leading tokens the cache holds.
+
+        A model often writes a word in other tokens than the tokenizer would give its text
+        ('d' + 'ictions' where the tokenizer has 'dict' + 'ions'): then the next turn's prompt,
+        tokenized from the stored reply, leaves the cache inside that reply, and all of it
+        after that point would be decoded again (7 of 18 SmolLM2 replies, one of them 10 tokens
+        into 300). Where the cache spells the same text as the prompt up to a point where both
+        have a token boundary, the cache's tokens stand in for the prompt's before it, and the
+        prompt's own tokens follow: the same text, in the tokens the model wrote itself. The
+        furthest such point is taken (as a rule the reply's end). A fresh evaluation (another
+        sequence, a restart) decodes the tokenizer's tokens instead: the same text, the
+        next-token distribution a little apart."""
+        cache = self._caches[seq]
+        shared = _common_prefix(cache, tokens)
+        if shared == len(cache) or shared == len(tokens):
+            return tokens, shared
+        spelled = self._spelled
+        written = bytearray()  # the cache's text after the shared tokens, as far as needed
+        ends = {0: shared}  # where its tokens end in that text: the cache index after each
+        at = shared  # the next cache token to spell
+        offset = 0  # where tokens[j] begins in the text
+        best = (shared, shared)
+        for j in range(shared, len(tokens)):
+            if offset in ends:
+                best = (ends[offset], j)
+            piece = spelled(tokens[j])
+            end = offset + len(piece)
+            while len(written) < end and at < len(cache):
+                written += spelled(cache[at])
+                at += 1
+                ends[len(written)] = at
+            if written[offset:end] != piece:
+                break
+            offset = end
+        kept, resume = best
+        if kept <= shared:
+            return tokens, shared
+        return [*cache[:kept], *tokens[resume:]], kept
+
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
         """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
         decoded again, for its logits); drop the rest from the cache. Returns how many are
@@ -299,7 +352,7 @@ class Generator:
 
         def preference(seq: int) -> tuple[int, bool, bool, int]:
             cache = self._caches[seq]
-            common = _common_prefix(cache, tokens)
+            common = self._splice(tokens, seq)[1]
             return (common if cache and 2 * common >= len(cache) else 0,
                     bool(taken) and seq == free[0], not cache, -self._used[seq])
 
@@ -358,11 +411,12 @@ class Generator:
         started = time.perf_counter()
         if not tokens:
             raise GenerationError("The prompt is empty.")
+        if not 0 <= seq < self.n_seq:
+            raise GenerationError(f"There is no sequence {seq}.")
+        tokens = self._splice(tokens, seq)[0]
         if len(tokens) >= self.n_ctx:
             raise GenerationError(f"The prompt is {len(tokens):,} tokens, more than the "
                                   f"context of {self.n_ctx:,}.")
-        if not 0 <= seq < self.n_seq:
-            raise GenerationError(f"There is no sequence {seq}.")
         sampler = self._sampler(sampling)
         reused = self._reuse(tokens, seq)
         self._used[seq] = next(self._clock)

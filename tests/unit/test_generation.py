@@ -16,6 +16,7 @@ from app.engine.host import ModelHost
 from app.engine.protocol import ChatMessage, LoadSettings, ReplyDone, Token
 
 GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=64)
+GREEDY_8 = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=8)
 SEA = "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n"
 JAPANESE = "The Japanese word for cat is 猫. The Japanese word for dog is"
 
@@ -231,5 +232,38 @@ def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path, n_bat
         for reply in replies:  # each cache holds its prompt and the reply (but its last token)
             assert reply.outcome is not None
             assert len(gen.cached(reply.seq)) == reply.n_prompt + reply.outcome.generated_tokens - 1
+    finally:
+        gen.close()
+
+
+def test_a_reply_written_in_other_tokens_than_its_text_gives_is_not_decoded_again(
+        smollm2: Path) -> None:
+    """Models often write a word in other tokens than the tokenizer gives it ('d' + 'ictions'
+    for 'dictions'). The next turn's prompt, tokenized from the stored text, must still reuse
+    the whole reply from the cache, in the tokens the model wrote."""
+    from app.engine.generation import Generator
+
+    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2))
+    try:
+        prompt = gen.tokenize(SEA)
+        reply = "Her predictions came true."
+        words = ("Her pre", "d", "ictions came true.")
+        written = [t for part in words for t in gen.tokenize(part, add_special=False)]
+        assert written != gen.tokenize(reply, add_special=False)  # not the tokenizer's tokens
+        # the cache now holds the prompt and the reply as the model "wrote" it
+        gen.generate([*prompt, *written], Sampling(temperature=0.0, max_tokens=1),
+                     on_text=lambda _t: True)
+        turn = "<|im_end|>\n<|im_start|>user\nAgain.<|im_end|>\n<|im_start|>assistant\n"
+        tokens = gen.tokenize(SEA + reply + turn)
+        assert tokens[:len(prompt) + len(written)] != [*prompt, *written]
+        again = gen.generate(tokens, GREEDY_8, on_text=lambda _t: True)
+        assert again.cached_tokens == len(prompt) + len(written)
+        # only the new turn's tokens were decoded
+        assert again.prompt_tokens - again.cached_tokens == len(gen.tokenize(turn, False))
+        # ... and the reply is what a fresh evaluation of those tokens gives
+        gen.reset()
+        fresh = gen.generate([*prompt, *written, *gen.tokenize(turn, False)], GREEDY_8,
+                             on_text=lambda _t: True)
+        assert fresh.cached_tokens == 0 and fresh.text == again.text
     finally:
         gen.close()
