@@ -2,7 +2,9 @@
 
 A conversation on SmolLM2 Q4_K_M (the chat template, the engine child, the pipe: what the Chat
 page gets) grows over four turns to about ``--history`` tokens (long user messages, as when a
-document is pasted, and the model's own replies), then a fifth message is sent. The same
+document is pasted, and the model's own replies, sampled as the Chat page samples by default
+with a seed per conversation: a sampled reply is often written in other tokens than its text
+tokenizes to, and the next turn must reuse it all the same), then a fifth message is sent. The same
 message is also sent as the first turn of a fresh conversation, and, for scale, turn 5 again
 after another conversation has taken the cache (what every turn would cost without reuse).
 Time to first token is measured by the caller: send to the first streamed text. Target
@@ -30,17 +32,19 @@ PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to th
            "trade, and many cities still stand where a river could be crossed. ")
 NEW_MESSAGE = "Summarise what we discussed in two sentences."
 SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=48)
+HISTORY_REPLY_TOKENS = 128
 N_CTX = 4096  # the engine's context in this bench
 WORDS = ("Amber", "Birch", "Cedar", "Dune", "Ember", "Fjord", "Grove", "Heath")
 
 
-def ask(host: ModelHost, messages: list[ChatMessage]) -> tuple[str, float, ReplyDone]:
+def ask(host: ModelHost, messages: list[ChatMessage], sampling: Sampling = SAMPLING
+        ) -> tuple[str, float, ReplyDone]:
     """(reply, time to its first text, the metrics event) for ``messages``."""
     start = time.perf_counter()
     first = 0.0
     text: list[str] = []
     done = None
-    for event in host.chat_stream(tuple(messages), SAMPLING):
+    for event in host.chat_stream(tuple(messages), sampling):
         if isinstance(event, Token) and event.text:
             first = first or time.perf_counter()
             text.append(event.text)
@@ -55,9 +59,10 @@ def conversation(host: ModelHost, rep: int, history_tokens: int) -> dict[str, fl
     per_turn = history_tokens // 4
     user = opening + PASSAGE * max(1, per_turn // 45) + "What does this say about rivers?"
     messages: list[ChatMessage] = []
+    sampled = Sampling(max_tokens=HISTORY_REPLY_TOKENS, seed=rep)  # the Chat page's defaults
     for _turn in range(4):
         messages.append(ChatMessage("user", user))
-        reply, _, _ = ask(host, messages)
+        reply, _, _ = ask(host, messages, sampled)
         messages.append(ChatMessage("assistant", reply))
         user = f"{opening}More, turn {_turn + 2}. " + PASSAGE * max(1, per_turn // 45)
     messages.append(ChatMessage("user", NEW_MESSAGE))
@@ -73,6 +78,28 @@ def conversation(host: ModelHost, rep: int, history_tokens: int) -> dict[str, fl
             "cold_cached": done_cold.metrics.cached_tokens}
 
 
+REQUESTS = ("Write a Python function that sorts a list of dictionaries by several keys.",
+            "Tell me about the history of Rome in three paragraphs.",
+            "Write a bash script that backs up a folder, with comments.",
+            "Write a JSON object describing a book with nested fields.",
+            "Explain how a transformer works, with a small table in Markdown.",
+            "List ten fruits with a short description of each.")
+REPLY_TOKENS = 300
+THANKS = "Thanks. One more sentence, please."
+
+
+def next_turn(host: ModelHost, request: str, seed: int) -> dict[str, float]:
+    """A sampled reply, then the next turn: how many of the tokens the cache held after the
+    reply (its prompt and the reply, but the last token sampled) that turn decoded again, and
+    its time to first token."""
+    first = [ChatMessage("user", request)]
+    reply, _, done1 = ask(host, first, Sampling(max_tokens=REPLY_TOKENS, seed=seed))
+    _, ttft, done2 = ask(host, [*first, ChatMessage("assistant", reply),
+                                ChatMessage("user", THANKS)])
+    held = done1.metrics.prompt_tokens + done1.metrics.generated_tokens - 1
+    return {"again": held - done2.metrics.cached_tokens, "ttft": ttft}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,20 +112,23 @@ def main() -> None:
     host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
     ask(host, [ChatMessage("user", "Hello")])  # warm-up
     runs = [conversation(host, rep, args.history) for rep in range(args.reps)]
+    rewritten = [next_turn(host, request, seed) for request in REQUESTS for seed in range(3)]
     host.shutdown()
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     print(f"SmolLM2 Q4_K_M, threads {args.threads}, median of {args.reps} conversations\n")
-    print("| turn | prompt tokens | of them cached | time to first token | vs turn 1 |\n"
-          "|---|---:|---:|---:|---:|")
-    print(f"| 1 (fresh conversation) | – | – | {med('turn1') * 1000:.0f} ms | 1.00 |")
+    print("| turn | prompt tokens | of them cached | decoded | time to first token "
+          "| vs turn 1 |\n|---|---:|---:|---:|---:|---:|")
+    print(f"| 1 (fresh conversation) | – | – | {med('turn1_prompt'):.0f} "
+          f"| {med('turn1') * 1000:.0f} ms | 1.00 |")
     print(f"| 5 (history kept) | {med('history'):.0f} | {med('cached'):.0f} | "
-          f"{med('turn5') * 1000:.0f} ms | **{med('turn5') / med('turn1'):.2f}** |")
+          f"{med('history') - med('cached'):.0f} | {med('turn5') * 1000:.0f} ms "
+          f"| **{med('turn5') / med('turn1'):.2f}** |")
     print(f"| 5, cache taken by another conversation | {med('history'):.0f} | "
-          f"{med('cold_cached'):.0f} | {med('cold') * 1000:.0f} ms | "
-          f"{med('cold') / med('turn1'):.2f} |")
+          f"{med('cold_cached'):.0f} | {med('history') - med('cold_cached'):.0f} | "
+          f"{med('cold') * 1000:.0f} ms | {med('cold') / med('turn1'):.2f} |")
     new_tokens = round(med("history") - med("cached"))
     floor = llama_depth_cost(model, args.threads, new_tokens, round(med("history")))
     if floor is not None:
@@ -110,6 +140,13 @@ def main() -> None:
               f"**{med('turn5') / floor[1]:.2f}x** (the template, tokenizing the conversation "
               "and the pipe are the rest)")
     print("\ntarget: turn 5 (history kept) at most 1.2x turn 1")
+    again = [r["again"] for r in rewritten]
+    print(f"\nThe turn after a sampled reply ({len(rewritten)} replies: code and prose, "
+          f"{REPLY_TOKENS} tokens at most, the Chat page's sampling): the reply's tokens "
+          f"decoded again at the next turn: none in {sum(a == 0 for a in again)} of "
+          f"{len(again)}; most {max(again)}; time to first token median "
+          f"{statistics.median(r['ttft'] for r in rewritten) * 1000:.0f} ms, "
+          f"most {max(r['ttft'] for r in rewritten) * 1000:.0f} ms")
 
 
 def llama_depth_cost(model: Path, threads: int, n: int, depth: int
