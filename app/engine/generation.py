@@ -380,6 +380,15 @@ class Generator:
                 raise GenerationError("The grammar could not be parsed.")
             add(grammar)
         if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+            keep = 1 if s.temperature <= 0 else s.top_k
+            if keep > 0 and s.repeat_penalty >= 1.0 and min(s.presence_penalty,
+                                                            s.frequency_penalty) >= 0:
+                # llama.cpp's penalties look every candidate up in a hash map: 0.24 ms a token
+                # over SmolLM2's 49,152, as long as the rest of sampling. Penalties that only
+                # lower the logits of the last PENALTY_LAST_N tokens leave the top ``keep``
+                # after them among the top keep + PENALTY_LAST_N before them: keeping those
+                # first gives the same candidates, values and order, so the same token.
+                add(ll.llama_sampler_init_top_k(keep + PENALTY_LAST_N))
             add(ll.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, s.repeat_penalty,
                                                 s.frequency_penalty, s.presence_penalty))
         if s.temperature <= 0:

@@ -267,3 +267,46 @@ def test_a_reply_written_in_other_tokens_than_its_text_gives_is_not_decoded_agai
         assert fresh.cached_tokens == 0 and fresh.text == again.text
     finally:
         gen.close()
+
+
+@pytest.mark.parametrize("sampling", [
+    Sampling(max_tokens=96, seed=3),  # the Chat page's defaults: repeat penalty 1.1, top-k 40
+    Sampling(max_tokens=96, temperature=0.0, repeat_penalty=1.3),
+    Sampling(max_tokens=96, seed=5, top_k=5, frequency_penalty=0.5, presence_penalty=0.5),
+], ids=["defaults", "greedy", "frequency-presence"])
+def test_penalties_on_the_top_candidates_sample_as_llama_cpps_chain(
+        smollm2: Path, sampling: Sampling) -> None:
+    """The engine keeps the top candidates before the penalties (they only lower the logits of
+    the last 64 tokens) instead of looking all 49,152 up; the tokens must be those of llama.cpp's
+    own order, penalties first over every candidate."""
+    import llama_cpp.llama_cpp as ll
+
+    from app.engine.generation import PENALTY_LAST_N, Generator
+
+    def llama_cpps_chain(s: Sampling) -> object:
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        samplers = [ll.llama_sampler_init_penalties(gen.n_vocab, PENALTY_LAST_N,
+                                                    s.repeat_penalty, s.frequency_penalty,
+                                                    s.presence_penalty)]
+        if s.temperature <= 0:
+            samplers.append(ll.llama_sampler_init_greedy())
+        else:
+            samplers += [ll.llama_sampler_init_top_k(s.top_k), ll.llama_sampler_init_top_p(
+                s.top_p, 1), ll.llama_sampler_init_min_p(s.min_p, 1),
+                ll.llama_sampler_init_temp(s.temperature),
+                ll.llama_sampler_init_dist(s.seed or 0)]
+        for sampler in samplers:
+            ll.llama_sampler_chain_add(chain, sampler)
+        return chain
+
+    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2))
+    try:
+        prompt = gen.tokenize(SEA)
+        ours = gen.generate(prompt, sampling, on_text=lambda _t: True)
+        gen.reset()
+        gen._sampler = llama_cpps_chain  # type: ignore[method-assign]
+        reference = gen.generate(prompt, sampling, on_text=lambda _t: True)
+    finally:
+        gen.close()
+    assert ours.generated_tokens == reference.generated_tokens > 32
+    assert ours.text == reference.text
