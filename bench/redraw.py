@@ -15,6 +15,7 @@ time is taken from llama.cpp's threads).
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -47,6 +48,18 @@ def code(lines: int) -> list[str]:
     steps = []
     for _ in range(lines):
         text += CODE_LINE
+        steps.append(text)
+    return steps
+
+
+def paragraph(chars: int) -> list[str]:
+    """The reply after each step: one paragraph that never ends, 100 characters a step (what
+    the tiny model's random text looks like; a real model's long paragraph is shorter)."""
+    rng = random.Random(1)
+    text, steps = "", list[str]()
+    while len(text) < chars:
+        while len(text) < 100 * (len(steps) + 1):
+            text += "".join(rng.choices("abcdefghilmnoprstu", k=rng.randint(1, 8))) + " "
         steps.append(text)
     return steps
 
@@ -89,18 +102,21 @@ def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str
 def main() -> None:
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
-    cases = [("paragraphs", prose(60), (10, 30, 60), 3), ("code lines", code(400),
-                                                          (100, 200, 400), 1)]
+    cases = [  # (the steps, and the steps measured with their names)
+        (prose(60), [(3 * n, f"{n} paragraphs") for n in (10, 30, 60)]),
+        (code(400), [(n, f"{n} code lines") for n in (100, 200, 400)]),
+        (paragraph(15000), [(n, f"one paragraph of {100 * n:,} characters")
+                            for n in (20, 60, 150)]),
+    ]
     print("one redraw of a streaming reply, ms (median of 3 steps at that length)\n")
     print("| reply so far | one label for the reply (before) | message widget | ratio |\n"
           "|---|---:|---:|---:|")
-    for name, steps, marks, per in cases:
-        at = [m * per for m in marks]
+    for steps, marks in cases:
+        at = [index for index, _ in marks]
         before = redraw_ms(app, one_label, steps, at)
         now = redraw_ms(app, message_widget, steps, at)
-        for mark, b, n in zip(marks, before, now, strict=True):
-            print(f"| {mark} {name} | {b:.1f} | {n:.1f} | {n / b:.2f} |")
-
+        for (_, name), b, n in zip(marks, before, now, strict=True):
+            print(f"| {name} | {b:.1f} | {n:.1f} | {n / b:.2f} |")
 
 if __name__ == "__main__":
     main()

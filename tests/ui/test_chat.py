@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLabel, QWidget
 from pytestqt.qtbot import QtBot
@@ -263,19 +263,33 @@ def test_a_streaming_code_block_is_laid_out_twenty_lines_at_a_time(qtbot: QtBot)
     assert [c.code for c in widget.code_blocks] == ["\n".join(code)]
 
 
-def test_a_streaming_code_line_wraps_as_in_the_finished_reply(qtbot: QtBot) -> None:
-    """A long code line must not widen the conversation (a sideways scroll bar) while the
-    reply is being written."""
-    widget = MessageWidget("assistant")
-    qtbot.addWidget(widget)
-    line = "result = compute(argument_one, argument_two) + other(x) * 3  # why it is done " * 3
-    text = "Here:\n\n```python\n" + line + "\nprint(result)\n"
-    widget.finish(text + "```")
-    finished = widget.minimumSizeHint().width()
-    widget2 = MessageWidget("assistant")
-    qtbot.addWidget(widget2)
-    widget2.show_streaming(text)
-    assert widget2.minimumSizeHint().width() <= finished < len(line) * 3
+LONG_LINE = "result = compute(argument_one, argument_two) + other(x) * 3  # why it is done " * 3
+
+
+@pytest.mark.parametrize("text", [
+    "Here:\n\n```python\n" + LONG_LINE + "\nprint(result)\n",  # an open code block
+    "Words, then a long one: " + "x" * 60 + " and more words " * 200,  # an open paragraph
+], ids=["code", "paragraph"])
+@pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
+def test_a_reply_being_written_is_as_narrow_as_the_finished_reply(qtbot: QtBot, text: str
+                                                                 ) -> None:
+    """Text being written must not widen the conversation (a sideways scroll bar) more than
+    the finished reply does: code lines wrap, and a paragraph's least width is its widest
+    word (the size hints a growing paragraph gives without laying itself out)."""
+    finished = MessageWidget("assistant")
+    qtbot.addWidget(finished)
+    finished.finish(text + "```" if "```" in text else text)
+    least = finished.minimumSizeHint().width()
+    streaming = MessageWidget("assistant")
+    qtbot.addWidget(streaming)
+    streaming.show_streaming(text)
+    assert least * 0.9 <= streaming.minimumSizeHint().width() <= least < len(LONG_LINE) * 3
+    if "```" not in text:  # the paragraph being written hints its own width and height
+        streaming.resize(500, 400)
+        streaming.show()
+        label = _labels(streaming)[-1]
+        assert label.text().endswith("▍")
+        assert label.sizeHint() == QSize(label.width(), label.heightForWidth(label.width()))
 
 
 def test_a_label_lays_out_its_new_text_for_its_height(qtbot: QtBot) -> None:

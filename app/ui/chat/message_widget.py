@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QFrame,
@@ -26,9 +26,13 @@ class _Label(QLabel):
     window's layout asks every label of the conversation for its height at every redraw of a
     streaming reply: 60 paragraphs cost 23 ms a redraw."""
 
-    def __init__(self, text: str, *, code: bool = False) -> None:
+    def __init__(self, text: str, *, code: bool = False, growing: bool = False) -> None:
         super().__init__()
         self._heights: dict[int, int] = {}
+        # ``growing``: the text being written at the end of a streaming reply; see sizeHint
+        self._growing = growing
+        self._widest = 0  # the widest word measured so far, in pixels
+        self._measured = 0  # the text's characters measured for it
         if code:
             self.setTextFormat(Qt.TextFormat.PlainText)
             self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
@@ -54,7 +58,39 @@ class _Label(QLabel):
     def changeEvent(self, event: QEvent) -> None:
         if event.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
             self._heights.clear()
+            self._widest = self._measured = 0
         super().changeEvent(event)
+
+    # A growing label's size hints are asked at every redraw, and QLabel lays its whole text
+    # out three more times for them (24 ms a redraw for a 15,000-character paragraph, most of
+    # the window's time while a fast model writes one). For a word-wrapped paragraph they come
+    # down to its widest word (the least width it wraps to) and its height at its width,
+    # which heightForWidth keeps: measured as the text grows, only its new words.
+
+    def _widest_word(self) -> int:
+        text = self.text()
+        if len(text) < self._measured:
+            self._widest = self._measured = 0
+        # the last word measured may have grown since: measure again from its start
+        start = max(text.rfind(" ", 0, self._measured), text.rfind("\n", 0, self._measured)) + 1
+        metrics = self.fontMetrics()
+        for word in text[start:].split():
+            self._widest = max(self._widest, metrics.horizontalAdvance(word))
+        self._measured = len(text)
+        return self._widest
+
+    def minimumSizeHint(self) -> QSize:
+        if not self._growing:
+            return super().minimumSizeHint()
+        return QSize(self._widest_word(), self.fontMetrics().height())
+
+    def sizeHint(self) -> QSize:
+        if not self._growing:
+            return super().sizeHint()
+        # its present width once it has one: the layout asks the height at the width hinted
+        shown = self.width() if self.isVisible() else 80 * self.fontMetrics().averageCharWidth()
+        width = max(self._widest_word(), shown)
+        return QSize(width, self.heightForWidth(width))
 
 
 def _copy(text: str) -> None:
@@ -221,7 +257,7 @@ class MessageWidget(QFrame):
                 widget.grow(block.text, cursor)
             else:
                 if not isinstance(widget, _Label):
-                    widget = _Label("")
+                    widget = _Label("", growing=True)
                     self._replace_tail(i, first, widget)
                 widget.setText(block.text + cursor)
         self._drop_tail(len(blocks))
