@@ -210,13 +210,14 @@ class Generator:
             n = -got
         raise GenerationError("tokenization failed")
 
-    def _piece(self, token: int) -> bytes:
-        """A token's bytes as generated text (control tokens give none)."""
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """A token's bytes as generated text (control tokens give none), or with ``special``
+        as written in a prompt (a control token's text included)."""
         buf = self._piece_buf
-        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             self._piece_buf = buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
     # --- the cache and decoding ---------------------------------------------------------
@@ -263,16 +264,6 @@ class Generator:
                               "context_length")
         raise DecodeError(f"llama.cpp could not decode (status {status}).", seqs)
 
-    def _spelled(self, token: int) -> bytes:
-        """A token's bytes, a control token's text included (to compare two token
-        sequences' text)."""
-        buf = self._piece_buf
-        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        if n < 0:
-            self._piece_buf = buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
-
     def _splice(self, tokens: Sequence[int], seq: int = 0) -> tuple[Sequence[int], int]:
         """``tokens`` as sequence ``seq``'s cache can best continue them, and how many of their
         leading tokens the cache holds.
@@ -291,7 +282,7 @@ class Generator:
         shared = _common_prefix(cache, tokens)
         if shared == len(cache) or shared == len(tokens):
             return tokens, shared
-        spelled = self._spelled
+        piece = self._piece
         written = bytearray()  # the cache's text after the shared tokens, as far as needed
         ends = {0: shared}  # where its tokens end in that text: the cache index after each
         at = shared  # the next cache token to spell
@@ -300,13 +291,13 @@ class Generator:
         for j in range(shared, len(tokens)):
             if offset in ends:
                 best = (ends[offset], j)
-            piece = spelled(tokens[j])
-            end = offset + len(piece)
+            spelled = piece(tokens[j], True)
+            end = offset + len(spelled)
             while len(written) < end and at < len(cache):
-                written += spelled(cache[at])
+                written += piece(cache[at], True)
                 at += 1
                 ends[len(written)] = at
-            if written[offset:end] != piece:
+            if written[offset:end] != spelled:
                 break
             offset = end
         kept, resume = best
