@@ -269,7 +269,8 @@ LONG_LINE = "result = compute(argument_one, argument_two) + other(x) * 3  # why 
 @pytest.mark.parametrize("text", [
     "Here:\n\n```python\n" + LONG_LINE + "\nprint(result)\n",  # an open code block
     "Words, then a long one: " + "x" * 60 + " and more words " * 200,  # an open paragraph
-], ids=["code", "paragraph"])
+    "See [the guide](https://example.com/" + "a" * 150 + ") and more words " * 50,  # a link
+], ids=["code", "paragraph", "link"])
 @pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
 def test_a_reply_being_written_is_as_narrow_as_the_finished_reply(qtbot: QtBot, text: str
                                                                  ) -> None:
@@ -283,7 +284,9 @@ def test_a_reply_being_written_is_as_narrow_as_the_finished_reply(qtbot: QtBot, 
     streaming = MessageWidget("assistant")
     qtbot.addWidget(streaming)
     streaming.show_streaming(text)
-    assert least * 0.9 <= streaming.minimumSizeHint().width() <= least < len(LONG_LINE) * 3
+    brackets = streaming.fontMetrics().horizontalAdvance("[]")  # Markdown's, measured too
+    assert least * 0.9 <= streaming.minimumSizeHint().width() <= least + brackets
+    assert least < len(LONG_LINE) * 3  # nothing kept on one line
     if "```" not in text:  # the paragraph being written hints its own width and height
         streaming.resize(500, 400)
         streaming.show()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
@@ -18,6 +20,7 @@ from app.core.markdown_blocks import Block, settled_end, split_blocks
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
 CODE_CHUNK_LINES = 20  # a streaming code block's lines are laid out this many at a time
 STREAMING_CURSOR = " ▍"  # at the end of a reply being written
+_LINK_TARGET = re.compile(r"\]\([^)\s]*\)?")  # the "(address)" of a Markdown link
 
 
 class _Label(QLabel):
@@ -74,7 +77,8 @@ class _Label(QLabel):
         # the last word measured may have grown since: measure again from its start
         start = max(text.rfind(" ", 0, self._measured), text.rfind("\n", 0, self._measured)) + 1
         metrics = self.fontMetrics()
-        for word in text[start:].split():
+        # a link shows its text, not its address (which may still be being written)
+        for word in _LINK_TARGET.sub("]", text[start:]).split():
             self._widest = max(self._widest, metrics.horizontalAdvance(word))
         self._measured = len(text)
         return self._widest
