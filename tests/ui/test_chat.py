@@ -122,7 +122,11 @@ def test_edit_and_resend_drops_later_messages(qtbot: QtBot, make_page: MakePage,
                                               store: Storage) -> None:
     page = make_page(max_tokens=8)
     _send(qtbot, page, "first question")
-    _send(qtbot, page, "second question")
+    second = _send(qtbot, page, "second question")
+    # the second turn reused the first from the cache, and its line says how much
+    assert second.metrics is not None and second.metrics["cached_tokens"] > 0
+    assert (f"{second.metrics['cached_tokens']:,} of {second.metrics['prompt_tokens']:,} "
+            "prompt tokens cached") in page.message_widgets()[-1].meta_label.text()
     conv_id = store.conversations()[0].id
     first_user = store.messages(conv_id)[0]
     with qtbot.waitSignal(page.reply_finished, timeout=60_000):
@@ -303,6 +307,33 @@ def test_a_label_lays_out_its_new_text_for_its_height(qtbot: QtBot) -> None:
     short = label.heightForWidth(300)
     widget.show_streaming("one line " + "and many more words " * 40)
     assert label is _labels(widget)[-1] and label.heightForWidth(300) > 3 * short
+
+
+@pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
+def test_the_view_follows_the_end_unless_the_reader_scrolled_up(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(model=None)
+    page.resize(900, 600)
+    page.show()
+    conv = store.create_conversation("long")
+    for i in range(12):
+        store.add_message(conv.id, "user", f"question {i}")
+        store.add_message(conv.id, "assistant", f"answer {i}\n\n" + "words " * 80)
+    page.open_conversation(conv.id)
+    bar = page.message_scroll.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0 and bar.value() == bar.maximum())  # its end
+    last = page.message_widgets()[-1]
+    last.show_streaming("more " * 400)  # the reply grows while the reader is at the end
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum())
+    middle = bar.maximum() // 2
+    bar.setValue(middle)  # the reader scrolls up to read
+    grown = bar.maximum()
+    last.show_streaming("more " * 800)
+    qtbot.waitUntil(lambda: bar.maximum() > grown)
+    assert bar.value() == middle  # left where the reader is
+    bar.setValue(bar.maximum())  # back at the end: followed again
+    last.show_streaming("more " * 1200)
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum() > grown)
 
 
 def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:

@@ -61,10 +61,15 @@ log = logging.getLogger(__name__)
 
 
 def format_metrics(metrics: dict[str, Any], model: str | None) -> str:
-    """'42 tokens · first token 0.20 s · 57.1 tok/s · SmolLM2…' under a reply."""
+    """'42 tokens · first token 0.20 s · 57.1 tok/s · 480 of 512 prompt tokens cached ·
+    SmolLM2…' under a reply (the cache part when the reply reused any)."""
     parts = [f"{metrics.get('generated_tokens', 0)} tokens",
              f"first token {metrics.get('ttft_seconds', 0.0):.2f} s",
              f"{metrics.get('generation_tokens_per_second', 0.0):.1f} tok/s"]
+    cached = int(metrics.get("cached_tokens", 0))
+    if cached:
+        parts.append(f"{cached:,} of {int(metrics.get('prompt_tokens', 0)):,} prompt tokens "
+                     "cached")
     if model:
         parts.append(model)
     return " · ".join(parts)
@@ -134,6 +139,13 @@ class ChatPage(QWidget):
         self.messages_layout.addStretch()
         self.message_scroll.setWidget(self.messages_host)
         right.addWidget(self.message_scroll, 1)
+        # The view follows the conversation's end as it grows (a reply being written, a
+        # conversation opened) while it is at the end; a reader who scrolls up stays where they
+        # are until they scroll back down or send.
+        self._follow_end = True
+        bar = self.message_scroll.verticalScrollBar()
+        bar.rangeChanged.connect(self._keep_end)
+        bar.valueChanged.connect(self._scrolled)
 
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 8, 12, 12)
@@ -421,7 +433,6 @@ class ChatPage(QWidget):
         reply = self.session.reply
         if reply is not None and self._reply_widget is not None:
             self._reply_widget.show_streaming(reply.text)
-            self._scroll_to_end()
 
     def _reply_ended(self, reply: Reply) -> None:
         self._render_timer.stop()
@@ -434,7 +445,6 @@ class ChatPage(QWidget):
             metrics = asdict(reply.metrics) if reply.metrics else None
             widget.finish(reply.text, format_metrics(metrics, reply.model) if metrics else "",
                           status)
-            self._scroll_to_end()
         self._show_state()
         self.conversations.reload(select=self.conversation_id)
         self.reply_ended.emit(reply)
@@ -499,8 +509,17 @@ class ChatPage(QWidget):
             widget.deleteLater()
 
     def _scroll_to_end(self) -> None:
+        """Show the conversation's end, and follow it from now on."""
+        self._follow_end = True
         bar = self.message_scroll.verticalScrollBar()
-        QTimer.singleShot(0, lambda: bar.setValue(bar.maximum()))
+        bar.setValue(bar.maximum())  # and again when the layout has grown (_keep_end)
+
+    def _keep_end(self, _minimum: int, maximum: int) -> None:
+        if self._follow_end:
+            self.message_scroll.verticalScrollBar().setValue(maximum)
+
+    def _scrolled(self, value: int) -> None:
+        self._follow_end = value >= self.message_scroll.verticalScrollBar().maximum() - 8
 
     def shutdown(self) -> None:
         """Save a reply in progress as stopped, then end the engine."""

@@ -189,6 +189,7 @@ class MessageWidget(QFrame):
         layout.addWidget(self.status_label)
         self.meta_label = QLabel()
         self.meta_label.setObjectName("Muted")
+        self.meta_label.setWordWrap(True)  # a long line wraps instead of widening the view
         self.meta_label.hide()
         layout.addWidget(self.meta_label)
         self.code_blocks: list[CodeBlock] = []
