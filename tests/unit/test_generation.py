@@ -5,7 +5,7 @@ llama.cpp): greedy output, UTF-8 split across tokens, KV-cache reuse, stop strin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -310,3 +310,62 @@ def test_penalties_on_the_top_candidates_sample_as_llama_cpps_chain(
         gen.close()
     assert ours.generated_tokens == reference.generated_tokens > 32
     assert ours.text == reference.text
+
+
+def test_a_spliced_prompt_is_the_prompts_text_in_the_caches_tokens(smollm2: Path) -> None:
+    """Over random replies written in other tokens than the tokenizer gives their text (tokens
+    split in two vocabulary tokens that spell the same): the prompt that goes on from the cache
+    spells exactly the prompt's text, starts with the cache's own tokens, and keeps the whole
+    reply when the prompt's text goes on from it. (The tiny model's vocabulary is bytes only:
+    its tokens cannot be written another way.)"""
+    import random
+
+    from app.engine.generation import Generator
+
+    gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=1))
+    rng = random.Random(7)
+    words = ["river", "dictions", " ", "  ", "\n", "\n\n", "def", "(x)", "élan", "猫",
+             "{'a': 1}", "predictions", "-", "```", "    return", "ünïcode", "42", "."]
+
+    def spelled(tokens: Sequence[int]) -> bytes:
+        return b"".join(gen._piece(t, True) for t in tokens)
+
+    by_piece: dict[bytes, int] = {}
+    for token in range(gen.n_vocab):
+        by_piece.setdefault(gen._piece(token, True), token)
+
+    def rewritten(tokens: Sequence[int]) -> list[int]:
+        """``tokens`` with some split in two tokens that spell the same bytes."""
+        out: list[int] = []
+        for token in tokens:
+            piece = gen._piece(token, True)
+            splits = [(by_piece[piece[:i]], by_piece[piece[i:]]) for i in range(1, len(piece))
+                      if piece[:i] in by_piece and piece[i:] in by_piece]
+            out += rng.choice(splits) if splits and rng.random() < 0.5 else (token,)
+        return out
+
+    turn = "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
+    head = gen.tokenize(SEA)
+    whole = departed = 0
+    try:
+        for _ in range(60):
+            reply = "".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
+            canonical = gen.tokenize(SEA + reply)
+            if canonical[:len(head)] != head:  # the reply's start merged with the template's
+                continue
+            written = rewritten(canonical[len(head):])
+            gen._caches[0][:] = [*head, *written]  # the cache after the model wrote the reply
+            edited = rng.random() < 0.3  # or a prompt that departs from the reply somewhere
+            text = SEA + (reply[:len(reply) // 2] + "X" if edited else reply) + turn
+            tokens = gen.tokenize(text)
+            spliced, kept = gen._splice(tokens, 0)
+            assert spelled(spliced) == spelled(tokens)
+            assert list(spliced[:kept]) == gen._caches[0][:kept]
+            assert kept >= len(head)
+            if not edited:
+                assert kept == len(head) + len(written)
+                whole += 1
+                departed += tokens[:kept] != gen._caches[0]
+    finally:
+        gen.close()
+    assert whole >= 20 and departed >= 10  # the cases the test is about came up
