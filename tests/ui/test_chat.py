@@ -331,9 +331,14 @@ def test_the_view_follows_the_end_unless_the_reader_scrolled_up(
     last.show_streaming("more " * 800)
     qtbot.waitUntil(lambda: bar.maximum() > grown)
     assert bar.value() == middle  # left where the reader is
-    bar.setValue(bar.maximum())  # back at the end: followed again
-    last.show_streaming("more " * 1200)
+    assert page.latest_button.isVisible()  # ... with a way back to the end
+    page.latest_button.click()
+    assert bar.value() == bar.maximum() and not page.latest_button.isVisible()
+    last.show_streaming("more " * 1200)  # at the end again: followed again
     qtbot.waitUntil(lambda: bar.value() == bar.maximum() > grown)
+    bar.setValue(0)
+    bar.setValue(bar.maximum())  # scrolling back down by hand follows too
+    assert not page.latest_button.isVisible()
 
 
 def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QDialog,
     QFrame,
@@ -146,6 +147,11 @@ class ChatPage(QWidget):
         bar = self.message_scroll.verticalScrollBar()
         bar.rangeChanged.connect(self._keep_end)
         bar.valueChanged.connect(self._scrolled)
+        # shown over the conversation while there is more below a reader who scrolled up
+        self.latest_button = QPushButton("↓ Latest", self.message_scroll)
+        self.latest_button.setToolTip("Go to the end of the conversation and follow it")
+        self.latest_button.clicked.connect(self._scroll_to_end)
+        self.latest_button.hide()
 
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 8, 12, 12)
@@ -517,9 +523,27 @@ class ChatPage(QWidget):
     def _keep_end(self, _minimum: int, maximum: int) -> None:
         if self._follow_end:
             self.message_scroll.verticalScrollBar().setValue(maximum)
+        self._show_latest_button()
 
     def _scrolled(self, value: int) -> None:
         self._follow_end = value >= self.message_scroll.verticalScrollBar().maximum() - 8
+        self._show_latest_button()
+
+    def _show_latest_button(self) -> None:
+        button = self.latest_button
+        if self._follow_end:
+            button.hide()
+            return
+        size = button.sizeHint()
+        area = self.message_scroll.viewport().geometry()
+        button.setGeometry(area.right() - size.width() - 16, area.bottom() - size.height() - 12,
+                           size.width(), size.height())
+        button.show()
+        button.raise_()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._show_latest_button()
 
     def shutdown(self) -> None:
         """Save a reply in progress as stopped, then end the engine."""
