@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,13 +35,14 @@ from typing import Any
 
 from app.core.memory import flash_attention, flash_setting, scores_bytes
 from app.core.sampling import Sampling
-from app.engine import llama_log, load_params
+from app.engine import kv_shelf, llama_log, load_params
 from app.engine.protocol import LoadSettings
 from app.engine.threadpool import ThreadPool
 
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
             "bf16": 30}
 FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}
+log = logging.getLogger(__name__)
 PENALTY_LAST_N = 64  # llama.cpp's default window for repeat/presence/frequency penalties
 
 
@@ -169,6 +171,8 @@ class Generator:
         self._used = [0] * n_seq
         self._clock = itertools.count(1)
         self._eog: list[int] | None = None
+        # where sequences are put aside while other conversations use them (set by the host)
+        self.shelf: kv_shelf.KvShelf | None = None
 
     # --- the vocabulary ---------------------------------------------------------------------
 
@@ -266,7 +270,13 @@ class Generator:
 
     def _splice(self, tokens: Sequence[int], seq: int = 0) -> tuple[Sequence[int], int]:
         """``tokens`` as sequence ``seq``'s cache can best continue them, and how many of their
-        leading tokens the cache holds.
+        leading tokens the cache holds (``_splice_onto``)."""
+        return self._splice_onto(self._caches[seq], tokens)
+
+    def _splice_onto(self, cache: Sequence[int], tokens: Sequence[int]
+                     ) -> tuple[Sequence[int], int]:
+        """``tokens`` as a cache holding ``cache`` can best continue them, and how many of
+        their leading tokens it holds.
 
         A model often writes a word in other tokens than the tokenizer would give its text
         ('d' + 'ictions' where the tokenizer has 'dict' + 'ions'): then the next turn's prompt,
@@ -278,7 +288,6 @@ class Generator:
         furthest such point is taken (as a rule the reply's end). A fresh evaluation (another
         sequence, a restart) decodes the tokenizer's tokens instead: the same text, the
         next-token distribution a little apart."""
-        cache = self._caches[seq]
         shared = _common_prefix(cache, tokens)
         if shared == len(cache) or shared == len(tokens):
             return tokens, shared
@@ -304,6 +313,73 @@ class Generator:
         if kept <= shared:
             return tokens, shared
         return [*cache[:kept], *tokens[resume:]], kept
+
+    def _swap(self, tokens: Sequence[int], seq: int) -> None:
+        """Before sequence ``seq`` takes ``tokens``: put what it holds on the shelf when the
+        prompt does not go on from it (another conversation: it shares less than half), and
+        bring back the shelved state the prompt goes on from furthest, when that is at least
+        MIN_TOKENS further than the sequence would keep (``app.engine.kv_shelf``)."""
+        shelf = self.shelf
+        assert shelf is not None
+        cache = self._caches[seq]
+        kept = self._splice_onto(cache, tokens)[1]
+        best, best_kept = None, kept + kv_shelf.MIN_TOKENS - 1
+        for state in shelf.states:
+            shared = self._splice_onto(state.tokens, tokens)[1]
+            if shared > best_kept:
+                best, best_kept = state, shared
+        if 2 * kept < len(cache) and len(cache) >= kv_shelf.MIN_TOKENS:
+            self._shelve(seq)
+        if best is not None:
+            self._unshelve(best, seq)
+
+    def _shelve(self, seq: int) -> None:
+        """Write sequence ``seq``'s state to the shelf (a failure is logged and forgotten)."""
+        shelf = self.shelf
+        assert shelf is not None
+        cache = self._caches[seq]
+        path = shelf.new_path()
+        part = path.with_suffix(".part")
+        tokens = (self._ll.llama_token * len(cache))(*cache)
+        started = time.perf_counter()
+        written = self._ll.llama_state_seq_save_file(self.ctx, str(part).encode(), seq, tokens,
+                                                     len(cache))
+        try:
+            if not written:
+                raise OSError("llama.cpp could not write it")
+            part.replace(path)
+            shelf.add(path, list(cache))
+        except OSError as exc:
+            log.warning("A conversation's cache could not be put aside (%s); it will be "
+                        "decoded again when it goes on", exc)
+            part.unlink(missing_ok=True)
+            return
+        log.info("put aside %d tokens of sequence %d (%.0f MB, %.2f s)", len(cache), seq,
+                 path.stat().st_size / 1e6, time.perf_counter() - started)
+
+    def _unshelve(self, state: kv_shelf.Shelved, seq: int) -> None:
+        """Load a shelved state into sequence ``seq`` in place of what it holds; the state
+        leaves the shelf. A state that does not load leaves the sequence empty."""
+        shelf = self.shelf
+        assert shelf is not None
+        ll, cache = self._ll, self._caches[seq]
+        memory = ll.llama_get_memory(self.ctx)
+        ll.llama_memory_seq_rm(memory, seq, -1, -1)
+        cache.clear()
+        started = time.perf_counter()
+        out = (ll.llama_token * len(state.tokens))()
+        count = ctypes.c_size_t(0)
+        read = ll.llama_state_seq_load_file(self.ctx, str(state.path).encode(), seq, out,
+                                            len(out), ctypes.byref(count))
+        shelf.remove(state)
+        if read and count.value == len(state.tokens) and list(out) == state.tokens:
+            cache.extend(state.tokens)
+            log.info("brought back %d tokens into sequence %d (%.2f s)", len(cache), seq,
+                     time.perf_counter() - started)
+        else:
+            ll.llama_memory_seq_rm(memory, seq, -1, -1)
+            log.warning("A conversation's cache put aside could not be loaded; it is decoded "
+                        "again")
 
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
         """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
@@ -413,6 +489,8 @@ class Generator:
             raise GenerationError("The prompt is empty.")
         if not 0 <= seq < self.n_seq:
             raise GenerationError(f"There is no sequence {seq}.")
+        if self.shelf is not None:
+            self._swap(tokens, seq)
         tokens = self._splice(tokens, seq)[0]
         if len(tokens) >= self.n_ctx:
             raise GenerationError(f"The prompt is {len(tokens):,} tokens, more than the "
@@ -472,6 +550,9 @@ class Generator:
 
     def close(self) -> None:
         ll = self._ll
+        if getattr(self, "shelf", None) is not None:
+            self.shelf.close()  # type: ignore[union-attr]
+            self.shelf = None
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from app.core import chat_template
+from app.core import chat_template, paths
 from app.core.chat_template import RenderBudget
 from app.engine import llama_log, process_stats
 from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
 from app.engine.generation import DecodeError, GenerationError, Generator, Outcome, Reply
+from app.engine.kv_shelf import KvShelf
 from app.engine.protocol import (
     Chat,
     Embed,
@@ -242,6 +243,11 @@ class _Host:
         self.settings = settings
         self.template = template
         gen = self.gen
+        try:  # conversations put aside on disk while another has their sequence
+            gen.shelf = KvShelf(paths.cache_dir())
+        except OSError as exc:
+            log.warning("No room to put conversations aside (%s): each one taken back is "
+                        "decoded again", exc)
         self.bos_text = gen.token_text(gen.bos)
         self.eos_text = gen.token_text(gen.eos)
         gpu_now = _gpu_used_bytes() if self.gpu_baseline is not None else None
