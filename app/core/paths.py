@@ -19,10 +19,14 @@ APP_NAME = "QuantDesk"
 HOME_ENV = "QUANTDESK_HOME"
 
 
+def _home() -> Path:
+    override = os.environ.get(HOME_ENV)
+    return Path(override).expanduser() if override else Path(platformdirs.user_data_dir(APP_NAME))
+
+
 def data_home() -> Path:
     """Return the app's data folder, creating it if needed."""
-    override = os.environ.get(HOME_ENV)
-    home = Path(override).expanduser() if override else Path(platformdirs.user_data_dir(APP_NAME))
+    home = _home()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
@@ -51,6 +55,11 @@ def logs_dir() -> Path:
 def cache_dir() -> Path:
     """Folder for data the app can rebuild (probe results, reference distributions)."""
     return _subdir("cache")
+
+
+def cache_location() -> Path:
+    """Where ``cache_dir`` is, without making it (for data that may never be written)."""
+    return _home() / "cache"
 
 
 def settings_path() -> Path:

@@ -338,7 +338,11 @@ class Generator:
         shelf = self.shelf
         assert shelf is not None
         cache = self._caches[seq]
-        path = shelf.new_path()
+        try:
+            path = shelf.new_path()
+        except OSError as exc:
+            log.warning("A conversation's cache could not be put aside (%s)", exc)
+            return
         part = path.with_suffix(".part")
         tokens = (self._ll.llama_token * len(cache))(*cache)
         started = time.perf_counter()

@@ -243,11 +243,8 @@ class _Host:
         self.settings = settings
         self.template = template
         gen = self.gen
-        try:  # conversations put aside on disk while another has their sequence
-            gen.shelf = KvShelf(paths.cache_dir())
-        except OSError as exc:
-            log.warning("No room to put conversations aside (%s): each one taken back is "
-                        "decoded again", exc)
+        # conversations put aside on disk while another has their sequence
+        gen.shelf = KvShelf(paths.cache_location())
         self.bos_text = gen.token_text(gen.bos)
         self.eos_text = gen.token_text(gen.eos)
         gpu_now = _gpu_used_bytes() if self.gpu_baseline is not None else None

@@ -48,12 +48,11 @@ class KvShelf:
     """The states put aside by one generator (``Generator.shelf``)."""
 
     def __init__(self, parent: Path, budget: int = BUDGET_BYTES, most: int = MOST) -> None:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_orphans(parent)
+        """The shelf's folder under ``parent`` is made when the first state goes on it."""
+        if parent.is_dir():
+            _remove_orphans(parent)
         self.folder = parent / f"{PREFIX}{os.getpid()}-{id(self):x}"
-        self.folder.mkdir()
-        free = shutil.disk_usage(parent).free
-        self.budget = min(budget, free // 4)
+        self.budget = budget
         self.most = most
         self.states: list[Shelved] = []
         self._names = itertools.count()
@@ -61,6 +60,9 @@ class KvShelf:
 
     def new_path(self) -> Path:
         """Where the next state goes (written there by the caller, then ``add``ed)."""
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True)
+            self.budget = min(self.budget, shutil.disk_usage(self.folder).free // 4)
         return self.folder / f"{next(self._names)}.state"
 
     def add(self, path: Path, tokens: list[int]) -> None:
