@@ -16,7 +16,10 @@ and it processes a conversation's history again from the start each turn. Here:
   the same way (the next turn of a conversation, a regenerated reply) decodes only what differs
   (``llama_memory_seq_rm`` drops the rest), and the reply says how many tokens it reused;
   where the model wrote its reply in other tokens than the tokenizer gives the stored text,
-  the cache's own tokens stand in for them (``Generator._splice``).
+  the cache's own tokens stand in for them (``Generator._splice``);
+- a sequence another conversation takes is put aside on disk first, and brought back when its
+  conversation goes on (``app.engine.kv_shelf``);
+- penalties run on the top candidates only, not on the whole vocabulary (``_sampler``).
 
 Runs inside the model host's child process (``app.engine.host_child``).
 """
