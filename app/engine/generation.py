@@ -557,8 +557,14 @@ class Generator:
 
     def close(self) -> None:
         ll = self._ll
-        if getattr(self, "shelf", None) is not None:
-            self.shelf.close()  # type: ignore[union-attr]
+        shelf = getattr(self, "shelf", None)
+        if shelf is not None:
+            # the conversations still in the sequences go on the shelf, left for the next
+            # load of this model with these settings
+            for seq, cache in enumerate(self._caches):
+                if len(cache) >= kv_shelf.MIN_TOKENS:
+                    self._shelve(seq)
+            shelf.leave()
             self.shelf = None
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)

@@ -100,6 +100,23 @@ class _StderrToLog(io.TextIOBase):
         return len(text)
 
 
+def _shelf_key(settings: LoadSettings, gen: Generator) -> str:
+    """What a shelved KV state is only valid for: this model file (its path, size and time)
+    and the context's settings, on this llama.cpp."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import llama_cpp
+
+    model = Path(settings.path)
+    stat = model.stat()
+    parts = [str(model.resolve()), stat.st_size, stat.st_mtime_ns, gen.n_ctx, gen.n_seq,
+             settings.type_k, settings.type_v, settings.flash_attn, settings.n_gpu_layers,
+             list(settings.rpc_servers or ()), llama_cpp.__version__]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
 def _gpu_used_bytes() -> int | None:
     """Memory in use on llama.cpp's GPU devices, or None when there are none."""
     from app.engine import devices
@@ -243,8 +260,9 @@ class _Host:
         self.settings = settings
         self.template = template
         gen = self.gen
-        # conversations put aside on disk while another has their sequence
-        gen.shelf = KvShelf(paths.cache_location())
+        # conversations put aside on disk while another has their sequence, and left for the
+        # next load of this model with these settings
+        gen.shelf = KvShelf(paths.cache_location(), _shelf_key(settings, gen))
         self.bos_text = gen.token_text(gen.bos)
         self.eos_text = gen.token_text(gen.eos)
         gpu_now = _gpu_used_bytes() if self.gpu_baseline is not None else None

@@ -123,3 +123,43 @@ def test_a_state_that_cannot_be_written_is_forgotten(gen: Generator) -> None:
     shared = next(i for i, (a, b) in enumerate(zip(tokens, other_tokens, strict=False))
                   if a != b)
     assert cached == shared and again  # only what it shares with the other: decoded again
+
+
+def test_the_next_load_of_the_same_model_takes_the_conversations_over(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """At unload the conversations still in the sequences are left for the next load with the
+    same key: going on with one brings it back instead of decoding it."""
+    settings = LoadSettings(str(tiny_model), n_ctx=2048, n_threads=2)
+    first = Generator(settings)
+    first.shelf = KvShelf(tmp_path, key="same")
+    tokens, reply, _ = _reply(first, LONG)
+    first.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["kv-left-same"]
+
+    other = Generator(settings)
+    other.shelf = KvShelf(tmp_path, key="another")  # other settings: nothing to take over
+    assert other.shelf.states == []
+    other.close()
+
+    again = Generator(settings)
+    try:
+        again.shelf = KvShelf(tmp_path, key="same")
+        assert len(again.shelf.states) == 1 and not (tmp_path / "kv-left-same").exists()
+        going_on = LONG + reply + " And then?"
+        _, text, cached = _reply(again, going_on)
+        assert cached >= len(tokens) + GREEDY.max_tokens - 2  # the prompt and the reply came back
+        again.reset()
+        _reply(again, LONG)
+        _, expected, _ = _reply(again, going_on)
+        assert text == expected
+    finally:
+        again.close()
+
+
+def test_a_left_shelf_that_cannot_be_read_is_removed(tmp_path: Path) -> None:
+    left = tmp_path / "kv-left-same"
+    left.mkdir()
+    (left / "0.state").write_bytes(b"state")
+    (left / "index.json").write_text("{not json")
+    shelf = KvShelf(tmp_path, key="same")
+    assert shelf.states == [] and list(tmp_path.iterdir()) == []
