@@ -402,6 +402,17 @@ class Generator:
         del cache[keep:]
         return keep
 
+    def forget(self, keep: Iterable[int] = ()) -> None:
+        """Drop what every sequence but ``keep`` holds, and every shelved state."""
+        kept = set(keep)
+        memory = self._ll.llama_get_memory(self.ctx)
+        for seq, cache in enumerate(self._caches):
+            if seq not in kept and cache:
+                self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
+                cache.clear()
+        if self.shelf is not None:
+            self.shelf.close()
+
     def reset(self) -> None:
         """Forget every sequence's cache (the next prompt is decoded whole)."""
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)

@@ -38,6 +38,7 @@ from app.engine.protocol import (
     Embeddings,
     Event,
     Failed,
+    Forget,
     Load,
     Loaded,
     LoadProgress,
@@ -244,6 +245,11 @@ class ModelHost:
         for running, lane in list(self.active.items()):
             if request_id is None or running == request_id:
                 self._stop[lane] = running
+
+    def forget(self) -> None:
+        """Drop the conversations the child keeps for quick next turns (``Forget``)."""
+        if self.alive:
+            self._send(Forget())
 
     def unload(self) -> None:
         """Free the model but keep the process; event: Unloaded."""

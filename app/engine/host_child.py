@@ -38,7 +38,7 @@ from typing import Any
 
 from app.core import chat_template, paths
 from app.core.chat_template import RenderBudget
-from app.engine import llama_log, process_stats
+from app.engine import kv_shelf, llama_log, process_stats
 from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
 from app.engine.generation import DecodeError, GenerationError, Generator, Outcome, Reply
 from app.engine.kv_shelf import KvShelf
@@ -48,6 +48,7 @@ from app.engine.protocol import (
     Embeddings,
     Event,
     Failed,
+    Forget,
     Load,
     Loaded,
     LoadProgress,
@@ -233,6 +234,13 @@ class _Host:
             self.gen.close()
             self.gen = None
             gc.collect()
+
+    def forget(self) -> None:
+        """Drop every conversation kept but the ones being answered, and every shelf left on
+        disk by earlier loads."""
+        if self.gen is not None:
+            self.gen.forget(keep=[r.reply.seq for r in self.running.values()])
+        kv_shelf.remove_left(paths.cache_location())
 
     def load(self, settings: LoadSettings) -> None:
         from app.core.gguf_info import GGUFError, read_model_info
@@ -501,3 +509,5 @@ def _handle(host: _Host, request: object) -> None:
     elif isinstance(request, Unload):
         host.unload()
         host.send(Unloaded())
+    elif isinstance(request, Forget):
+        host.forget()

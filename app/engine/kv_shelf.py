@@ -158,6 +158,13 @@ class KvShelf:
                 shutil.rmtree(shelf, ignore_errors=True)
 
 
+def remove_left(parent: Path) -> None:
+    """Remove every shelf left at an unload (a conversation was deleted: its keys, values and
+    tokens must not stay on disk)."""
+    for folder in parent.glob(f"{LEFT}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _remove_orphans(parent: Path) -> None:
     """Remove the shelves of processes that ended without removing theirs (killed)."""
     for folder in parent.glob(f"{PREFIX}*"):

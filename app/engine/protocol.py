@@ -82,7 +82,13 @@ class Shutdown:
     pass
 
 
-Request = Load | Chat | Embed | Unload | Shutdown
+@dataclass(frozen=True)
+class Forget:
+    """Drop the conversations the engine keeps for a quick next turn: the idle sequences'
+    caches and every shelved state, on disk too (a conversation was deleted)."""
+
+
+Request = Load | Chat | Embed | Unload | Shutdown | Forget
 
 # --- events (child -> parent) -----------------------------------------------------------------
 

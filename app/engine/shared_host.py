@@ -157,6 +157,12 @@ class SharedHost:
             self._recovering = False
         self._wake.set()
 
+    def forget(self) -> None:
+        """Drop the conversations the engine keeps for quick next turns (a conversation was
+        deleted); replies being written go on."""
+        with self._lock:
+            self.host.forget()
+
     def unload(self) -> None:
         """Free the model, keep the process."""
         with self._lock:

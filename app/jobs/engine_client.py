@@ -99,6 +99,11 @@ class EngineClient(QObject):
         if work is not None:
             self.shared.cancel(work)
 
+    def forget(self) -> None:
+        """Drop the conversations the engine keeps for quick next turns, on disk too (a
+        conversation was deleted)."""
+        self.shared.forget()
+
     def kill(self) -> None:
         """End the engine process at once."""
         self.shared.kill()

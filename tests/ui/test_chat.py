@@ -341,6 +341,23 @@ def test_the_view_follows_the_end_unless_the_reader_scrolled_up(
     assert not page.latest_button.isVisible()
 
 
+def test_deleting_a_conversation_removes_what_the_engine_kept_of_conversations(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    """The engine keeps conversations' keys, values and tokens on disk for quick next turns
+    (app.engine.kv_shelf); they hold the conversations' text, so a delete removes them."""
+    from app.core import paths
+
+    page = make_page()
+    left = paths.cache_location() / "kv-left-0123456789abcdef"  # left by an earlier load
+    left.mkdir(parents=True)
+    (left / "0.state").write_bytes(b"keys and values")
+    _send(qtbot, page, "about llamas")
+    conv = store.conversations()[0]
+    page.conversations.delete(conv.id, confirm=False)
+    _send(qtbot, page, "something else")  # the engine took the request after the forget
+    assert not left.exists()
+
+
 def test_code_blocks_get_copy_buttons(qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
     page = make_page(model=None)
     conv = store.create_conversation("code")

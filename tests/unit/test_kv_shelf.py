@@ -163,3 +163,16 @@ def test_a_left_shelf_that_cannot_be_read_is_removed(tmp_path: Path) -> None:
     (left / "index.json").write_text("{not json")
     shelf = KvShelf(tmp_path, key="same")
     assert shelf.states == [] and list(tmp_path.iterdir()) == []
+
+
+def test_forget_drops_the_kept_conversations_but_the_ones_being_answered(
+        gen: Generator) -> None:
+    assert gen.shelf is not None
+    _reply(gen, LONG)
+    _reply(gen, OTHER)  # LONG is on the shelf, OTHER in the sequence
+    gen.forget()
+    assert gen.shelf.states == [] and not gen.shelf.folder.exists() and gen.cached() == []
+    _, _, cached = _reply(gen, LONG)
+    assert cached == 0  # decoded again
+    gen.forget(keep=[0])  # sequence 0 is being answered: it keeps its cache
+    assert len(gen.cached()) >= len(LONG)

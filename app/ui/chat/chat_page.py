@@ -328,6 +328,8 @@ class ChatPage(QWidget):
         self.conversations.reload(select=conversation_id)
 
     def _conversation_deleted(self, conversation_id: int) -> None:
+        # what the engine keeps of conversations (in memory and on disk) holds their text
+        self.engine.forget()
         if conversation_id == self.conversation_id:
             self.new_conversation()
 
