@@ -39,10 +39,13 @@ def _finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"  # 'stopped': the client had left
 
 
-def _usage(done: ReplyDone) -> dict[str, int]:
+def _usage(done: ReplyDone) -> dict[str, object]:
+    """OpenAI's usage, with the prompt tokens that came from the KV cache (not decoded again)
+    where OpenAI reports its prompt caching."""
     m = done.metrics
     return {"prompt_tokens": m.prompt_tokens, "completion_tokens": m.generated_tokens,
-            "total_tokens": m.prompt_tokens + m.generated_tokens}
+            "total_tokens": m.prompt_tokens + m.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": m.cached_tokens}}
 
 
 class Api:

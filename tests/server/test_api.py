@@ -42,6 +42,9 @@ def test_chat_streamed_equals_not_streamed_and_seeds_reproduce(tiny_server: Serv
     # the tiny model never ends a reply itself: it runs to max_tokens
     assert first.choices[0].finish_reason == "length"
     assert first.usage is not None and first.usage.completion_tokens == 24
+    # the same conversation again: its prompt came from the cache, and the usage says so
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
     chunks = list(c.chat.completions.create(**kwargs, stream=True,  # type: ignore[call-overload]
                                             stream_options={"include_usage": True}))
     streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
