@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from app.core.sampling import Sampling
@@ -82,6 +83,25 @@ def conversation(host: ModelHost, rep: int, history_tokens: int) -> dict[str, fl
             "back_cached": done_back.metrics.cached_tokens}
 
 
+def reload_and_go_on(host: ModelHost, settings: LoadSettings, history_tokens: int
+                     ) -> dict[str, float]:
+    """A conversation, the model unloaded and loaded again with the same settings, the
+    conversation going on; then the same after a load with other settings (another context
+    length: the shelf left is not valid for it, and the conversation is decoded whole)."""
+    opening = "Reopened. "
+    user = opening + PASSAGE * max(1, history_tokens // 45) + "What does this say about rivers?"
+    messages = [ChatMessage("user", user)]
+    reply, _, _ = ask(host, messages)
+    messages += [ChatMessage("assistant", reply), ChatMessage("user", NEW_MESSAGE)]
+    host.load_sync(settings)  # the unload leaves the conversation on the shelf
+    _, ttft, done = ask(host, messages)
+    host.load_sync(replace(settings, n_ctx=settings.n_ctx + 256))
+    _, fresh, _ = ask(host, messages)
+    host.load_sync(settings)
+    return {"history": done.metrics.prompt_tokens, "cached": done.metrics.cached_tokens,
+            "ttft": ttft, "fresh": fresh}
+
+
 REQUESTS = ("Write a Python function that sorts a list of dictionaries by several keys.",
             "Tell me about the history of Rome in three paragraphs.",
             "Write a bash script that backs up a folder, with comments.",
@@ -113,9 +133,11 @@ def main() -> None:
     args = parser.parse_args()
     model = quantized("Q4_K_M")
     host = ModelHost()
-    host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
+    settings = LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads)
+    host.load_sync(settings)
     ask(host, [ChatMessage("user", "Hello")])  # warm-up
     runs = [conversation(host, rep, args.history) for rep in range(args.reps)]
+    reopened = reload_and_go_on(host, settings, args.history)
     rewritten = [next_turn(host, request, seed) for request in REQUESTS for seed in range(3)]
     host.shutdown()
 
@@ -146,6 +168,11 @@ def main() -> None:
               f"**{med('turn5') / floor[1]:.2f}x** (the template, tokenizing the conversation "
               "and the pipe are the rest)")
     print("\ntarget: turn 5 (history kept) at most 1.2x turn 1")
+    print(f"\nA conversation going on after the model was unloaded and loaded again (as when "
+          f"the app is reopened): {reopened['history']:.0f} prompt tokens, "
+          f"{reopened['cached']:.0f} of them from the shelf the unload left, first token "
+          f"{reopened['ttft'] * 1000:.0f} ms; decoded whole after a load with other settings "
+          f"(the shelf not for it): {reopened['fresh'] * 1000:.0f} ms")
     again = [r["again"] for r in rewritten]
     print(f"\nThe turn after a sampled reply ({len(rewritten)} replies: code and prose, "
           f"{REPLY_TOKENS} tokens at most, the Chat page's sampling): the reply's tokens "
