@@ -54,7 +54,7 @@ class Shelved:
     path: Path
     tokens: list[int]
     size: int
-    used: int = field(default=0)  # a clock: the larger, the more recently put or looked at
+    used: int = field(default=0)  # a clock: the larger, the more recently shelved
 
 
 class KvShelf:
@@ -115,9 +115,6 @@ class KvShelf:
         while self.states and (len(self.states) > self.most
                                or sum(s.size for s in self.states) > self.budget):
             self.remove(self.states[0])
-
-    def touch(self, state: Shelved) -> None:
-        state.used = next(self._clock)
 
     def remove(self, state: Shelved) -> None:
         self.states.remove(state)
