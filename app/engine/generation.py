@@ -355,14 +355,15 @@ class Generator:
             if not written:
                 raise OSError("llama.cpp could not write it")
             part.replace(path)
-            shelf.add(path, list(cache))
+            size = path.stat().st_size
+            shelf.add(path, list(cache))  # which may let it go at once, when it is too big
         except OSError as exc:
             log.warning("A conversation's cache could not be put aside (%s); it will be "
                         "decoded again when it goes on", exc)
             part.unlink(missing_ok=True)
             return
         log.info("put aside %d tokens of sequence %d (%.0f MB, %.2f s)", len(cache), seq,
-                 path.stat().st_size / 1e6, time.perf_counter() - started)
+                 size / 1e6, time.perf_counter() - started)
 
     def _unshelve(self, state: kv_shelf.Shelved, seq: int) -> None:
         """Load a shelved state into sequence ``seq`` in place of what it holds; the state

@@ -176,3 +176,12 @@ def test_forget_drops_the_kept_conversations_but_the_ones_being_answered(
     assert cached == 0  # decoded again
     gen.forget(keep=[0])  # sequence 0 is being answered: it keeps its cache
     assert len(gen.cached()) >= len(LONG)
+
+
+def test_a_state_larger_than_the_whole_shelf_is_let_go(gen: Generator) -> None:
+    assert gen.shelf is not None
+    gen.shelf.new_path()  # the folder made (and the budget measured) first
+    gen.shelf.budget = 1000  # less than one state
+    _reply(gen, LONG)
+    _, other, _ = _reply(gen, OTHER)  # the first is written, then let go at once
+    assert other and gen.shelf.states == [] and list(gen.shelf.folder.iterdir()) == []
