@@ -146,13 +146,16 @@ class KvShelf:
             self.close()
             return
         self.states.clear()
-        shelves = sorted(self.parent.glob(f"{LEFT}*"), key=lambda p: p.stat().st_mtime,
-                         reverse=True)
-        total = 0
-        for shelf in shelves:
-            total += sum(f.stat().st_size for f in shelf.iterdir() if f.is_file())
-            if total > self.budget and shelf != left:
-                shutil.rmtree(shelf, ignore_errors=True)
+        try:  # (another process may be removing or taking over one meanwhile)
+            shelves = sorted(self.parent.glob(f"{LEFT}*"), key=lambda p: p.stat().st_mtime,
+                             reverse=True)
+            total = 0
+            for shelf in shelves:
+                total += sum(f.stat().st_size for f in shelf.iterdir() if f.is_file())
+                if total > self.budget and shelf != left:
+                    shutil.rmtree(shelf, ignore_errors=True)
+        except OSError as exc:
+            log.info("Shelves left by earlier loads were not trimmed (%s)", exc)
 
 
 def remove_left(parent: Path) -> None:
