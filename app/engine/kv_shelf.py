@@ -21,7 +21,9 @@ is what the key covers (llama.cpp also refuses a state whose layout differs). It
 ``MOST`` states and ``budget`` bytes (the least recently used go first), left shelves at most
 ``budget`` bytes together (the oldest go first), and a state is only put aside when it is
 worth it (``MIN_TOKENS``). A write that fails (a full disk) is dropped and logged: the
-conversation is decoded again when it comes back, as without the shelf.
+conversation is decoded again when it comes back, as without the shelf. A state holds its
+conversation's text (its tokens, keys and values), so deleting a conversation drops every
+state, this shelf's and those left on disk (``Generator.forget``, ``remove_left``).
 """
 
 from __future__ import annotations
