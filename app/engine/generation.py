@@ -317,24 +317,28 @@ class Generator:
             return tokens, shared
         return [*cache[:kept], *tokens[resume:]], kept
 
-    def _swap(self, tokens: Sequence[int], seq: int) -> None:
+    def _swap(self, tokens: Sequence[int], seq: int) -> tuple[Sequence[int], int]:
         """Before sequence ``seq`` takes ``tokens``: put what it holds on the shelf when the
         prompt does not go on from it (another conversation: it shares less than half), and
         bring back the shelved state the prompt goes on from furthest, when that is at least
-        MIN_TOKENS further than the sequence would keep (``app.engine.kv_shelf``)."""
+        MIN_TOKENS further than the sequence would keep (``app.engine.kv_shelf``). Returns
+        ``_splice`` of ``tokens`` onto the sequence as it is then."""
         shelf = self.shelf
         assert shelf is not None
         cache = self._caches[seq]
-        kept = self._splice_onto(cache, tokens)[1]
+        spliced = self._splice_onto(cache, tokens)
+        kept = spliced[1]
         best, best_kept = None, kept + kv_shelf.MIN_TOKENS - 1
         for state in shelf.states:
             shared = self._splice_onto(state.tokens, tokens)[1]
             if shared > best_kept:
                 best, best_kept = state, shared
         if 2 * kept < len(cache) and len(cache) >= kv_shelf.MIN_TOKENS:
-            self._shelve(seq)
-        if best is not None:
-            self._unshelve(best, seq)
+            self._shelve(seq)  # (the sequence itself is unchanged)
+        if best is None:
+            return spliced
+        self._unshelve(best, seq)
+        return self._splice(tokens, seq)
 
     def _shelve(self, seq: int) -> None:
         """Write sequence ``seq``'s state to the shelf (a failure is logged and forgotten)."""
@@ -508,9 +512,8 @@ class Generator:
             raise GenerationError("The prompt is empty.")
         if not 0 <= seq < self.n_seq:
             raise GenerationError(f"There is no sequence {seq}.")
-        if self.shelf is not None:
-            self._swap(tokens, seq)
-        tokens = self._splice(tokens, seq)[0]
+        spliced = self._swap(tokens, seq) if self.shelf is not None else self._splice(tokens, seq)
+        tokens = spliced[0]
         if len(tokens) >= self.n_ctx:
             raise GenerationError(f"The prompt is {len(tokens):,} tokens, more than the "
                                   f"context of {self.n_ctx:,}.")
