@@ -18,8 +18,9 @@ from pytestqt.qtbot import QtBot
 from app.core import hardware, storage
 from app.core.settings import Settings
 from app.core.storage import Storage
-from app.jobs.engine_client import EngineClient
+from app.jobs.engine_client import READING_INTERVAL, EngineClient
 from app.pipeline.chat_session import SessionState
+from app.ui.chat import chat_page
 from app.ui.chat.chat_page import ChatPage
 from app.ui.chat.message_widget import CodeBlock, MessageWidget
 from app.ui.main_window import MainWindow
@@ -339,6 +340,52 @@ def test_the_view_follows_the_end_unless_the_reader_scrolled_up(
     bar.setValue(0)
     bar.setValue(bar.maximum())  # scrolling back down by hand follows too
     assert not page.latest_button.isVisible()
+
+
+@pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
+def test_a_redraw_of_a_reply_being_written_lays_its_text_out_at_one_width(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    """A scroll bar shown only as needed made the scroll area lay the conversation out at two
+    widths (with and without it) at every redraw: the text being written twice."""
+    page = make_page(model=None)
+    page.resize(900, 600)
+    page.show()
+    conv = store.create_conversation("short")
+    store.add_message(conv.id, "user", "question")
+    store.add_message(conv.id, "assistant", "answer")
+    page.open_conversation(conv.id)
+    reply = page.message_widgets()[-1]
+    reply.show_streaming("words")
+    label = _labels(reply)[-1]
+    qtbot.waitUntil(lambda: label.isVisible() and label.width() > 1)
+    for n in (5, 200, 400):  # fitting in the view, then taller than it
+        reply.show_streaming("words " * n)
+        assert _labels(reply)[-1] is label
+        QGuiApplication.processEvents()
+        assert list(label._heights) == [label.width()]  # laid out since set: once, as shown
+
+
+def test_redraws_of_a_reply_being_written_are_spaced_by_what_they_cost(
+        make_page: MakePage, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = make_page(model=None)
+    cpu = [10.0]
+    monkeypatch.setattr(chat_page.time, "thread_time", lambda: cpu[0])
+    timer = page._render_timer
+
+    def redraw(spent: float) -> int:
+        cpu[0] += spent
+        page._pace_redraws()
+        return timer.interval()
+
+    page._pace_redraws(first=True)
+    assert timer.interval() == round(READING_INTERVAL * 1000)
+    assert redraw(0.001) == round(READING_INTERVAL * 1000)  # cheap: as often as text comes
+    # dear (a long paragraph on a slow machine): about REDRAW_SHARE of a core, averaged
+    assert redraw(0.007) == round(0.004 / chat_page.REDRAW_SHARE * 1000)
+    assert redraw(0.007) == round(0.0055 / chat_page.REDRAW_SHARE * 1000)
+    assert redraw(1.0) == round(chat_page.MAX_REDRAW_INTERVAL * 1000)  # never less than that
+    page._pace_redraws(first=True)  # the next reply starts afresh
+    assert timer.interval() == round(READING_INTERVAL * 1000)
 
 
 def test_deleting_a_conversation_removes_what_the_engine_kept_of_conversations(
