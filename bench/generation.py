@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +35,9 @@ TEXT = ("The history of computing is a story of abstraction. Each generation of 
         "built tools that hid the details of the layer below, so that the next could think in "
         "larger pieces. ")
 N_GEN = 128
+# An empty data folder: conversations put aside by an earlier run (app/engine/kv_shelf.py) are
+# not taken over, and every run decodes its whole prompt.
+os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-bench-generation-")
 N_CTX = 2048  # the engine's context in this bench
 SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=N_GEN, ignore_eos=True)
 
@@ -41,7 +46,7 @@ def prompt(i: int, target_tokens: int) -> str:
     """Run i's prompt: about ``target_tokens`` tokens, starting with a word no other run has."""
     words = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India",
              "Juliet", "Kilo", "Lima")
-    return f"{words[i % len(words)]}. " + TEXT * max(1, target_tokens // 28)
+    return f"{words[i % len(words)]} {i}. " + TEXT * max(1, target_tokens // 28)
 
 
 def engine_run(host: ModelHost, text: str, event_interval: float = READING_INTERVAL
