@@ -43,7 +43,7 @@ SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=N_GEN, ignor
 
 
 def prompt(i: int, target_tokens: int) -> str:
-    """Run i's prompt: about ``target_tokens`` tokens, starting with a word no other run has."""
+    """Run i's prompt: about ``target_tokens`` tokens, opening as no other run's does."""
     words = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India",
              "Juliet", "Kilo", "Lima")
     return f"{words[i % len(words)]} {i}. " + TEXT * max(1, target_tokens // 28)
