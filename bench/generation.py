@@ -8,10 +8,14 @@ kinds of reader: a person (the window and ``quantdesk chat`` ask for an event ev
 most, ``READING_INTERVAL``) and a program (the server: an event per token). Prompts are raw
 text that starts with a different word each run, so no run reuses another's cached tokens.
 llama-bench measures pp512 (a 512-token prompt) and tg128 at the depth of our prompt (``-d``:
-128 tokens generated after that many tokens of context). The two sides take turns, one run
-each (this machine's speed drifts by 10% within minutes, so sides measured minutes apart
-compare the drift), and each ratio is the median of the runs' ratios. Targets (issue 17):
-generation ≥ 0.95x and prompt ≥ 0.90x llama-bench, on SmolLM2 Q4_K_M and Q8_0.
+128 tokens generated after that many tokens of context). The engine's context is sized as
+llama-bench sizes its own, the prompt and the tokens generated: a larger context costs llama.cpp
+itself a few percent at the same depth (llama-batched-bench here, SmolLM2 Q4_K_M, 635 + 128
+tokens: generation 2.6% slower with a 2,048-token context than with 768, 4.2% with 4,096), so
+the chat's own context would measure llama.cpp's sizing, not QuantDesk. The two sides take
+turns, one run each (this machine's speed drifts by 10% within minutes, so sides measured
+minutes apart compare the drift), and each ratio is the median of the runs' ratios. Targets
+(issue 17): generation ≥ 0.95x and prompt ≥ 0.90x llama-bench, on SmolLM2 Q4_K_M and Q8_0.
 
     QUANTDESK_LLAMA_TOOLS=… .venv/bin/python -m bench.generation [--threads 2] [--reps 5]
 """
@@ -38,7 +42,7 @@ N_GEN = 128
 # An empty data folder: conversations put aside by an earlier run (app/engine/kv_shelf.py) are
 # not taken over, and every run decodes its whole prompt.
 os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-bench-generation-")
-N_CTX = 2048  # the engine's context in this bench
+N_CTX = 2048  # the engine's context while it measures the prompt's length
 SAMPLING = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=N_GEN, ignore_eos=True)
 
 
@@ -75,13 +79,14 @@ def paired(ours: list[tuple[int, float, float]], k: int,
     return statistics.median(r[k] / x[b] for r, x in zip(ours, bases, strict=True))
 
 
-def llama_bench(model: Path, threads: int, depth: int) -> tuple[float, float] | None:
+def llama_bench(model: Path, threads: int, depth: int, n_ctx: int
+                ) -> tuple[float, float] | None:
     """(pp512, tg128 at ``depth``) tokens/s from one llama-bench run of each, or None without
-    the tool."""
+    the tool. Flash attention as the engine sets it for a context of ``n_ctx``."""
     exe = tool("llama-bench")
     if exe is None:
         return None
-    fa = engine_flash_attn(model, N_CTX)
+    fa = engine_flash_attn(model, n_ctx)
     _, out = run_timed([str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
                         "-p", "512", "-n", "0", "-r", "1", "-o", "json"])
     pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
@@ -101,7 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"threads {args.threads}, {N_GEN} tokens generated, {args.reps} runs a side, taking "
           "turns (medians); "
-          "flash attention as the engine loads each model by default, on both sides\n")
+          "flash attention as the engine loads each model by default, on both sides; the "
+          "engine's context sized as llama-bench's (the prompt and the tokens generated)\n")
     print("| model | prompt tokens | QuantDesk prompt tok/s | llama-bench pp512 | ratio | "
           "QuantDesk generation tok/s | llama-bench tg128 @depth | ratio | "
           "an event per token | ratio |\n"
@@ -110,12 +116,18 @@ def main() -> None:
         model = quantized(quant)
         host = ModelHost()
         host.load_sync(LoadSettings(str(model), n_ctx=N_CTX, n_threads=args.threads))
-        n_prompt = engine_run(host, prompt(0, args.prompt_tokens))[0]  # the warm-up
+        n_prompt = engine_run(host, prompt(0, args.prompt_tokens))[0]
+        # the context llama-bench gives itself: the prompt and the tokens generated (llama.cpp
+        # rounds both up to a multiple of 256: room for the runs' prompts, a token or two
+        # longer)
+        n_ctx = n_prompt + N_GEN
+        host.load_sync(LoadSettings(str(model), n_ctx=n_ctx, n_threads=args.threads))
+        engine_run(host, prompt(200, args.prompt_tokens))  # the warm-up
         runs, per_token, bases = [], [], []
         for i in range(1, args.reps + 1):
             runs.append(engine_run(host, prompt(i, args.prompt_tokens)))
             per_token.append(engine_run(host, prompt(i + 100, args.prompt_tokens), 0.0))
-            base = llama_bench(model, args.threads, n_prompt)
+            base = llama_bench(model, args.threads, n_prompt, n_ctx)
             if base is not None:
                 bases.append(base)
         host.shutdown()
