@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ JAPANESE = "The Japanese word for cat is 猫. The Japanese word for dog is"
 
 
 @pytest.fixture(scope="module")
-def reference_llm(smollm2: Path):  # llama-cpp-python's Llama, loaded the engine's safe way
+def reference_llm(smollm2: Path) -> Iterator[Any]:
+    """llama-cpp-python's Llama, loaded the engine's safe way."""
     import llama_cpp
     from llama_cpp import llama_cpp as low_level
 
@@ -53,7 +55,7 @@ def _complete(host: ModelHost, prompt: str, sampling: Sampling = GREEDY
     return [e.text for e in events if isinstance(e, Token)], done
 
 
-def test_greedy_output_is_llama_cpp_pythons_for_64_tokens(host: ModelHost, reference_llm
+def test_greedy_output_is_llama_cpp_pythons_for_64_tokens(host: ModelHost, reference_llm: Any
                                                           ) -> None:
     pieces, done = _complete(host, SEA)
     expected = reference_llm.create_completion(SEA, max_tokens=64, temperature=0.0,
@@ -62,7 +64,8 @@ def test_greedy_output_is_llama_cpp_pythons_for_64_tokens(host: ModelHost, refer
     assert done.text == expected and "".join(pieces) == expected
 
 
-def test_characters_split_across_tokens_arrive_whole(host: ModelHost, reference_llm) -> None:
+def test_characters_split_across_tokens_arrive_whole(host: ModelHost, reference_llm: Any
+                                                     ) -> None:
     pieces, done = _complete(host, JAPANESE)
     expected = reference_llm.create_completion(JAPANESE, max_tokens=64, temperature=0.0,
                                                repeat_penalty=1.0)["choices"][0]["text"]
@@ -115,18 +118,23 @@ def test_the_next_turn_decodes_only_the_new_tokens_and_stays_close_to_a_fresh_ev
     gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2, flash_attn="on"))
     try:  # loaded as the host was, so its first reply is the host's
         template = read_model_info(smollm2).chat_template
-        render = lambda ms: chat_template.render(  # noqa: E731
-            template, [chat_template.Message(m.role, m.content) for m in ms],
-            bos_token=gen.token_text(gen.bos), eos_token=gen.token_text(gen.eos))
+
+        def render(messages: Sequence[ChatMessage]) -> str:
+            return chat_template.render(
+                template, [chat_template.Message(m.role, m.content) for m in messages],
+                bos_token=gen.token_text(gen.bos), eos_token=gen.token_text(gen.eos))
+
         gen.generate(gen.tokenize(render(first)), GREEDY, on_text=lambda _t: True)
         tokens = gen.tokenize(render(second))
 
-        def next_token_logprobs() -> np.ndarray:
+        def next_token_logprobs() -> np.ndarray[Any, np.dtype[np.float64]]:
             import llama_cpp
 
             raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(gen.ctx, -1),
                                         shape=(gen.n_vocab,)).astype(np.float64)
-            return raw - raw.max() - np.log(np.exp(raw - raw.max()).sum())
+            logprobs: np.ndarray[Any, np.dtype[np.float64]] = (
+                raw - raw.max() - np.log(np.exp(raw - raw.max()).sum()))
+            return logprobs
 
         kept = gen._reuse(tokens)
         gen._decode(tokens[kept:], kept)
