@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 # using: a fast model writing one long paragraph had the window use 9% of a core, which made
 # the reply 7-10% slower on a 2-core machine. Redraws are spaced so that the window's work
 # while a reply streams stays near REDRAW_SHARE of a core: READING_INTERVAL apart while drawing
-# is cheap (a real model's pace, short paragraphs), further apart as it gets dearer, never
-# more than MAX_REDRAW_INTERVAL.
+# is cheap (under 2 ms a redraw), further apart as it gets dearer (a long paragraph, a slow
+# machine), never more than MAX_REDRAW_INTERVAL.
 REDRAW_SHARE = 0.05
 MAX_REDRAW_INTERVAL = 0.25
 
