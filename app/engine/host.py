@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from app.engine import host_child, rpc
+from app.core import paths
+from app.engine import host_child, kv_shelf, rpc
 from app.engine.child import describe_exit
 from app.engine.protocol import (
     MAX_PARALLEL,
@@ -247,9 +248,14 @@ class ModelHost:
                 self._stop[lane] = running
 
     def forget(self) -> None:
-        """Drop the conversations the child keeps for quick next turns (``Forget``)."""
+        """Drop the conversations the child keeps for quick next turns (``Forget``). Without a
+        running child (none started yet, or it died), the shelves earlier loads left on disk
+        are removed here: a deleted conversation's keys, values and tokens must not wait for
+        the next engine to go."""
         if self.alive:
             self._send(Forget())
+        else:
+            kv_shelf.remove_left(paths.cache_location())
 
     def unload(self) -> None:
         """Free the model but keep the process; event: Unloaded."""

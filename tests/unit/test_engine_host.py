@@ -168,6 +168,20 @@ def test_broken_model_fails_clearly_and_host_survives(host: ModelHost, tiny_mode
     assert host.load_sync(LoadSettings(str(tiny_model), n_ctx=256)).n_ctx == 256
 
 
+def test_forget_without_a_running_engine_removes_what_earlier_loads_left(host: ModelHost
+                                                                        ) -> None:
+    """A conversation deleted while no engine runs (none started yet, or it died) must not
+    leave its keys, values and tokens on disk until the next engine starts."""
+    from app.core import paths
+
+    left = paths.cache_location() / "kv-left-0123456789abcdef"
+    left.mkdir(parents=True)
+    (left / "0.state").write_bytes(b"keys and values")
+    assert not host.alive
+    host.forget()
+    assert not left.exists()
+
+
 def test_chat_before_load_fails(host: ModelHost) -> None:
     host.start()
     with pytest.raises(EngineError, match="No model is loaded"):
