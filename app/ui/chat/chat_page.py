@@ -198,7 +198,7 @@ class ChatPage(QWidget):
         # often, no more), less often when redrawing is dear (REDRAW_SHARE)
         self._render_timer.setInterval(round(READING_INTERVAL * 1000))
         self._render_timer.timeout.connect(self._render_reply)
-        self._redraw_cpu: float | None = None  # the window's CPU time at the last redraw
+        self._redraw_cpu = 0.0  # the window's CPU time at the last redraw (or reply start)
         self._redraw_cost = 0.0  # its CPU time per redraw (averaged) while a reply streams
 
         engine.load_progress.connect(self.model_bar.show_progress)
@@ -465,7 +465,7 @@ class ChatPage(QWidget):
         redraw, averaged over the last few so that one dear redraw does not stall the next) is
         about REDRAW_SHARE of the time between redraws."""
         now = time.thread_time()  # the GUI thread's CPU time: what competes with llama.cpp
-        if first or self._redraw_cpu is None:
+        if first:
             self._redraw_cost = 0.0
         else:
             spent = now - self._redraw_cpu
