@@ -12,6 +12,10 @@ The tested version is pinned in pyproject.toml.
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 TESTED_VERSION = "0.3.36"
@@ -37,6 +41,14 @@ STRUCT_FIELDS = {
 }
 # llama_cpp._internals.LlamaModel methods the chat host calls on Llama._model
 MODEL_METHODS = ("token_get_text", "token_bos", "token_eos", "n_ctx_train")
+# Functions of libstdc++ itself (not templates a library instantiates for its own use): a
+# library that defines one carries its own copy of the C++ runtime (``own_cxx_runtime``).
+CXX_RUNTIME_SYMBOLS = (
+    "_ZNSt6locale7classicEv",  # std::locale::classic()
+    "_ZNKSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv",  # std::stringbuf::str()
+    "_ZNSo9_M_insertIlEERSoT_",  # std::ostream::_M_insert<long>
+    "_ZNSt11logic_errorC1EPKc",  # std::logic_error::logic_error(const char*)
+)
 
 
 class _InitParams(ctypes.Structure):
@@ -82,6 +94,61 @@ def tensor_layout_problem(struct: type[ctypes.Structure] | None = None) -> str |
     return None
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def own_cxx_runtime(paths: Iterable[Path]) -> list[str]:
+    """The names of those shared libraries in ``paths`` (loaded ones; others are skipped) that
+    carry their own copy of libstdc++, linked in statically and exported (Linux only).
+
+    A compiler set up to link libstdc++ statically (``-static-libstdc++``, or a toolchain with
+    only ``libstdc++.a``) builds llama.cpp's libraries so. Each copy has its own locale and
+    stream state, and which copy a call reaches depends on what the process loaded first: on
+    a GPU machine whose compiler did this, every model load crashed in llama.cpp's
+    ``print_info`` (its first ``std::stringstream``) once any other C++ library was loaded
+    before libllama (sentencepiece, which the ``gguf`` package imports), and loaded fine
+    without it.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    dladdr = ctypes.CDLL(None).dladdr
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    dladdr.restype = ctypes.c_int
+    found = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue  # not loaded in this process
+        for name in CXX_RUNTIME_SYMBOLS:
+            try:
+                address = ctypes.cast(lib[name], ctypes.c_void_p).value
+            except AttributeError:
+                continue
+            info = _DlInfo()
+            # a lookup through the library's handle reaches libstdc++.so.6 when the library
+            # needs it, and the library itself when it holds the definition
+            if (dladdr(address, ctypes.byref(info)) and info.dli_fname
+                    and os.path.realpath(os.fsdecode(info.dli_fname)) == os.path.realpath(path)):
+                found.append(path.name)
+                break
+    return found
+
+
+def cxx_runtime_problem(llama_cpp: Any) -> str | None:
+    """A problem when llama.cpp's loaded libraries carry their own C++ runtime, else None."""
+    folder = Path(llama_cpp.llama_cpp._lib._name).parent
+    own = own_cxx_runtime(sorted(folder.glob("lib*.so*")))
+    if not own:
+        return None
+    return (f"this llama.cpp build has the C++ runtime (libstdc++) linked into "
+            f"{', '.join(own)}: a model load can crash when another C++ library was loaded "
+            "first. Rebuild llama-cpp-python with a compiler that links libstdc++ as a shared "
+            "library (README, 'Building llama.cpp for a GPU')")
+
+
 def problems(llama_cpp: Any = None) -> list[str]:
     """Each difference from what the engine relies on, in words ([] when all is as tested)."""
     if llama_cpp is None:
@@ -108,6 +175,9 @@ def problems(llama_cpp: Any = None) -> list[str]:
         layout = tensor_layout_problem()
         if layout:
             found.append(layout)
+    runtime = cxx_runtime_problem(llama_cpp)
+    if runtime:
+        found.append(runtime)
     if found and version != TESTED_VERSION:
         found.insert(0, f"llama-cpp-python {version} is installed; QuantDesk is tested with "
                         f"{TESTED_VERSION} (pip install 'llama-cpp-python=={TESTED_VERSION}')")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import llama_cpp
+import pytest
 
 from app.engine import compat
 from app.engine.runner import GgmlTensor
@@ -56,3 +60,47 @@ def test_the_hardware_advice_says_what_differs() -> None:
     broken = replace(profile, llama=replace(profile.llama, problems=("the struct x is missing",)))
     assert any("differs from the one QuantDesk is tested with" in line
                and "the struct x is missing" in line for line in advice(broken))
+
+
+CXX_SOURCE = """
+#include <sstream>
+#include <stdexcept>
+extern "C" int digits(long x) {
+    std::ostringstream s;
+    s << x;
+    if (x < 0) throw std::logic_error("negative");
+    return static_cast<int>(s.str().size());
+}
+"""
+
+
+def _cxx_library(folder: Path, name: str, *flags: str) -> tuple[Path, ctypes.CDLL]:
+    """A C++ shared library built with the machine's g++ (llama-cpp-python's build needs it),
+    loaded into this process."""
+    source = folder / "digits.cpp"
+    source.write_text(CXX_SOURCE)
+    out = folder / name
+    subprocess.run(["g++", "-fPIC", "-shared", *flags, str(source), "-o", str(out)], check=True)
+    return out, ctypes.CDLL(str(out))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libstdc++ is Linux's")
+def test_a_library_with_its_own_copy_of_the_cxx_runtime_is_named(tmp_path: Path) -> None:
+    shared, shared_lib = _cxx_library(tmp_path, "libshared.so")
+    static, _ = _cxx_library(tmp_path, "libggml-cuda.so.0", "-static-libstdc++")
+    assert shared_lib.digits(12345) == 5
+    # (whether the static copy's std::ostringstream works depends on what this process loaded
+    # before it: in the test suite's process it gave an empty string, the mix the check names)
+    never_loaded = tmp_path / "libmtmd.so.0"
+    never_loaded.write_bytes(static.read_bytes())
+    assert compat.own_cxx_runtime([shared, static, never_loaded]) == ["libggml-cuda.so.0"]
+
+    # as the problem list says it, for a llama.cpp whose libraries sit in that folder
+    library = types.SimpleNamespace(_name=str(tmp_path / "libllama.so"))
+    stand_in = types.SimpleNamespace(llama_cpp=types.SimpleNamespace(_lib=library))
+    problem = compat.cxx_runtime_problem(stand_in)
+    assert problem is not None
+    assert "libggml-cuda.so.0" in problem and "libshared.so" not in problem
+    assert "links libstdc++ as a shared library" in problem
+    # the installed build is not one of them (its libraries need libstdc++.so.6)
+    assert compat.cxx_runtime_problem(llama_cpp) is None
