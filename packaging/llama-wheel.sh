@@ -25,6 +25,9 @@ flags="$flags ${CMAKE_ARGS:-}"
 key=$("$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])' "$version $flags")
 cache="${QUANTDESK_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quantdesk/wheels}/$key"
 if ! ls "$cache"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
+    if [ "$(uname -s)" = Linux ]; then  # the compilers the build will link with
+        sh "$(dirname "$0")/check-cxx.sh" "$python" "${CXX:-c++}" ${CUDAHOSTCXX:+"$CUDAHOSTCXX"}
+    fi
     echo "Building llama-cpp-python $version (once; cached in $cache): $flags"
     mkdir -p "$cache.tmp"
     CMAKE_ARGS="$flags" "$python" -m pip wheel -q --no-deps --no-binary llama-cpp-python \
