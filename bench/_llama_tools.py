@@ -85,13 +85,16 @@ def run_timed(cmd: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
-def engine_flash_attn(model: Path, n_ctx: int) -> str:
-    """llama-bench's -fa value for what the engine does with ``model`` loaded at ``n_ctx`` on
-    the CPU with its default setting ('auto', app.core.memory.flash_attention: off unless the
-    attention scores would be large), so both sides compute alike."""
+def engine_flash_attn(model: Path, n_ctx: int, n_gpu_layers: int = 0) -> str:
+    """llama-bench's -fa value for what the engine does with ``model`` loaded at ``n_ctx`` with
+    ``n_gpu_layers`` and its default setting ('auto', app.core.memory.flash_attention), so both
+    sides compute alike: llama.cpp's own 'auto' where layers leave the CPU; on the CPU alone,
+    off unless the attention scores would be large."""
     from app.core.gguf_info import read_model_info
     from app.core.memory import flash_attention, scores_bytes
 
+    if n_gpu_layers != 0:
+        return "auto"
     info = read_model_info(model)
     on = flash_attention(None, 0, scores_bytes=scores_bytes(info.n_head, n_ctx),
                          weights_bytes=sum(t.n_bytes for t in info.tensors))
