@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.core import kv_reuse
 from app.core.memory import flash_attention, flash_setting, scores_bytes
 from app.core.sampling import Sampling
 from app.engine import kv_shelf, llama_log, load_params
@@ -161,6 +162,11 @@ class Generator:
         self.n_ctx = int(ll.llama_n_ctx_seq(self.ctx))  # one sequence's context
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
         self.n_batch = max(settings.n_batch, n_seq)
+        # what kv_reuse.worth_keeping weighs a cached prefix by
+        self._shape = {"n_params": int(ll.llama_model_n_params(self.model)),
+                       "n_embd": int(ll.llama_model_n_embd(self.model)),
+                       "n_layer": int(ll.llama_model_n_layer(self.model)),
+                       "n_ubatch": min(settings.n_ubatch, self.n_batch)}
         self._batch = batch = ll.llama_batch_init(self.n_batch, 0, 1)
         # the batch's arrays, looked up once (each ctypes field access makes a new object,
         # thousands of times a second on a small model); every token has one sequence id
@@ -395,10 +401,13 @@ class Generator:
 
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
         """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
-        decoded again, for its logits); drop the rest from the cache. Returns how many are
-        kept."""
+        decoded again, for its logits), unless decoding the prompt whole costs less
+        (``kv_reuse.worth_keeping``: a few shared opening tokens before a long prompt); drop
+        the rest from the cache. Returns how many are kept."""
         cache = self._caches[seq]
         keep = min(_common_prefix(cache, tokens), len(tokens) - 1)
+        if keep and not kv_reuse.worth_keeping(keep, len(tokens), **self._shape):
+            keep = 0
         memory = self._ll.llama_get_memory(self.ctx)
         if keep < len(cache) and not self._ll.llama_memory_seq_rm(memory, seq, keep, -1):
             # a cache that cannot drop a tail (recurrent models) starts again

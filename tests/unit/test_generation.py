@@ -94,6 +94,22 @@ def test_a_regenerated_reply_reuses_the_prompt_and_equals_the_first(host: ModelH
     assert again.text == reply.text
 
 
+def test_a_long_prompt_sharing_only_its_opening_with_the_cache_is_decoded_whole(
+        host: ModelHost) -> None:
+    """Keeping a few cached opening tokens would make each of the prompt's micro-batches attend
+    to 256 more cells than they save (app.core.kv_reuse): the prompt is decoded whole. Its next
+    turn keeps its cache."""
+    history = ("The history of computing is a story of abstraction. Each generation built "
+               "tools that hid the layer below. ") * 30  # some 600 tokens
+    _, first = _complete(host, "You are a helpful assistant. Alpha. " + history, GREEDY_8)
+    text = "You are a helpful assistant. Bravo. " + history
+    _, other = _complete(host, text, GREEDY_8)
+    assert first.metrics.prompt_tokens > 512  # more than one micro-batch
+    assert other.metrics.cached_tokens == 0
+    _, turn = _complete(host, text + other.text + " And then?", GREEDY_8)
+    assert turn.metrics.cached_tokens >= other.metrics.prompt_tokens - 1  # the next turn
+
+
 def test_the_next_turn_decodes_only_the_new_tokens_and_stays_close_to_a_fresh_evaluation(
         host: ModelHost, smollm2: Path) -> None:
     first = [ChatMessage("user", "Name three colours.")]

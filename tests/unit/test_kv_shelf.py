@@ -122,7 +122,9 @@ def test_a_state_that_cannot_be_written_is_forgotten(gen: Generator) -> None:
     other_tokens = gen.tokenize(OTHER)
     shared = next(i for i, (a, b) in enumerate(zip(tokens, other_tokens, strict=False))
                   if a != b)
-    assert cached == shared and again  # only what it shares with the other: decoded again
+    # decoded again: at most the opening it shares with the other came from the cache (the
+    # engine decodes even that again where keeping it costs more: app.core.kv_reuse)
+    assert cached <= shared and again
 
 
 def test_the_next_load_of_the_same_model_takes_the_conversations_over(
