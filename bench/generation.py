@@ -81,10 +81,10 @@ def paired(ours: list[tuple[int, float, float]], k: int,
     return statistics.median(r[k] / x[b] for r, x in zip(ours, bases, strict=True))
 
 
-def llama_bench(model: Path, threads: int, depth: int, n_ctx: int, n_gpu_layers: int = 0
-                ) -> tuple[float, float] | None:
-    """(pp512, tg128 at ``depth``) tokens/s from one llama-bench run of each, or None without
-    the tool. Flash attention as the engine sets it for a context of ``n_ctx`` with
+def llama_bench(model: Path, threads: int, depth: int, n_ctx: int, n_gpu_layers: int = 0,
+                n_prompt: int = 512) -> tuple[float, float] | None:
+    """(pp``n_prompt``, tg128 at ``depth``) tokens/s from one llama-bench run of each, or None
+    without the tool. Flash attention as the engine sets it for a context of ``n_ctx`` with
     ``n_gpu_layers`` (-1: all, as the engine counts them; llama-bench's -ngl 99)."""
     exe = tool("llama-bench")
     if exe is None:
@@ -92,7 +92,7 @@ def llama_bench(model: Path, threads: int, depth: int, n_ctx: int, n_gpu_layers:
     fa = engine_flash_attn(model, n_ctx, n_gpu_layers)
     common = [str(exe), "-m", str(model), "-t", str(threads), "-fa", fa,
               "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers), "-r", "1", "-o", "json"]
-    _, out = run_timed([*common, "-p", "512", "-n", "0"])
+    _, out = run_timed([*common, "-p", str(n_prompt), "-n", "0"])
     pp = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]
     _, out = run_timed([*common, "-p", "0", "-n", str(N_GEN), "-d", str(depth)])
     tg = json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"]

@@ -11,8 +11,10 @@ Printed per run:
   before it) against ``memory.estimate``'s; issue 17 asks for within 10% or 128 MiB;
 - prompt and generation speed as the engine's caller sees them (``bench.generation``'s
   measures), against llama-bench on the same model, same layers and flash-attention setting:
-  pp512, and tg128 at the prompt's depth. The two sides take turns, one run each, and each
-  ratio is the median of the runs' ratios.
+  a prompt of the same length (pp at the prompt's tokens: pp512 against an 816-token prompt
+  compared one micro-batch attending to 512 cells with two, the second attending to 1,024),
+  and tg128 at the prompt's depth. The two sides take turns, one run each, and each ratio is
+  the median of the runs' ratios.
 
 On a machine without a GPU it says so and stops.
 
@@ -80,7 +82,7 @@ class Measured:
     gpu_bytes: int | None  # after the load and a reply
     n_ctx: int
     runs: list[tuple[int, float, float]]  # bench.generation.engine_run's
-    bases: list[tuple[float, float]]  # llama-bench's (pp512, tg128 @depth), one per run
+    bases: list[tuple[float, float]]  # llama-bench's (pp, tg128 @depth), one per run
 
 
 def measure(model: Path, layers: int, reps: int, threads: int) -> Measured:
@@ -96,7 +98,7 @@ def measure(model: Path, layers: int, reps: int, threads: int) -> Measured:
         runs, bases = [], []
         for i in range(1, reps + 1):
             runs.append(engine_run(host, prompt(i), max_cached=MAX_CACHED))
-            base = llama_bench(model, threads, n_prompt, n_ctx, layers)
+            base = llama_bench(model, threads, n_prompt, n_ctx, layers, n_prompt)
             if base is not None:
                 bases.append(base)
     finally:
@@ -173,8 +175,9 @@ def main() -> None:
                 rows.append(row(model.stem.removeprefix("synthetic-"), label, r,
                                 est.total if est is not None else None))
     print("\n| model | layers | load s | GPU MiB measured | estimated | within 10% or 128 MiB "
-          "| prompt tok/s | llama-bench pp512 | ratio | generation tok/s | llama-bench tg128 "
-          "@depth | ratio |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| prompt tok/s | llama-bench pp (same tokens) | ratio | generation tok/s | "
+          "llama-bench tg128 @depth | ratio |\n"
+          "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
