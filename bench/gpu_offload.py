@@ -49,14 +49,14 @@ PROMPT_CHARS = 600
 MEMORY_TOLERANCE = (0.10, 128 * MIB)  # issue 17: within 10% or 128 MiB
 
 
-# BOS and the three bytes of SentencePiece's space prefix open every prompt, so the engine
-# reuses them from the cache; the prompt speed counts the tokens decoded.
+# BOS and the three bytes of SentencePiece's space prefix open every prompt: the engine may keep
+# them from the cache (app.core.kv_reuse decides); the prompt speed counts the tokens decoded.
 MAX_CACHED = 4
 
 
 def prompt(i: int) -> str:
     """Run i's prompt (i < 52), opening with a letter no other run's does, so only the
-    ``MAX_CACHED`` tokens every prompt opens with come from the cache."""
+    ``MAX_CACHED`` tokens every prompt opens with can come from the cache."""
     return (f"{string.ascii_letters[i]}. " + TEXT * (PROMPT_CHARS // len(TEXT) + 1)
             )[:PROMPT_CHARS]
 
