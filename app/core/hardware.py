@@ -333,6 +333,21 @@ def _ordered(found: set[str]) -> tuple[str, ...]:
 # Advice
 
 
+def _pip_rebuild(flags: str, version: str) -> str:
+    """A pip command that rebuilds the installed llama-cpp-python with ``flags``: the same
+    version (an unpinned install takes the newest, which QuantDesk is not tested with) and the
+    RPC backend QuantDesk's own build has (running a model across machines)."""
+    return (f'CMAKE_ARGS="{flags} -DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir '
+            f"llama-cpp-python=={version}")
+
+
+def _gpu_rebuild(flags: str, version: str, needs: str) -> str:
+    """How to get a llama.cpp build with a GPU backend: from a source checkout through make
+    (packaging/llama-wheel.sh: RPC on, AMX off, its compilers checked), else with pip."""
+    return (f'From a source checkout: make run CMAKE_ARGS="{flags}"; with pip: '
+            f"{_pip_rebuild(flags, version)} ({needs}).")
+
+
 def advice(profile: HardwareProfile) -> tuple[str, ...]:
     """What a user should know: GPUs llama.cpp cannot use with this build, and how to fix it."""
     lines: list[str] = []
@@ -340,24 +355,23 @@ def advice(profile: HardwareProfile) -> tuple[str, ...]:
     if profile.llama is None:
         return ("llama.cpp could not be loaded, so QuantDesk cannot see which devices it can "
                 "use. Reinstall with 'pip install --force-reinstall llama-cpp-python'.",)
+    version = profile.llama.version
     nvidia = [g.name for g in profile.nvml] or [
         "an NVIDIA GPU" for g in profile.pci_gpus if g.vendor == "NVIDIA"]
     if nvidia and "cuda" not in backends:
         lines.append(
             f"{nvidia[0]} is present but this llama.cpp build has no CUDA backend, so models run "
-            "on the CPU only. To use the GPU: CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install "
-            "--force-reinstall --no-cache-dir llama-cpp-python (needs the CUDA toolkit).")
+            "on the CPU only. To use the GPU, take QuantDesk's CUDA installer, or rebuild. "
+            + _gpu_rebuild("-DGGML_CUDA=on", version, "needs the CUDA toolkit"))
     if profile.apple is not None and "metal" not in backends:
         lines.append(
             "This Apple Silicon Mac's GPU is unused: this llama.cpp build has no Metal backend. "
-            "Reinstall with CMAKE_ARGS=\"-DGGML_METAL=on\" pip install --force-reinstall "
-            "--no-cache-dir llama-cpp-python.")
+            + _gpu_rebuild("-DGGML_METAL=on", version, "needs Xcode's command-line tools"))
     others = [g.vendor for g in profile.pci_gpus if g.vendor in ("AMD", "Intel")]
     if others and not profile.gpus and not nvidia:
         lines.append(
             f"An {others[0]} GPU is present but llama.cpp uses none: a Vulkan build can use it. "
-            "Reinstall with CMAKE_ARGS=\"-DGGML_VULKAN=on\" pip install --force-reinstall "
-            "--no-cache-dir llama-cpp-python (needs the Vulkan SDK).")
+            + _gpu_rebuild("-DGGML_VULKAN=on", version, "needs the Vulkan SDK"))
     if profile.llama.problems:
         lines.append("This llama-cpp-python differs from the one QuantDesk is tested with, so "
                      "some features will fail: " + "; ".join(profile.llama.problems) + ".")
@@ -365,9 +379,9 @@ def advice(profile: HardwareProfile) -> tuple[str, ...]:
         lines.append(
             "This llama.cpp build has AMX kernels, which crash on quantized models (llama.cpp "
             "issue 20824), so QuantDesk loads models without them and without weight "
-            "repacking. For the repacked weights' speed, rebuild without AMX: CMAKE_ARGS=\""
-            "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON\" pip install "
-            "--force-reinstall --no-cache-dir llama-cpp-python.")
+            "repacking. For the repacked weights' speed, rebuild without AMX: "
+            + _pip_rebuild("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON", version)
+            + ".")
     return tuple(lines)
 
 

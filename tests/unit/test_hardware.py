@@ -167,8 +167,20 @@ def test_advice_nvidia_without_cuda_build() -> None:
     tips = advice(_profile(nvml=nv))
     assert len(tips) == 1
     assert "RTX 4090 is present but this llama.cpp build has no CUDA backend" in tips[0]
-    assert "-DGGML_CUDA=on" in tips[0]
+    assert "CUDA installer" in tips[0]
+    assert 'make run CMAKE_ARGS="-DGGML_CUDA=on"' in tips[0]
+    # pip rebuilds the installed version (not the newest) with the RPC backend QuantDesk uses
+    assert ('CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=ON" pip install --force-reinstall '
+            "--no-cache-dir llama-cpp-python==0.3 (needs the CUDA toolkit)") in tips[0]
     assert advice(_profile(nvml=nv, llama=_cuda_build(22 * GIB))) == ()
+
+
+def test_advice_for_an_amx_build_rebuilds_the_same_version_with_rpc() -> None:
+    amx = replace(_profile().llama, system_info="CPU : AVX2 = 1 | AMX_INT8 = 1 |")
+    tips = advice(_profile(llama=amx))
+    assert len(tips) == 1 and "AMX kernels" in tips[0]
+    assert ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_RPC=ON" pip '
+            "install --force-reinstall --no-cache-dir llama-cpp-python==0.3.") in tips[0]
 
 
 def test_advice_nvidia_seen_on_pci_only() -> None:
