@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,19 @@ def no_core_dumps() -> None:
 
 
 @pytest.fixture(autouse=True)
-def quantdesk_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty QUANTDESK_HOME: nothing touches the user's data."""
+def quantdesk_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own empty QUANTDESK_HOME: nothing touches the user's data.
+
+    A window's background tasks (app.jobs.task: recording a load's memory, say) may still
+    run when the test ends; they are waited for before the variable is restored, or they would
+    write to the user's own data folder (a load of the tiny model was found there)."""
     home = tmp_path / "quantdesk-home"
     monkeypatch.setenv("QUANTDESK_HOME", str(home))
-    return home
+    yield home
+    if "PySide6.QtCore" in sys.modules:
+        from PySide6.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(10_000)
 
 
 @pytest.fixture(scope="session")
