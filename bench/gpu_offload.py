@@ -38,7 +38,7 @@ from app.engine.probe import full_profile
 from app.engine.protocol import LoadSettings, ReplyDone
 from app.engine.quantize import QuantizeOptions, quantize
 from app.engine.runner import default_threads
-from bench.generation import N_GEN, SAMPLING, engine_run, llama_bench
+from bench.generation import N_GEN, SAMPLING, engine_run, llama_bench, paired
 from tests.helpers.tiny_model import write_tiny_llama
 
 # The synthetic model's vocabulary is 261 byte-level tokens, so a character is a token.
@@ -117,8 +117,7 @@ def row(name: str, label: str, r: Measured, est_total: int | None) -> str:
     if r.bases:
         pp_b = statistics.median(b[0] for b in r.bases)
         tg_b = statistics.median(b[1] for b in r.bases)
-        pp_r = statistics.median(x[1] / b[0] for x, b in zip(r.runs, r.bases, strict=True))
-        tg_r = statistics.median(x[2] / b[1] for x, b in zip(r.runs, r.bases, strict=True))
+        pp_r, tg_r = paired(r.runs, 1, r.bases, 0), paired(r.runs, 2, r.bases, 1)
         speed = f"{pp:.0f} | {pp_b:.0f} | **{pp_r:.3f}** | {tg:.1f} | {tg_b:.1f} | **{tg_r:.3f}**"
     else:
         speed = f"{pp:.0f} | – | – | {tg:.1f} | – | –"
