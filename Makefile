@@ -51,7 +51,8 @@ CONVERTER_WINS := $(BIN)/python -m pip install -q --force-reinstall --no-deps co
 $(LLAMA_ARGS): FORCE | $(BIN)/python
 	@echo '$(CMAKE_ARGS)' | cmp -s - $@ || echo '$(CMAKE_ARGS)' > $@
 
-$(RUN_STAMP): pyproject.toml packaging/llama-wheel.sh packaging/check-cxx.sh $(LLAMA_ARGS) \
+$(RUN_STAMP): pyproject.toml app/engine/_token_loop.c packaging/llama-wheel.sh packaging/check-cxx.sh \
+		$(LLAMA_ARGS) \
 		| $(BIN)/python system-deps
 	sh packaging/llama-wheel.sh $(BIN)/python $(LLAMA_VERSION)
 	$(BIN)/python -m pip install -q -e '.[convert]'

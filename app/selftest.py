@@ -48,8 +48,13 @@ def _generate() -> str:
     done = events[-1]
     if not isinstance(done, ReplyDone) or done.metrics.generated_tokens < 1:
         raise RuntimeError(f"no tokens were generated ({done!r})")
+    from app.engine import token_loop
+
+    # an installer built without a C compiler still generates, in Python: say which it is
+    loop = "C" if token_loop.available() else "Python"
     return (f"{done.metrics.generated_tokens} tokens at "
-            f"{done.metrics.generation_tokens_per_second:.1f} tok/s from {model.name}")
+            f"{done.metrics.generation_tokens_per_second:.1f} tok/s from {model.name} "
+            f"(token loop in {loop})")
 
 
 def _database() -> str:

@@ -19,7 +19,9 @@ and it processes a conversation's history again from the start each turn. Here:
   the cache's own tokens stand in for them (``Generator._splice``);
 - a sequence another conversation takes is put aside on disk first, and brought back when its
   conversation goes on (``app.engine.kv_shelf``);
-- penalties run on the top candidates only, not on the whole vocabulary (``_sampler``).
+- penalties run on the top candidates only, not on the whole vocabulary (``_sampler``);
+- a reply generated alone runs its decode-and-sample loop in C where that was built
+  (``Generator.run``, ``app.engine.token_loop``), coming back to Python for its text.
 
 Runs inside the model host's child process (``app.engine.host_child``).
 """
@@ -39,7 +41,7 @@ from typing import Any
 from app.core import kv_reuse
 from app.core.memory import flash_attention, flash_setting, scores_bytes
 from app.core.sampling import Sampling
-from app.engine import kv_shelf, llama_log, load_params
+from app.engine import kv_shelf, llama_log, load_params, token_loop
 from app.engine.protocol import LoadSettings
 from app.engine.threadpool import ThreadPool
 
@@ -267,11 +269,17 @@ class Generator:
         """``llama_decode`` the batch as filled; on failure the sequences in it lose what the
         batch added to their cache and GenerationError says why."""
         status = self._ll.llama_decode(self.ctx, self._batch)
-        if status == 0:
-            return
+        if status != 0:
+            self._decode_failed(status, seqs)
+
+    def _decode_failed(self, status: int, seqs: Sequence[int], fail: bool = True) -> None:
+        """After ``llama_decode`` returned ``status``: drop what it left in ``seqs``' caches
+        beyond the tokens known there, and (with ``fail``) raise DecodeError."""
         memory = self._ll.llama_get_memory(self.ctx)
         for seq in set(seqs):
             self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
+        if not fail:
+            return
         if status == 1:
             raise DecodeError("The context is full: no room for these tokens.", seqs,
                               "context_length")
@@ -507,15 +515,16 @@ class Generator:
     # --- replies ---------------------------------------------------------------------
 
     def begin(self, tokens: Sequence[int], sampling: Sampling, *,
-              on_text: Callable[[str], bool],
+              on_text: Callable[[str, int], bool],
               should_stop: Callable[[], bool] = lambda: False, seq: int = 0) -> Reply:
         """Start a reply continuing ``tokens`` (a rendered prompt's tokens) on sequence
         ``seq``; ``step`` advances it. It ends at an end-of-generation token, a stop string,
         ``sampling.max_tokens``, the end of the sequence's context, or ``should_stop()``
         (checked before every token). ``on_text`` receives the reply's text as it becomes
-        certain: whole characters, never the start of a stop string; it returns False to refuse
-        a piece (the reader asked to stop meanwhile), which ends the reply without that piece
-        or its token. The caller must ``release`` a reply it abandons before its end."""
+        certain, with how many tokens it is the text of: whole characters, never the start of a
+        stop string; it returns False to refuse a piece (the reader asked to stop meanwhile),
+        which ends the reply without that piece or its tokens. The caller must ``release`` a
+        reply it abandons before its end."""
         started = time.perf_counter()
         if not tokens:
             raise GenerationError("The prompt is empty.")
@@ -567,14 +576,46 @@ class Generator:
             if index >= 0:
                 reply.advance(index)
 
+    def run(self, reply: Reply, pace: token_loop.Pace) -> None:
+        """Go on with ``reply``, generating alone, in C (``app.engine.token_loop``) until it
+        ends or ``pace`` wants Python back; then its tokens' text is handed over as ``step``
+        would have, in one piece. The same tokens as ``step`` gives; Stop is ``pace``'s stop
+        slot, checked before every token (``reply.should_stop`` is not called). Where the C
+        loop is not built, or the reply is still in its prompt, this is ``step([reply])``."""
+        if reply.outcome is not None:
+            return
+        if reply.prompting or len(reply.pending) != 1 or not token_loop.available():
+            self.step([reply])
+            return
+        token = reply.pending[0]
+        chunk = token_loop.run(self.ctx, reply._sampler, self.vocab, token=token,
+                               pos=reply.pos, seq=reply.seq,
+                               budget=reply.budget_left, ignore_eog=reply.sampling.ignore_eos,
+                               pace=pace)
+        self._caches[reply.seq].extend([token, *chunk.tokens][:chunk.decoded])
+        reply.pos += chunk.decoded
+        reply.pending = []
+        reply.take(chunk.tokens)  # their text went before the decode that failed, as in step
+        if chunk.end is token_loop.End.ERROR:
+            self._decode_failed(chunk.status, [reply.seq], fail=reply.outcome is None)
+        if reply.outcome is None and chunk.end is token_loop.End.STOP:
+            reply.finish("stopped")
+
     def generate(self, tokens: Sequence[int], sampling: Sampling, *,
-                 on_text: Callable[[str], bool],
-                 should_stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """One reply on sequence 0, from start to end (``begin`` says how it ends)."""
-        reply = self.begin(tokens, sampling, on_text=on_text, should_stop=should_stop)
+                 on_text: Callable[[str, int], bool],
+                 should_stop: Callable[[], bool] | None = None) -> Outcome:
+        """One reply on sequence 0, from start to end (``begin`` says how it ends). Without
+        ``should_stop`` its tokens after the first come from the C loop (``run``), where that
+        is built."""
+        reply = self.begin(tokens, sampling, on_text=on_text,
+                           should_stop=should_stop or (lambda: False))
+        alone = token_loop.Pace(wait=token_loop.MAX_SECONDS)  # no reader to pace it
         try:
             while reply.outcome is None:
-                self.step([reply])
+                if should_stop is None:
+                    self.run(reply, alone)
+                else:
+                    self.step([reply])
             return reply.outcome
         finally:
             reply.release()
@@ -627,7 +668,7 @@ class Reply:
 
     def __init__(self, gen: Generator, seq: int, tokens: Sequence[int], reused: int,
                  sampling: Sampling, sampler: Any, started: float,
-                 on_text: Callable[[str], bool], should_stop: Callable[[], bool]) -> None:
+                 on_text: Callable[[str, int], bool], should_stop: Callable[[], bool]) -> None:
         self._gen, self.seq, self.sampling, self._sampler = gen, seq, sampling, sampler
         self._on_text, self.should_stop = on_text, should_stop
         self.n_prompt, self.reused, self.started = len(tokens), reused, started
@@ -644,21 +685,30 @@ class Reply:
         # a possible stop string here
         self._parts: list[str] = []
         self._unsent, self.generated = "", 0
+        self._waiting = 0  # tokens sampled whose text is not handed over yet (all of it)
         self._first_text = self._first_token = 0.0
         self._budget = min(sampling.max_tokens, gen.n_ctx - len(tokens))
         self.outcome: Outcome | None = None
 
+    @property
+    def budget_left(self) -> int:
+        """How many more tokens the reply may sample."""
+        return self._budget - self.generated
+
     def _emit(self, upto: int) -> bool:
-        """Hand over the first ``upto`` characters not handed over yet; False when the reader
-        refused them."""
+        """Hand over the first ``upto`` characters not handed over yet, as the text of the
+        tokens waiting; False when the reader refused them (those tokens are then not counted
+        as generated)."""
         if upto > 0:
             piece = self._unsent[:upto]
-            if not self._on_text(piece):
+            if not self._on_text(piece, self._waiting):
+                self.generated -= self._waiting
                 return False
             if not self._first_text:
                 self._first_text = time.perf_counter()
             self._parts.append(piece)
             self._unsent = self._unsent[upto:]
+            self._waiting = 0
         return True
 
     def advance(self, index: int) -> None:
@@ -675,15 +725,42 @@ class Reply:
             self.finish("stopped")
             return
         token = ll.llama_sampler_sample(self._sampler, gen.ctx, index)  # accepts it too
+        self.take([token])
+
+    def take(self, tokens: Sequence[int]) -> None:
+        """Tokens sampled, in order (one from ``advance``, a run of them from the C loop):
+        end the reply at the first that ends it, else hand over their text in one piece and
+        make the last the next to decode."""
+        if not tokens:
+            return
+        for token in tokens:
+            if not self._take(token):
+                return
+        upto = len(self._unsent)
+        if self._stops:
+            upto -= held_back(self._unsent, self._stops)
+        if not self._emit(upto):  # stopped while this piece waited for its reader: drop it
+            self.finish("stopped", held=False)
+            return
+        if self.generated >= self._budget:
+            self.finish("length")
+            return
+        self.pending = [tokens[-1]]  # its keys and values, and the next logits, next
+
+    def _take(self, token: int) -> bool:
+        """Count a sampled token and add its text; end the reply at an end-of-generation
+        token or a stop string (False then)."""
+        gen = self._gen
         self.generated += 1
+        self._waiting += 1
         if not self._first_token:
             self._first_token = time.perf_counter()
-        if ll.llama_vocab_is_eog(gen.vocab, token) and not self.sampling.ignore_eos:
+        if gen._ll.llama_vocab_is_eog(gen.vocab, token) and not self.sampling.ignore_eos:
+            self._waiting -= 1  # it has no text
             self.finish("stop")
-            return
+            return False
         before = len(self._unsent)
         self._unsent += self._decoder.decode(gen._piece(token))
-        upto = len(self._unsent)
         if self._stops:
             # a stop string can only end in the new text, and can only begin in the text not
             # handed over (its possible beginnings were held back): look from where it could
@@ -692,16 +769,8 @@ class Reply:
             if found is not None:
                 self._unsent = self._unsent[:found]
                 self.finish("stop" if self._emit(found) else "stopped", held=False)
-                return
-            upto -= held_back(self._unsent, self._stops)
-        if not self._emit(upto):  # stopped while this piece waited for its reader: drop it
-            self.generated -= 1
-            self.finish("stopped", held=False)
-            return
-        if self.generated >= self._budget:
-            self.finish("length")
-            return
-        self.pending = [token]  # its keys and values, and the next logits, in the next step
+                return False
+        return True
 
     def finish(self, reason: str, *, held: bool = True) -> None:
         """End the reply: ``held`` hands over what was held back (a split character, the start

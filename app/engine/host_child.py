@@ -24,9 +24,11 @@ runaway template ends with a clear error and this process stays usable.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import io
 import logging
+import os
 import signal
 import sys
 import threading
@@ -38,7 +40,7 @@ from typing import Any
 
 from app.core import chat_template, paths
 from app.core.chat_template import RenderBudget
-from app.engine import kv_shelf, llama_log, process_stats
+from app.engine import kv_shelf, llama_log, process_stats, token_loop
 from app.engine.embedding import EmbeddingContext, EmbeddingsUnsupported
 from app.engine.generation import DecodeError, GenerationError, Generator, Outcome, Reply
 from app.engine.kv_shelf import KvShelf
@@ -149,19 +151,22 @@ class _Stream:
         self._next_at = 0.0  # no event before this time (perf_counter)
         self._sent = 0  # events
         self._held: list[str] = []
+        self._held_tokens = 0  # how many tokens' text is held
         self._pieces: list[str] = []
-        self.dropped = 0  # pieces generated but dropped at Stop (a token each, as a rule)
+        self.dropped = 0  # tokens generated whose text was dropped at Stop
 
     @property
     def text(self) -> str:
         return "".join(self._pieces)
 
-    def on_text(self, piece: str) -> bool:
-        """The generator's callback: False (the piece refused) once Stop was asked."""
+    def on_text(self, piece: str, tokens: int) -> bool:
+        """The generator's callback (``piece``: the text of ``tokens`` tokens): False (the
+        piece refused) once Stop was asked."""
         if self._stopped():
             self._drop()
             return False
         self._held.append(piece)
+        self._held_tokens += tokens
         if self._consumed() >= self._sent and (
                 not self._interval or time.perf_counter() >= self._next_at):
             self._flush()
@@ -175,15 +180,25 @@ class _Stream:
         self._flush()
         return True
 
+    def pace(self, stop_slot: int, stop_value: int, consumed_slot: int,
+             fd: int) -> token_loop.Pace:
+        """When the C token loop must come back for this stream: when the reader can take
+        the next event (``on_text`` would send it), Stop, or a request on ``fd``."""
+        wait = self._next_at - time.perf_counter() if self._interval else -1.0
+        return token_loop.Pace(stop_slot=stop_slot, stop_value=stop_value,
+                               consumed_slot=consumed_slot, sent=self._sent, wait=wait, fd=fd)
+
     def _drop(self) -> None:
-        self.dropped += len(self._held)
+        self.dropped += self._held_tokens
         self._held.clear()
+        self._held_tokens = 0
 
     def _flush(self) -> None:
         if not self._held:
             return
-        text, pieces = "".join(self._held), len(self._held)
+        text, pieces = "".join(self._held), self._held_tokens
         self._held.clear()
+        self._held_tokens = 0
         self._sent += 1
         if self._interval:
             self._next_at = time.perf_counter() + self._interval
@@ -210,12 +225,15 @@ class _Running:
 
 
 class _Host:
-    def __init__(self, send: _Sender, stop: Any, consumed: Any) -> None:
+    def __init__(self, send: _Sender, stop: Any, consumed: Any, requests_fd: int = -1) -> None:
         """``stop`` and ``consumed``: shared arrays, one slot per lane (the request id to stop;
-        the events of the lane's reply the parent has read)."""
+        the events of the lane's reply the parent has read); ``requests_fd``: the requests'
+        connection, for the C token loop to watch (-1: it comes back every
+        ``token_loop.MAX_SECONDS`` instead)."""
         self.send = send
         self.stop = stop
         self.consumed = consumed
+        self.requests_fd = requests_fd
         self.gen: Generator | None = None
         self.settings: LoadSettings | None = None
         self.template: str | None = None
@@ -364,7 +382,11 @@ class _Host:
         if not self.running or gen is None:
             return
         try:
-            gen.step([r.reply for r in self.running.values()])
+            if len(self.running) == 1:  # alone: in C where it can (Generator.run)
+                (running,) = self.running.values()
+                gen.run(running.reply, self._pace(running))
+            else:
+                gen.step([r.reply for r in self.running.values()])
         except MemoryError:
             log.error("generation ran out of memory")
             self._fail("The engine ran out of memory while generating; the reply is kept as "
@@ -376,6 +398,14 @@ class _Host:
             log.exception("generation failed")
             self._fail(f"Generation failed: {exc or type(exc).__name__}")
         self._answer_ended()
+
+    def _pace(self, running: _Running) -> token_loop.Pace:
+        """When the C token loop must come back for ``running``'s reader or a request."""
+        lane, slot = running.request.lane, ctypes.sizeof(ctypes.c_int64)
+        return running.stream.pace(ctypes.addressof(self.stop) + lane * slot,
+                                   running.request.request_id,
+                                   ctypes.addressof(self.consumed) + lane * slot,
+                                   self.requests_fd)
 
     def stop_all(self) -> None:
         """End every running reply as stopped (before an unload or a load)."""
@@ -466,7 +496,8 @@ def serve(requests: Connection, events: Connection, stop: Any, consumed: Any) ->
     root.setLevel(logging.INFO)
     sys.stderr = _StderrToLog()
     llama_log.install()
-    host = _Host(send, stop, consumed)
+    # the C token loop polls the connection itself where it can (not Windows' pipe handles)
+    host = _Host(send, stop, consumed, requests.fileno() if os.name == "posix" else -1)
     waiting = _request_waiting(requests)
     try:
         while True:

@@ -140,7 +140,7 @@ def test_the_next_turn_decodes_only_the_new_tokens_and_stays_close_to_a_fresh_ev
                 template, [chat_template.Message(m.role, m.content) for m in messages],
                 bos_token=gen.token_text(gen.bos), eos_token=gen.token_text(gen.eos))
 
-        gen.generate(gen.tokenize(render(first)), GREEDY, on_text=lambda _t: True)
+        gen.generate(gen.tokenize(render(first)), GREEDY, on_text=lambda *_: True)
         tokens = gen.tokenize(render(second))
 
         def next_token_logprobs() -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -206,7 +206,7 @@ def test_a_reply_takes_the_sequence_that_keeps_its_step_in_one_micro_batch(
     try:
         assert gen.n_seq == 4 and gen.n_ctx >= 256
         conversation = gen.tokenize("a conversation that goes on and on")
-        outcome = gen.generate(conversation, GREEDY, on_text=lambda _t: True)
+        outcome = gen.generate(conversation, GREEDY, on_text=lambda *_: True)
         assert outcome.generated_tokens > 0 and len(gen.cached(0)) > len(conversation)
         # a new prompt that shares only its first tokens with sequence 0 goes to an empty one
         other = conversation[:2] + gen.tokenize("something else entirely", add_special=False)
@@ -216,7 +216,7 @@ def test_a_reply_takes_the_sequence_that_keeps_its_step_in_one_micro_batch(
         assert gen.sequence_for(follow, busy=[1, 2]) == 0
         # while sequence 0 runs, a new reply takes sequence 1 (it holds another conversation)
         # rather than the empty 2: 0 and 1 then step in one micro-batch
-        gen.generate(other, GREEDY, on_text=lambda _t: True)  # sequence 0's cache: other
+        gen.generate(other, GREEDY, on_text=lambda *_: True)  # sequence 0's cache: other
         gen._caches[1] = list(follow)  # as if sequence 1 held the first conversation
         unrelated = gen.tokenize("a third prompt, unlike the others")
         assert gen.sequence_for(unrelated, busy=[0]) == 1
@@ -243,12 +243,12 @@ def test_replies_stepped_together_equal_each_reply_alone(tiny_model: Path, n_bat
         alone = []
         for p in prompts:
             gen.reset()
-            alone.append(gen.generate(p, GREEDY, on_text=lambda _t: True).text)
+            alone.append(gen.generate(p, GREEDY, on_text=lambda *_: True).text)
         gen.reset()
-        replies = [gen.begin(prompts[0], GREEDY, on_text=lambda _t: True, seq=2)]
+        replies = [gen.begin(prompts[0], GREEDY, on_text=lambda *_: True, seq=2)]
         for _ in range(5):  # the first runs alone for a while, then the others join
             gen.step(replies)
-        replies += [gen.begin(p, GREEDY, on_text=lambda _t: True, seq=s)
+        replies += [gen.begin(p, GREEDY, on_text=lambda *_: True, seq=s)
                     for p, s in ((prompts[1], 0), (prompts[2], 1))]
         while any(r.outcome is None for r in replies):
             gen.step(replies)
@@ -276,18 +276,18 @@ def test_a_reply_written_in_other_tokens_than_its_text_gives_is_not_decoded_agai
         assert written != gen.tokenize(reply, add_special=False)  # not the tokenizer's tokens
         # the cache now holds the prompt and the reply as the model "wrote" it
         gen.generate([*prompt, *written], Sampling(temperature=0.0, max_tokens=1),
-                     on_text=lambda _t: True)
+                     on_text=lambda *_: True)
         turn = "<|im_end|>\n<|im_start|>user\nAgain.<|im_end|>\n<|im_start|>assistant\n"
         tokens = gen.tokenize(SEA + reply + turn)
         assert tokens[:len(prompt) + len(written)] != [*prompt, *written]
-        again = gen.generate(tokens, GREEDY_8, on_text=lambda _t: True)
+        again = gen.generate(tokens, GREEDY_8, on_text=lambda *_: True)
         assert again.cached_tokens == len(prompt) + len(written)
         # only the new turn's tokens were decoded
         assert again.prompt_tokens - again.cached_tokens == len(gen.tokenize(turn, False))
         # ... and the reply is what a fresh evaluation of those tokens gives
         gen.reset()
         fresh = gen.generate([*prompt, *written, *gen.tokenize(turn, False)], GREEDY_8,
-                             on_text=lambda _t: True)
+                             on_text=lambda *_: True)
         assert fresh.cached_tokens == 0 and fresh.text == again.text
     finally:
         gen.close()
@@ -326,10 +326,10 @@ def test_penalties_on_the_top_candidates_sample_as_llama_cpps_chain(
     gen = Generator(LoadSettings(str(smollm2), n_ctx=2048, n_threads=2))
     try:
         prompt = gen.tokenize(SEA)
-        ours = gen.generate(prompt, sampling, on_text=lambda _t: True)
+        ours = gen.generate(prompt, sampling, on_text=lambda *_: True)
         gen.reset()
         gen._sampler = llama_cpps_chain  # type: ignore[method-assign]
-        reference = gen.generate(prompt, sampling, on_text=lambda _t: True)
+        reference = gen.generate(prompt, sampling, on_text=lambda *_: True)
     finally:
         gen.close()
     assert ours.generated_tokens == reference.generated_tokens > 32

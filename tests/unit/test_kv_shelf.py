@@ -34,7 +34,7 @@ def gen(tiny_model: Path, tmp_path: Path) -> Iterator[Generator]:
 def _reply(gen: Generator, text: str) -> tuple[list[int], str, int]:
     """(the prompt's tokens, the reply, how many prompt tokens came from the cache)."""
     tokens = gen.tokenize(text)
-    out = gen.generate(tokens, GREEDY, on_text=lambda _t: True)
+    out = gen.generate(tokens, GREEDY, on_text=lambda *_: True)
     return tokens, out.text, out.cached_tokens
 
 
