@@ -595,7 +595,9 @@ class Generator:
         self._caches[reply.seq].extend([token, *chunk.tokens][:chunk.decoded])
         reply.pos += chunk.decoded
         reply.pending = []
-        reply.take(chunk.tokens)  # their text went before the decode that failed, as in step
+        # their text is handed over before a failed decode's error, as step hands a token's
+        # text over before it decodes that token
+        reply.take(chunk.tokens)
         if chunk.end is token_loop.End.ERROR:
             self._decode_failed(chunk.status, [reply.seq], fail=reply.outcome is None)
         if reply.outcome is None and chunk.end is token_loop.End.STOP:

@@ -401,7 +401,7 @@ class _Host:
 
     def _pace(self, running: _Running) -> token_loop.Pace:
         """When the C token loop must come back for ``running``'s reader or a request."""
-        lane, slot = running.request.lane, ctypes.sizeof(ctypes.c_int64)
+        lane, slot = running.request.lane, ctypes.sizeof(ctypes.c_int64)  # arrays of 'q'
         return running.stream.pace(ctypes.addressof(self.stop) + lane * slot,
                                    running.request.request_id,
                                    ctypes.addressof(self.consumed) + lane * slot,
