@@ -21,6 +21,7 @@ import ctypes
 import enum
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -69,34 +70,28 @@ class Pace:
     fd: int = -1
 
 
-class _Loop:
-    def __init__(self, module: Any) -> None:
-        import llama_cpp.llama_cpp as bindings
-
-        lib = bindings._lib
-
-        def address(name: str) -> int:
-            value = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
-            if not value:
-                raise OSError(f"{name} has no address")
-            return value
-
-        module.init(*(address(name) for name in (
-            "llama_batch_ext_init", "llama_batch_ext_free", "llama_batch_ext_clear",
-            "llama_batch_ext_add_token", "llama_batch_ext_set_pos",
-            "llama_batch_ext_set_output_logits", "llama_process", "llama_sampler_sample",
-            "llama_vocab_is_eog")))
-        self.run = module.run
+# libllama's functions the C loop calls, in the order its init() takes them
+_FUNCTIONS = ("llama_batch_ext_init", "llama_batch_ext_free", "llama_batch_ext_clear",
+              "llama_batch_ext_add_token", "llama_batch_ext_set_pos",
+              "llama_batch_ext_set_output_logits", "llama_process", "llama_sampler_sample",
+              "llama_vocab_is_eog")
 
 
 @cache
-def _loop() -> _Loop | None:
+def _loop() -> Callable[..., tuple[list[int], int, int, int]] | None:
+    """The C loop's ``run``, given libllama's functions, or None where it cannot be used."""
     if os.environ.get("QUANTDESK_TOKEN_LOOP", "").lower() == "python":
         return None
     try:
+        import llama_cpp.llama_cpp as bindings
+
         from app.engine import _token_loop  # type: ignore[attr-defined]
 
-        return _Loop(_token_loop)
+        addresses = [ctypes.cast(getattr(bindings._lib, name), ctypes.c_void_p).value or 0
+                     for name in _FUNCTIONS]
+        _token_loop.init(*addresses)  # ValueError for one without an address
+        run: Callable[..., tuple[list[int], int, int, int]] = _token_loop.run
+        return run
     except (ImportError, OSError, AttributeError, ValueError) as exc:
         log.info("the token loop in C is not used (%s): generation runs in Python", exc)
         return None
@@ -118,7 +113,7 @@ def run(ctx: Any, sampler: Any, vocab: Any, *, token: int, pos: int, seq: int, b
     def pointer(handle: Any) -> int:
         return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
-    tokens, decoded, end, status = loop.run(
+    tokens, decoded, end, status = loop(
         pointer(ctx), pointer(sampler), pointer(vocab), token, pos, seq, budget, int(ignore_eog),
         pace.stop_slot, pace.stop_value, pace.consumed_slot, pace.sent,
         round(pace.wait * 1e9), round(MAX_SECONDS * 1e9), pace.fd)
