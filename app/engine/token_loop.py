@@ -3,9 +3,10 @@
 A reply's tokens after the first come from a loop of ``llama_decode`` and
 ``llama_sampler_sample``. In Python each turn of that loop costs 20-45 µs (the ctypes calls,
 the batch, the checks, and Python's working set gone cold during the decode): nothing for a 7B
-model's 50 ms token, but 10-15% of a token for a model that decodes in 250 µs (a small model,
-a GPU). The C loop runs the same calls with the same batch, sampler and context, and comes back
-to Python when there is something to do (``Chunk.end`` says what): the tokens' text, stop
+model's 50 ms token, but 10-15% of a token for a model that decodes in a few hundred µs (a
+small model, a GPU). The C loop decodes on the same context (through llama.cpp's extended
+batch, ``llama_process``, as its own tools do) and samples with the same sampler, and comes
+back to Python when there is something to do (``Chunk.end`` says what): the tokens' text, stop
 strings and events are Python's, as before (``Generator.run``).
 
 The extension is built by the package's install (``pyproject.toml``), optionally: without a C
@@ -40,7 +41,7 @@ class End(enum.IntEnum):
     BUDGET = 1  # the tokens asked for are sampled
     STOP = 2  # the stop slot asked to stop (after a decode, before the next sample)
     DUE = 3  # the reader can take an event, a request is waiting, or MAX_SECONDS passed
-    ERROR = 4  # llama_decode failed (``status``)
+    ERROR = 4  # a decode failed (``status``, as llama_decode's)
 
 
 @dataclass(frozen=True)
