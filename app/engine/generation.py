@@ -775,12 +775,13 @@ class Reply:
         return True
 
     def finish(self, reason: str, *, held: bool = True) -> None:
-        """End the reply: ``held`` hands over what was held back (a split character, the start
-        of a stop string that never came)."""
-        if held:
-            self._unsent += self._decoder.decode(b"", final=True)
-            if not self._emit(len(self._unsent)):
-                reason = "stopped"
+        """End the reply: ``held`` hands over what was held back (the start of a stop string
+        that never came). A character whose bytes were not all generated (the reply cut at its
+        length or by Stop between a character's tokens) is left out, as llama-server's stream
+        leaves it: a replacement character at the end says nothing to the reader."""
+        self._decoder.reset()
+        if held and not self._emit(len(self._unsent)):
+            reason = "stopped"
         ended = time.perf_counter()
         if self.prompting:
             self.prompt_seconds = ended - self.started

@@ -83,6 +83,29 @@ def test_characters_split_across_tokens_arrive_whole(host: ModelHost, reference_
     assert partial >= 2
 
 
+def test_a_reply_cut_between_a_characters_tokens_ends_with_the_characters_before(
+        host: ModelHost, reference_llm: Any) -> None:
+    # llama-cpp-python's own greedy tokens for the prompt: the first count of them whose
+    # bytes end inside a character
+    prompt = reference_llm.tokenize(JAPANESE.encode(), add_bos=True, special=False)
+    tokens: list[int] = []
+    for token in reference_llm.generate(prompt, temp=0.0, repeat_penalty=1.0):
+        tokens.append(token)
+        raw = reference_llm.detokenize(tokens)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        assert len(tokens) < 64, "no token of the reply ends inside a character"
+    reference_llm.reset()
+    cut = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=len(tokens))
+    pieces, done = _complete(host, JAPANESE, cut)
+    assert done.finish_reason == "length" and done.metrics.generated_tokens == len(tokens)
+    # the whole characters, and no replacement character for the one cut
+    assert done.text == raw.decode("utf-8", "ignore") == "".join(pieces)
+    assert "\ufffd" not in done.text
+
+
 def test_a_regenerated_reply_reuses_the_prompt_and_equals_the_first(host: ModelHost) -> None:
     first = [ChatMessage("user", "Name three colours.")]
     reply = list(host.chat_stream(first, GREEDY))[-1]
