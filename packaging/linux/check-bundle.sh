@@ -13,7 +13,15 @@ exe="$outside/$name/QuantDesk"
 home="$outside/home"
 mkdir -p "$home"
 
-env -i PATH=/usr/bin:/bin HOME="$home" QUANTDESK_HOME="$home/quantdesk" "$exe" --self-test
+report=$(env -i PATH=/usr/bin:/bin HOME="$home" QUANTDESK_HOME="$home/quantdesk" "$exe" --self-test)
+echo "$report"
+# The token loop's C extension is built optionally (an install without a compiler generates in
+# Python, slower on fast models): an installer is built where a compiler is, so it must have it.
+case "$report" in
+    *"token loop in C"*) ;;
+    *) echo "the bundle generates without the C token loop: app/engine/_token_loop.c did not build" >&2
+       exit 1 ;;
+esac
 
 total=$(du -sk "$outside/$name" | cut -f1)
 model=$(du -sk "$outside/$name"/_internal/models 2>/dev/null | cut -f1 || echo 0)
