@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
+from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any, NoReturn
 
+import jinja2
 from jinja2 import BaseLoader
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Environment
@@ -103,6 +106,7 @@ class _Meter:
         self.cancelled = cancelled
         self.deadline = time.monotonic() + budget.seconds
         self.ticks = 0
+        self.next_look = _CHECK_EVERY  # the trace event at which the clock is read next
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -121,11 +125,27 @@ class _Meter:
                 "broken or hostile; QuantDesk will not run it.")
 
     def trace(self, frame: FrameType, event: str, _arg: Any) -> Any:
-        """The trace function: 'call' events for every frame, 'line' events in template code."""
+        """The trace function: 'call' events for every frame, 'line' events in template code.
+
+        The clock is read every ``_CHECK_EVERY`` events, and only in the render's own frames
+        (the template's, Jinja's, this module's). Other code runs inside a render too: garbage
+        collector callbacks, finalizers, weak-reference callbacks. An error raised in theirs
+        would be printed and dropped, and Python would remove the trace function with it: the
+        template would then run on with no budget."""
         self.ticks += 1
-        if self.ticks % _CHECK_EVERY == 0:
+        file = frame.f_code.co_filename
+        if self.ticks >= self.next_look and _renders(file):
+            self.next_look = self.ticks + _CHECK_EVERY
             self.check_time()
-        return self.trace if frame.f_code.co_filename == _TEMPLATE_FILE else None
+        return self.trace if file == _TEMPLATE_FILE else None
+
+
+_JINJA_DIR = str(Path(jinja2.__file__).parent) + os.sep
+
+
+def _renders(file: str) -> bool:
+    """Whether code from ``file`` is part of rendering a template."""
+    return file in (_TEMPLATE_FILE, __file__) or file.startswith(_JINJA_DIR)
 
 
 def _size(value: object) -> int:

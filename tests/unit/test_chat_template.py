@@ -9,6 +9,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,6 +127,29 @@ def test_budget_leaves_no_trace_function_behind() -> None:
         render(RUNAWAY["a flood of small outputs"], MESSAGES, budget=RenderBudget(seconds=0.2))
     assert sys.gettrace() is None
     assert render(CHATML, MESSAGES).startswith("<|im_start|>system")
+
+
+def test_the_budget_stops_the_template_not_code_that_runs_beside_it() -> None:
+    """Other code runs inside a render: garbage collector callbacks (a test library's, a
+    profiler's), finalizers, weak-reference callbacks. The budget's error is raised in the
+    render's own frames only: raised in theirs, Python would print it, drop it and remove the
+    trace function, and the template would run on without a budget."""
+    import sys
+
+    meter = chat_template._Meter(RenderBudget(seconds=0.0), None)  # out of time already
+    time.sleep(0.001)
+
+    def beside() -> Any:  # a callback's frame, as the trace function sees it
+        return sys._getframe()
+
+    frame = beside()
+    for _ in range(10 * chat_template._CHECK_EVERY):
+        assert meter.trace(frame, "call", None) is None  # not traced further, not stopped
+    namespace: dict[str, Any] = {"sys": sys}
+    exec(compile("def root():\n    return sys._getframe()\n", "<template>", "exec"),
+         namespace)
+    with pytest.raises(chat_template._OverBudget, match="ran for more than 0 s"):
+        meter.trace(namespace["root"](), "line", None)  # the template's own next step
 
 
 # --- the budget: size ---------------------------------------------------------------------------
