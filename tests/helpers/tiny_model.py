@@ -5,11 +5,15 @@ are random, with one deliberate structure: dimension 0 of the residual stream is
 constant that no layer writes to, and the output rows of the control tokens (BOS, EOS, the
 ChatML markers) and of every byte outside printable ASCII point against it. So the model never
 samples a control token and always writes valid text, and generation runs to ``max_tokens``:
-tests of streaming and stopping get long replies on demand.
+tests of streaming and stopping get long replies on demand. Another vocabulary (``Vocabulary``:
+a real model's, as ``bench/shaped_model.py`` gives a large model's layers SmolLM2's) keeps the
+same structure: only the tokens it marks as text are ever sampled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -22,6 +26,41 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CONTROL_TOKENS = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A model's tokenizer: ``write`` adds its ``tokenizer.*`` keys to a GGUF writer; ``text``
+    says for each token whether the model may write it."""
+
+    write: Callable[[gguf.GGUFWriter], None]
+    text: np.ndarray
+
+
+def byte_vocabulary(chat_template: str | None = CHATML_TEMPLATE) -> Vocabulary:
+    """SentencePiece-style: the control tokens and 256 byte tokens; text is printable ASCII
+    and newlines."""
+    tokens = list(CONTROL_TOKENS) + [f"<0x{i:02X}>" for i in range(256)]
+    types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4 + [gguf.TokenType.BYTE] * 256
+    n_control = len(CONTROL_TOKENS)
+    text = np.zeros(len(tokens), dtype=bool)
+    text[[n_control + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]] = True
+
+    def write(writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores([0.0] * len(tokens))
+        writer.add_token_types([int(t) for t in types])
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
+
+    return Vocabulary(write, text)
 
 
 def write_tiny_llama(
@@ -37,12 +76,13 @@ def write_tiny_llama(
     f16: bool = False,
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "tiny-random-llama",
+    vocabulary: Vocabulary | None = None,
 ) -> Path:
-    """Write the model to ``path`` and return it. ``f16`` stores the matrices as F16."""
+    """Write the model to ``path`` and return it. ``f16`` stores the matrices as F16;
+    ``vocabulary`` replaces the byte vocabulary (``chat_template`` is then its business)."""
     rng = np.random.default_rng(seed)
-    tokens = list(CONTROL_TOKENS) + [f"<0x{i:02X}>" for i in range(256)]
-    types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4 + [gguf.TokenType.BYTE] * 256
-    n_vocab = len(tokens)
+    vocab = vocabulary or byte_vocabulary(chat_template)
+    n_vocab = len(vocab.text)
     head_dim = n_embd // n_head
     mat_dtype = np.float16 if f16 else np.float32
 
@@ -58,18 +98,7 @@ def write_tiny_llama(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * n_vocab)
-    writer.add_token_types([int(t) for t in types])
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
+    vocab.write(writer)
 
     def mat(rows: int, cols: int, scale: float) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
@@ -78,9 +107,7 @@ def write_tiny_llama(
     embd[:, 0] = 4.0  # the constant, positive residual dimension
     output = mat(n_vocab, n_embd, 1.0)
     output[:, 0] = 0.0
-    n_control = len(CONTROL_TOKENS)
-    printable = [n_control + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]
-    banned = np.setdiff1d(np.arange(n_vocab), printable)
+    banned = ~vocab.text
     output[banned] = 0.0
     output[banned, 0] = -50.0  # control tokens and non-text bytes: always far below the rest
 
