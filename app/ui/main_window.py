@@ -10,6 +10,7 @@ from PySide6.QtGui import QCloseEvent, QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
+    QListWidgetItem,
     QMainWindow,
     QStackedWidget,
     QVBoxLayout,
@@ -79,6 +80,7 @@ class MainWindow(QMainWindow):
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.sidebar.itemClicked.connect(self._page_clicked)
         self.sidebar.setCurrentRow(0)
 
         self.resume_banner = ResumeBanner(store)
@@ -146,6 +148,15 @@ class MainWindow(QMainWindow):
         self.chat_page.model_bar.select(Path(path))
         self.chat_page.load_model(path)
         self.show_page("Chat")
+        self.chat_page.composer.setFocus()
+
+    def _page_clicked(self, _item: QListWidgetItem) -> None:
+        """Chat opened with the mouse takes the keyboard in its message box: what is typed
+        next is the message. Left in the sidebar, each letter would jump to the page whose
+        name starts with it (typing "Say hello" opened Server). Moving through the sidebar
+        with the arrow keys leaves the keyboard there."""
+        if self.pages.currentWidget() is self.chat_page:
+            self.chat_page.composer.setFocus()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop serving, save a reply in progress and the settings, end the engine."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from app.core.hardware import HardwareProfile
@@ -87,3 +90,27 @@ def test_embedded_model_loads_on_first_start(qtbot: QtBot, smollm2: Path,
     assert window.chat_page.model_bar.current_path() == str(smollm2)
     assert "SmolLM2" in window.chat_page.model_bar.picker.currentText()
     qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+
+
+@pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
+def test_clicking_chat_then_typing_writes_the_message(qtbot: QtBot, smollm2: Path,
+                                                      make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
+    qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+    with qtbot.waitActive(window):
+        window.show()
+        window.activateWindow()
+    sidebar = window.sidebar
+    chat = sidebar.findItems("Chat", Qt.MatchFlag.MatchExactly)[0]
+    qtbot.mouseClick(sidebar.viewport(), Qt.MouseButton.LeftButton,
+                     pos=sidebar.visualItemRect(chat).center())
+    assert window.pages.currentWidget() is window.chat_page
+    assert QApplication.focusWidget() is window.chat_page.composer
+    qtbot.keyClicks(QApplication.focusWidget(), "Say hello")
+    # the message box has the text; the sidebar did not jump to "Server" on the "S"
+    assert window.chat_page.composer.toPlainText() == "Say hello"
+    assert window.pages.currentWidget() is window.chat_page
+    # the arrow keys in the sidebar still move through it
+    sidebar.setFocus()
+    qtbot.keyClick(sidebar, Qt.Key.Key_Up)
+    assert window.pages.currentWidget() is window.models_page and sidebar.hasFocus()
