@@ -779,7 +779,6 @@ class Reply:
         that never came). A character whose bytes were not all generated (the reply cut at its
         length or by Stop between a character's tokens) is left out, as llama-server's stream
         leaves it: a replacement character at the end says nothing to the reader."""
-        self._decoder.reset()
         if held and not self._emit(len(self._unsent)):
             reason = "stopped"
         ended = time.perf_counter()

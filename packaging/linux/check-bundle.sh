@@ -13,8 +13,11 @@ exe="$outside/$name/QuantDesk"
 home="$outside/home"
 mkdir -p "$home"
 
-report=$(env -i PATH=/usr/bin:/bin HOME="$home" QUANTDESK_HOME="$home/quantdesk" "$exe" --self-test)
+status=0
+report=$(env -i PATH=/usr/bin:/bin HOME="$home" QUANTDESK_HOME="$home/quantdesk" "$exe" --self-test) ||
+    status=$?
 echo "$report"
+[ "$status" -eq 0 ] || exit "$status"
 # The token loop's C extension is built optionally (an install without a compiler generates in
 # Python, slower on fast models): an installer is built where a compiler is, so it must have it.
 case "$report" in
