@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from app.core import paths
+from app.core.embedded import DISPLAY_NAME
 from app.core.settings import Settings
 from app.ui.main_window import MainWindow
 from app.ui.pages.models import COLUMNS, ModelsPage
@@ -47,6 +48,16 @@ def test_library_lists_models_with_fit_badges(qtbot: QtBot, tiny_model: Path, sm
     assert _column(window, "Fit") == ["Fits in RAM"]  # this machine has no GPU
     fit_item = page.table.item(0, COLUMNS.index("Fit"))
     assert "Runs on the CPU" in fit_item.toolTip()
+
+
+def test_the_embedded_model_goes_by_the_name_the_rest_of_the_app_uses(
+        qtbot: QtBot, smollm2: Path, make_window: MakeWindow) -> None:
+    window = make_window(smollm2)
+    page = window.models_page
+    qtbot.waitUntil(lambda: page.embedded_info is not None, timeout=30_000)
+    assert page.embedded_info is not None and page.embedded_info.name != DISPLAY_NAME
+    assert page.embedded_card.title.text() == f"Embedded model: {DISPLAY_NAME}"
+    assert window.server_page.model.itemText(0) == DISPLAY_NAME
 
 
 def test_open_in_chat_loads_the_model(qtbot: QtBot, tiny_model: Path, smollm2: Path,

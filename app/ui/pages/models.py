@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core import load_stats, memory, paths, store_reads
+from app.core.embedded import DISPLAY_NAME
 from app.core.gguf_info import ModelInfo, read_model_info
 from app.core.hardware import HardwareProfile
 from app.core.library import Library, LibraryEntry, removal_plan, remove
@@ -175,7 +176,9 @@ class ModelsPage(QWidget):
 
     def _show_embedded(self, info: ModelInfo) -> None:
         self.embedded_info = info
-        self.embedded_card.title.setText(f"Embedded model: {info.name or info.path.stem}")
+        # the name the wizard, the chat and the server use, not the file's training-run name
+        # (SmolLM2's says "Smollm2 135M 8k Lc100K Mix1 Ep2")
+        self.embedded_card.title.setText(f"Embedded model: {DISPLAY_NAME}")
         self._describe_embedded()
         self.model_inspected.emit(info)
 
