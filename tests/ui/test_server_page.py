@@ -81,6 +81,29 @@ def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
 
 
 
+def test_the_page_offers_the_loaded_model_until_one_is_chosen_here(
+        qtbot: QtBot, tiny_model: Path, tiny_model_f16: Path,
+        engines: list[EngineClient]) -> None:
+    from app.engine.protocol import LoadSettings
+
+    page, engine = _page(qtbot, tiny_model, engines)
+    # the chat (or the wizard's "Chat with it") loads a model: the page offers it
+    with qtbot.waitSignal(engine.loaded, timeout=30_000):
+        engine.load(LoadSettings(str(tiny_model_f16), n_ctx=512, n_threads=1))
+    assert page.model.currentData() == str(tiny_model_f16)
+    loads: list[object] = []
+    engine.loaded.connect(loads.append)
+    _start(qtbot, page)  # serves what is loaded: no reload
+    assert not loads and f"Serving {tiny_model_f16.name} at " in page.status.text()
+    page.stop()
+    # a model chosen here stays chosen when the chat loads another
+    page.model.setCurrentIndex(page.model.findData(str(tiny_model)))
+    page.model.activated.emit(page.model.currentIndex())  # as a click in the list does
+    with qtbot.waitSignal(engine.loaded, timeout=30_000):
+        engine.load(LoadSettings(str(tiny_model_f16), n_ctx=256, n_threads=1))
+    assert page.model.currentData() == str(tiny_model)
+
+
 def test_replies_at_once_reloads_the_model_with_that_many_sequences(
         qtbot: QtBot, tiny_model: Path, engines: list[EngineClient]) -> None:
     page, engine = _page(qtbot, tiny_model, engines)

@@ -96,9 +96,15 @@ class ServerPage(QWidget):
             self.model.addItem(embedded_name or embedded_model.stem, str(embedded_model))
         if settings.default_model and settings.default_model != str(embedded_model):
             self.add_model(Path(settings.default_model))
+        # Until a model is chosen here (or was served last), the page offers the model the
+        # engine has loaded: the chat's, or the one the wizard just opened in chat. Serving it
+        # needs no reload, and serving another would switch the chat's model too.
+        self._chosen = False
         if settings.server_model and Path(settings.server_model).is_file():
             self.add_model(Path(settings.server_model))  # the model served last
             self.model.setCurrentIndex(self.model.findData(settings.server_model))
+            self._chosen = True
+        self.model.activated.connect(self._model_chosen)
         row.addWidget(text_label("Model", selectable=False))
         row.addWidget(self.model, 1)
         self.host = QComboBox()
@@ -264,12 +270,18 @@ class ServerPage(QWidget):
 
     # --- state --------------------------------------------------------------------------------
 
+    def _model_chosen(self, _index: int) -> None:
+        self._chosen = True
+
     def _model_loaded(self, loaded: Loaded) -> None:
         pending = self._pending
         if pending is not None and Path(loaded.path) == Path(self.model.currentData() or ""):
             self._serve(pending)
         elif self.runner is not None:  # the chat loaded another model: the server now serves it
             self._show_serving()
+        elif pending is None and not self._chosen:
+            self.add_model(Path(loaded.path))
+            self.model.setCurrentIndex(self.model.findData(loaded.path))
 
     def _show_serving(self) -> None:
         """Which model answers, and where: one engine serves the chat and the clients, so a
