@@ -75,6 +75,7 @@ def test_a_model_loaded_by_the_chat_is_what_the_page_says_it_serves(
     engine.load(LoadSettings(str(tiny_model_f16), n_ctx=512))
     qtbot.waitUntil(lambda: tiny_model_f16.name in page.status.text(), timeout=30_000)
     assert "Chat page loaded it" in page.status.text()
+    assert f'"model": "{tiny_model_f16.stem}"' in page.examples.toPlainText()
     models = httpx.get(f"{page.address.text()}/models", timeout=10).json()
     assert models["data"][0]["id"] == tiny_model_f16.stem  # what the page says is true
     page.stop()
@@ -91,6 +92,10 @@ def test_the_page_offers_the_loaded_model_until_one_is_chosen_here(
     with qtbot.waitSignal(engine.loaded, timeout=30_000):
         engine.load(LoadSettings(str(tiny_model_f16), n_ctx=512, n_threads=1))
     assert page.model.currentData() == str(tiny_model_f16)
+    assert f'"model": "{tiny_model_f16.stem}"' in page.examples.toPlainText()
+    page.port.setValue(8123)  # the address shown is the one Start would use
+    assert page.address.text() == "http://127.0.0.1:8123/v1"
+    page.port.setValue(0)
     loads: list[object] = []
     engine.loaded.connect(loads.append)
     _start(qtbot, page)  # serves what is loaded: no reload

@@ -173,6 +173,11 @@ class ServerPage(QWidget):
         self._timer.timeout.connect(self.refresh_log)
         engine.loaded.connect(self._model_loaded)
         engine.load_failed.connect(self._load_failed)
+        # the address and examples follow what Start would serve
+        self.model.currentIndexChanged.connect(self._show_address)
+        self.host.currentTextChanged.connect(self._show_address)
+        self.port.valueChanged.connect(self._show_address)
+        self.api_key.textChanged.connect(self._show_address)
         self._show_address()
 
     # --- intent -------------------------------------------------------------------------------
@@ -279,6 +284,7 @@ class ServerPage(QWidget):
             self._serve(pending)
         elif self.runner is not None:  # the chat loaded another model: the server now serves it
             self._show_serving()
+            self._show_address()
         elif pending is None and not self._chosen:
             self.add_model(Path(loaded.path))
             self.model.setCurrentIndex(self.model.findData(loaded.path))
@@ -313,10 +319,13 @@ class ServerPage(QWidget):
         self.status.setText(text)
         set_role(self.status, role)
 
-    def _show_address(self) -> None:
+    def _show_address(self, *_: object) -> None:
         config = self.runner.config if self.runner else self.config()
         url = self.runner.base_url if self.runner else config.base_url()
-        path = self.model.currentData()
+        # the id the server answers with: the loaded model's while serving (the chat may have
+        # loaded another), else the one chosen here
+        current = self.engine.current if self.runner else None
+        path = current.path if current is not None else self.model.currentData()
         model_id = Path(path).stem if path else "model"
         self.address.setText(url)
         self.examples.setPlainText(examples(url, model_id, config.api_key))
