@@ -550,7 +550,9 @@ def _variant(path: Path, out: dict[str, Any], reference: bool) -> VariantResult:
     info = read_model_info(path)
     return VariantResult(
         path=str(path), name=path.stem, quant=info.file_type or "?", size=info.file_size,
-        bits_per_weight=info.file_size * 8 / max(info.n_params, 1), fingerprint=fingerprint(path),
+        # the tensors' bits, as llama.cpp's BPW and the Models page and wizard count them (the
+        # file's metadata and vocabulary left out)
+        bits_per_weight=info.bits_per_weight, fingerprint=fingerprint(path),
         load_seconds=out["load_seconds"], peak_rss=out["peak_rss"], quality=_quality(out),
         speed=out["speed"], is_reference=reference)
 

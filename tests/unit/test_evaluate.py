@@ -78,6 +78,7 @@ def test_the_reference_against_itself_scores_zero(tiny_model: Path) -> None:
     assert same.quality.same_top == 1.0
     assert ref.quality.tokens_scored == 3 * 63  # second half of each chunk, minus the last
     assert math.isfinite(ref.quality.ppl) and ref.quality.ppl_error > 0
+    assert ref.bits_per_weight == 32.0  # F32 tensors, as llama.cpp counts BPW
 
 
 def test_smollm2_quantizations_order_as_expected(smollm2_f16: Path, tmp_path: Path) -> None:
