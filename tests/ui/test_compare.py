@@ -69,6 +69,20 @@ def test_stored_comparison_shows_rows_charts_and_recommendation(
         panel.recommendation.text()
     panel.budget.setValue(5.0)
     assert "tiny-Q2_K" in panel.recommendation.text()  # the smallest now fits the budget
+    # the new-evaluation form is folded while a comparison is shown, and opens on request
+    assert not panel.form.isVisibleTo(panel) and not panel.new_button.isChecked()
+    panel.new_button.click()
+    assert panel.form.isVisibleTo(panel)
+    panel.new_button.click()
+    assert not panel.form.isVisibleTo(panel)
+
+
+def test_with_no_comparison_yet_the_page_opens_on_the_form(qtbot: QtBot,
+                                                           store: Storage) -> None:
+    page = QuantizeComparePage(store)
+    qtbot.addWidget(page)
+    assert page.compare.stored.count() == 0
+    assert page.compare.form.isVisibleTo(page.compare) and page.compare.new_button.isChecked()
 
 
 def test_exports_contain_the_numbers(qtbot: QtBot, store: Storage,
@@ -109,6 +123,24 @@ def test_quantize_panel_makes_variants_and_hands_them_to_compare(
     assert page.tabs.currentWidget() is page.compare
     assert page.compare.candidates.count() == 2
     assert page.compare.reference.text() == str(tiny_model_f16)
+    assert page.compare.form.isVisibleTo(page.compare)  # filled in, and in view
+
+
+def test_an_evaluation_run_from_the_form_opens_its_comparison(
+        qtbot: QtBot, store: Storage, tiny_model: Path, tiny_evaluation: Evaluation) -> None:
+    page = QuantizeComparePage(store)
+    qtbot.addWidget(page)
+    panel = page.compare
+    panel.prefill(str(tiny_model), [tiny_evaluation.candidates[0].path])
+    panel.chunks.setValue(1)
+    panel.start()
+    assert panel.running and panel.form.isVisibleTo(panel)
+    panel.new_button.click()  # folding it while it runs keeps its progress in view
+    assert panel.form.isVisibleTo(panel)
+    qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
+    assert panel.status.text() == "Done; the comparison is saved.", panel.status.text()
+    assert panel.stored.count() == 1 and panel.table.rowCount() == 2
+    assert not panel.form.isVisibleTo(panel)  # the result, with the room to read it
 
 
 def test_quantize_panel_reports_a_bad_source(qtbot: QtBot, store: Storage,

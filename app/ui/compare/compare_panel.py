@@ -46,7 +46,9 @@ class ComparePanel(QWidget):
         self.table_rows: list[dict[str, Any]] = []
         layout = QVBoxLayout(self)
 
-        form = Card("New evaluation")
+        # The form folds away while a comparison is looked at (its table, charts and A/B chat
+        # need the height); "New evaluation" opens it, as does a job running or being prefilled.
+        self.form = form = Card("New evaluation")
         ref_row = QHBoxLayout()
         self.reference = QLineEdit()
         self.reference.setPlaceholderText("Reference: the highest-precision file (F16, Q8_0)")
@@ -91,9 +93,13 @@ class ComparePanel(QWidget):
         self.status = text_label("", "Muted")
         form.body.addWidget(self.progress)
         form.body.addWidget(self.status)
-        layout.addWidget(form)
 
         top = QHBoxLayout()
+        self.new_button = QPushButton("New evaluation")
+        self.new_button.setCheckable(True)
+        self.new_button.setToolTip("Measure quantizations against their reference")
+        self.new_button.toggled.connect(self._show_form)
+        top.addWidget(self.new_button)
         self.stored = name_combo(30)
         self.stored.currentIndexChanged.connect(self._open_stored)
         top.addWidget(text_label("Comparison:"))
@@ -112,6 +118,7 @@ class ComparePanel(QWidget):
             button.clicked.connect(slot)
             top.addWidget(button)
         layout.addLayout(top)
+        layout.addWidget(form)  # below its button, which stays where it is
         self.recommendation = text_label("", "CardTitle")
         layout.addWidget(self.recommendation)
         self.votes = text_label("", "Muted")
@@ -134,6 +141,7 @@ class ComparePanel(QWidget):
         self.tabs.addTab(self.ab_chat, "A/B chat")
         layout.addWidget(self.tabs, 1)
         self.reload()
+        self._show_form(self.stored.count() == 0)  # nothing to look at yet: start here
 
     # ------------------------------------------------------------------ inputs
 
@@ -153,6 +161,21 @@ class ComparePanel(QWidget):
         self.candidates.clear()
         for c in candidates:
             self.candidates.addItem(c)
+        self._show_form(True)
+
+    @property
+    def running(self) -> bool:
+        """An evaluation started here has not ended yet (its thread may linger a moment after
+        its last signal: the buttons tell)."""
+        return self.cancel_button.isEnabled()
+
+    def _show_form(self, on: bool) -> None:
+        """Open or fold the form; it stays open while its job runs (the progress is there)."""
+        on = on or self.running
+        self.form.setVisible(on)
+        self.new_button.blockSignals(True)
+        self.new_button.setChecked(on)
+        self.new_button.blockSignals(False)
 
     # ------------------------------------------------------------------ evaluation job
 
@@ -193,6 +216,7 @@ class ComparePanel(QWidget):
         if isinstance(result, ev.RunFinished):
             self.status.setText("Done; the comparison is saved.")
             self.reload(select=int(result.outputs["summary"]["evaluation_id"]))
+            self._show_form(False)  # the new comparison, with the room to read it
 
     def _stopped(self, message: str) -> None:
         self.run_button.setEnabled(True)
@@ -244,6 +268,7 @@ class ComparePanel(QWidget):
         """Show the stored evaluation's A/B chat with ``first`` and ``second`` (model paths)
         chosen."""
         self.reload(select=evaluation_id)
+        self._show_form(False)
         self.tabs.setCurrentWidget(self.ab_chat)
         for combo, path in ((self.ab_chat.first, first), (self.ab_chat.second, second)):
             index = combo.findText(Path(path).stem)
