@@ -85,6 +85,8 @@ def page(qtbot: QtBot, hub: FakeHub) -> ModelsPage:
 
 def test_search_pick_and_download_lands_in_the_library(qtbot: QtBot, page: ModelsPage) -> None:
     discover = page.discover
+    assert "Search Hugging Face" in discover.status.text()  # where to start
+    assert not discover.download_button.isEnabled()  # nothing to download yet
     discover.query.setText("smollm2")
     with qtbot.waitSignal(discover.searched, timeout=10_000) as blocker:
         discover.search_button.click()
@@ -93,7 +95,9 @@ def test_search_pick_and_download_lands_in_the_library(qtbot: QtBot, page: Model
         discover.results.itemClicked.emit(discover.results.item(0))
     quants = [discover.files.item(r, 0).text() for r in range(discover.files.rowCount())]
     assert quants == ["Q8_0", "Q4_K_M"]
+    assert not discover.download_button.isEnabled()  # a repo, but no quantization picked
     discover.files.selectRow(1)
+    assert discover.download_button.isEnabled()
     with qtbot.waitSignal(page.library_scanned, timeout=20_000):
         discover.download_button.click()
     target = paths.models_dir() / "bartowski" / "SmolLM2-135M-Instruct-GGUF" / \
@@ -112,7 +116,7 @@ def test_cancel_from_the_ui(qtbot: QtBot, page: ModelsPage, hub: FakeHub) -> Non
     discover.files.selectRow(0)
     discover.download_button.click()
     qtbot.waitUntil(lambda: discover.progress.value() > 0, timeout=10_000)
-    assert discover.job is not None
+    assert discover.job is not None and not discover.download_button.isEnabled()
     job = discover.job
     with qtbot.waitSignal(job.cancelled, timeout=10_000):
         discover.cancel_button.click()

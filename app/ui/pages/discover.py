@@ -96,7 +96,9 @@ class DiscoverView(QWidget):
         self.token_button.clicked.connect(self._edit_token)
         row.addWidget(self.token_button)
         layout.addLayout(row)
-        self.status = QLabel()
+        self.status = QLabel("Search Hugging Face for a model by name (qwen2.5 7b, say), or "
+                             "pick one on the Recommended tab. Its quantizations are then listed "
+                             "with what each needs on this machine.")
         self.status.setWordWrap(True)
         self.status.setObjectName("Muted")
         layout.addWidget(self.status)
@@ -133,6 +135,7 @@ class DiscoverView(QWidget):
 
         bar = QHBoxLayout()
         self.download_button = QPushButton("Download")
+        self.download_button.setEnabled(False)  # until a quantization is picked
         self.download_button.clicked.connect(self._download_clicked)
         bar.addWidget(self.download_button)
         self.progress = QProgressBar()
@@ -334,7 +337,14 @@ class DiscoverView(QWidget):
         rows = self.files.selectionModel().selectedRows()
         return self.fits.get(rows[0].row()) if rows else None
 
+    def _update_download_button(self) -> None:
+        """Download offers itself once there is a quantization to download and no download
+        running."""
+        chosen = self.repo is not None and bool(self.files.selectionModel().selectedRows())
+        self.download_button.setEnabled(chosen and self.job is None)
+
     def _show_detail(self) -> None:
+        self._update_download_button()
         rows = self.files.selectionModel().selectedRows()
         if self.repo is None or not rows:
             self.detail.setText("Pick a quantization to see what it needs on this machine.")
@@ -437,7 +447,7 @@ class DiscoverView(QWidget):
             self.job.pause()
 
     def _set_downloading(self, on: bool) -> None:
-        self.download_button.setEnabled(not on)
+        self._update_download_button()
         self.pause_button.setEnabled(on)
         self.cancel_button.setEnabled(on)
         self.pause_button.setText("Pause")
