@@ -140,7 +140,9 @@ def test_recommended_lists_models_and_finds_their_files(qtbot: QtBot, page: Mode
     assert recs and page.recommended.table.rowCount() == len(recs)
     assert "Memory bandwidth: CPU" in page.recommended.summary.text()
     row = next(i for i, r in enumerate(recs) if r.model.gguf_repo == REPO)
+    assert not page.recommended.find_button.isEnabled()  # no model picked yet
     page.recommended.table.selectRow(row)
+    assert page.recommended.find_button.isEnabled()
     with qtbot.waitSignal(page.discover.files_listed, timeout=10_000):
         page.recommended.find_button.click()
     assert page.tabs.currentWidget() is page.discover

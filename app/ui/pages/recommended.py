@@ -86,6 +86,8 @@ class RecommendedView(QWidget):
         row = QHBoxLayout()
         row.addStretch()
         self.find_button = QPushButton("Find its files")
+        self.find_button.setToolTip("List the model's quantizations on Hugging Face (Discover)")
+        self.find_button.setEnabled(False)  # until a model is picked
         self.find_button.clicked.connect(self._find)
         row.addWidget(self.find_button)
         layout.addLayout(row)
@@ -152,7 +154,9 @@ class RecommendedView(QWidget):
 
     def _show_reason(self) -> None:
         rows = self.table.selectionModel().selectedRows()
-        if rows and rows[0].row() < len(self.recommendations):
+        picked = bool(rows) and rows[0].row() < len(self.recommendations)
+        self.find_button.setEnabled(picked)
+        if picked:
             r = self.recommendations[rows[0].row()]
             self.reason.setText(f"{r.model.name} {r.reason}")
 
