@@ -1,16 +1,18 @@
 """Does the UI stay responsive while a reply streams at full speed, and how fast does the reply
 reach it?
 
-The chat page streams a long reply twice, in the window's own event loop. The first time a
-5 ms heartbeat QTimer runs in the GUI process; the stall is how late each beat fires beyond its
-interval. The second time nothing else runs, and the speed at which the reply reaches the page
-is compared with llama.cpp's decode rate (llama-bench, same length): the heartbeat's 200
-wake-ups a second take a core from llama.cpp's threads on a small machine, so the speed is
-measured without it. Run on the tiny model (thousands of tokens a second: the worst case for
-the UI) and on SmolLM2 (a real model's pace), each in a fresh process. Targets: the maximum
-stall stays under 50 ms; the tiny model's reply reaches the page at 0.9 of llama.cpp's rate
-(issue 17). Also shown: the GUI process's CPU use while streaming (on a small machine it
-competes with llama.cpp's threads).
+The chat page (with the app's stylesheet) streams a long reply, in the window's own event loop,
+while a 5 ms heartbeat QTimer runs in the GUI process; the stall is how late each beat fires
+beyond its interval. Then it streams the reply again ROUNDS times with nothing else running,
+each right after a llama-bench run of the same length (llama.cpp's decode rate, the model
+loaded the same way): the heartbeat's 200 wake-ups a second take a core from llama.cpp's
+threads on a small machine, so the speed is measured without it, and each reply is set
+against the llama.cpp run beside it, so the machine's drift over a minute does not land on one
+side. The ratio shown is the median of the rounds. Run on the tiny model (thousands of tokens
+a second: the worst case for the UI) and on SmolLM2 (a real model's pace), each in a fresh
+process. Targets: the maximum stall stays under 50 ms; the tiny model's reply reaches the page
+at 0.9 of llama.cpp's rate (issue 17). Also shown: the GUI process's CPU use while streaming
+(on a small machine it competes with llama.cpp's threads).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.ui_responsiveness
 """
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -42,10 +45,12 @@ from app.core.settings import Settings
 from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
 from app.ui.chat.chat_page import ChatPage
+from app.ui.main import apply_style
 from tests.helpers.tiny_model import write_tiny_llama
 
 BEAT_MS = 5
 N_CTX = 4096  # the chat's context in this bench
+ROUNDS = 3  # replies timed against llama-bench, each beside its own llama-bench run
 
 
 def run_until(signal: object, timeout: float) -> list[object]:
@@ -66,7 +71,7 @@ def run_until(signal: object, timeout: float) -> list[object]:
     return got
 
 
-def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, float]:
+def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, Any]:
     engine = EngineClient()
     page = ChatPage(Storage(), engine, Settings(max_tokens=max_tokens, n_ctx=N_CTX), model)
     page.resize(1000, 700)
@@ -81,11 +86,23 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, float]
     stream(page)  # with the heartbeat: the stalls
     timer.stop()
     gaps = [(b - a) * 1000 - BEAT_MS for a, b in itertools.pairwise(beats)]
-    page.new_conversation()
-    result = stream(page)  # alone: the speed
+    rounds: list[dict[str, float]] = []
+    llamas: list[float] = []
+    for _ in range(ROUNDS):  # alone: the speed, each beside llama.cpp's
+        llama = llama_decode_rate(model, max_tokens, 48, repetitions=1)
+        page.new_conversation()
+        rounds.append(stream(page))
+        if llama is not None:
+            llamas.append(llama)
     page.shutdown()
     page.close()
-    return result | {"max_stall_ms": max(gaps),
+    result: dict[str, Any] = {key: statistics.median(r[key] for r in rounds)
+                              for key in ("tokens", "events", "tok/s", "decode", "gui_cpu")}
+    ratios = [r["tok/s"] / llama for r, llama in zip(rounds, llamas, strict=False)]
+    return result | {"llama": statistics.median(llamas) if llamas else None,
+                     "ratio": statistics.median(ratios) if ratios else None,
+                     "ratios": ratios,
+                     "max_stall_ms": max(gaps),
                      "p99_stall_ms": statistics.quantiles(gaps, n=100)[98],
                      "median_stall_ms": statistics.median(gaps)}
 
@@ -115,13 +132,16 @@ def stream(page: ChatPage) -> dict[str, float]:
 def child(model: str, max_tokens: int) -> None:
     """Measure one model in this (fresh) process and print the result as JSON."""
     app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    apply_style(app)  # painted as the app paints it: the stylesheet decides what a frame costs
     print(json.dumps(measure(app, Path(model), max_tokens)), flush=True)
     os._exit(0)  # skip interpreter teardown: nothing left to save
 
 
-def llama_decode_rate(model: Path, tokens: int, depth: int) -> float | None:
+def llama_decode_rate(model: Path, tokens: int, depth: int, repetitions: int = 3
+                      ) -> float | None:
     """llama.cpp's own generation rate (llama-bench tg of ``tokens`` after ``depth`` tokens of
-    context, median of 3), or None without the tool."""
+    context, the mean of ``repetitions``), or None without the tool."""
     from bench._llama_tools import engine_flash_attn, run_timed, tool
 
     exe = tool("llama-bench")
@@ -129,7 +149,8 @@ def llama_decode_rate(model: Path, tokens: int, depth: int) -> float | None:
         return None
     fa = engine_flash_attn(model, N_CTX)
     _, out = run_timed([str(exe), "-m", str(model), "-t", "2", "-fa", fa,
-                        "-p", "0", "-n", str(tokens), "-d", str(depth), "-r", "3", "-o", "json"])
+                        "-p", "0", "-n", str(tokens), "-d", str(depth), "-r", str(repetitions),
+                        "-o", "json"])
     return float(json.loads(out[out.index("["):out.rindex("]") + 1])[0]["avg_ts"])
 
 
@@ -146,18 +167,18 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-m", "bench.ui_responsiveness", "--child",
                               str(model), str(max_tokens)], capture_output=True, text=True,
                              check=True)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        # the prompt is the template around one short message: ~30-60 tokens of depth
-        result["llama"] = llama_decode_rate(model, max_tokens, 48)
-        rows.append((name, result))
+        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
     print(f"stall = lateness of a {BEAT_MS} ms heartbeat while a reply streams; speed, events "
-          "and GUI CPU from a second reply streamed without it")
+          f"and GUI CPU: medians of {ROUNDS} replies streamed without it, each right after a "
+          "llama-bench run of the same length (ratio: the median of each reply's against its "
+          "run)")
     print("| model | tokens (events) | tok/s seen by the UI | llama-bench tg (same length) "
-          "| ratio | engine decode tok/s | GUI CPU | median stall ms | p99 stall ms "
+          "| ratio (rounds) | engine decode tok/s | GUI CPU | median stall ms | p99 stall ms "
           "| max stall ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         base = r["llama"]
-        ratio = f"**{r['tok/s'] / base:.2f}**" if base else "–"
+        ratio = (f"**{r['ratio']:.2f}** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
+                 if base else "–")
         print(f"| {name} | {r['tokens']:.0f} ({r['events']:.0f}) | {r['tok/s']:.0f} | "
               f"{f'{base:.0f}' if base else '–'} | {ratio} | {r['decode']:.0f} "
               f"| {r['gui_cpu']:.0%} | {r['median_stall_ms']:.1f} | {r['p99_stall_ms']:.1f} "

@@ -34,6 +34,13 @@ def open_storage() -> Storage:
         return Storage(Path(":memory:"))
 
 
+def apply_style(app: QApplication) -> None:
+    """The app's stylesheet (resources/style.qss), where the installation has it."""
+    style = resource("style.qss")
+    if style.exists():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+
+
 def create_window() -> MainWindow:
     """The main window wired to the real probe, storage, engine and the embedded model."""
     return MainWindow(probe=full_profile, embedded_model=embedded_model_path(),
@@ -49,9 +56,7 @@ def run() -> int:
     app.setApplicationName("QuantDesk")
     app.setApplicationVersion(__version__)
     app.setOrganizationName("QuantDesk")
-    style = resource("style.qss")
-    if style.exists():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    apply_style(app)
     window = create_window()
     window.show()
     log.info("QuantDesk %s started", __version__)
