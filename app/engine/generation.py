@@ -40,6 +40,7 @@ from typing import Any
 
 from app.core import kv_reuse
 from app.core.memory import flash_attention, flash_setting, scores_bytes
+from app.core.prompt_tokens import PromptTokens, Special
 from app.core.sampling import Sampling
 from app.engine import kv_shelf, llama_log, load_params, token_loop
 from app.engine.protocol import LoadSettings
@@ -184,6 +185,7 @@ class Generator:
         self._eog: list[int] | None = None
         # where sequences are put aside while other conversations use them (set by the host)
         self.shelf: kv_shelf.KvShelf | None = None
+        self._prompts = self._prompt_tokens()
 
     # --- the vocabulary ---------------------------------------------------------------------
 
@@ -224,6 +226,40 @@ class Generator:
                 return list(buf[:got])
             n = -got
         raise GenerationError("tokenization failed")
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """A chat prompt's tokens, as ``tokenize(text)`` gives them, reusing an earlier
+        prompt's up to a special token both share (app.core.prompt_tokens): a turn tokenizes
+        its new messages, not the conversation."""
+        return self._prompts(text)
+
+    @property
+    def prompt_tokens_reused(self) -> int:
+        """Of the last ``tokenize_prompt``: tokens taken from an earlier prompt."""
+        return self._prompts.reused_tokens
+
+    def _prompt_tokens(self) -> PromptTokens:
+        ll = self._ll
+        wanted = (ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_USER_DEFINED
+                  | ll.LLAMA_TOKEN_ATTR_UNKNOWN)  # what llama.cpp's partition matches
+        specials = []
+        readable = True
+        get_attr, get_text = ll.llama_vocab_get_attr, ll.llama_vocab_get_text
+        for token in range(self.n_vocab):  # 16 ms for SmolLM2's 49,152
+            attr = get_attr(self.vocab, token)
+            if attr & wanted:
+                raw = get_text(self.vocab, token) or b""
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:  # it could match inside a character: no reuse
+                    readable = False
+                    continue
+                specials.append(Special(token, text, bool(attr & ll.LLAMA_TOKEN_ATTR_CONTROL),
+                                        bool(attr & ll.LLAMA_TOKEN_ATTR_LSTRIP)))
+        kind = int(ll.llama_vocab_type(self.vocab))
+        reusable = (readable and kind in (ll.LLAMA_VOCAB_TYPE_SPM, ll.LLAMA_VOCAB_TYPE_BPE)
+                    and not ll.llama_vocab_get_add_eos(self.vocab))
+        return PromptTokens(self.tokenize, specials, reusable=reusable)
 
     def _piece(self, token: int, special: bool = False) -> bytes:
         """A token's bytes as generated text (control tokens give none), or with ``special``
@@ -434,6 +470,7 @@ class Generator:
                 cache.clear()
         if self.shelf is not None:
             self.shelf.close()
+        self._prompts.clear()
 
     def reset(self) -> None:
         """Forget every sequence's cache (the next prompt is decoded whole)."""

@@ -333,7 +333,7 @@ class _Host:
             return bool(self.stop[req.lane] == req.request_id)
 
         try:
-            tokens = gen.tokenize(self._prompt(req, stop_requested_now), add_special=True)
+            tokens = gen.tokenize_prompt(self._prompt(req, stop_requested_now))
         except chat_template.TemplateCancelled:  # Stop pressed while the template ran
             self.send(ReplyDone(req.request_id, "", "stopped",
                                 _nothing_generated(time.perf_counter() - received)))
