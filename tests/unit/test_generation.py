@@ -416,3 +416,20 @@ def test_a_spliced_prompt_is_the_prompts_text_in_the_caches_tokens(smollm2: Path
     finally:
         gen.close()
     assert whole >= 20 and departed >= 10  # the cases the test is about came up
+
+
+def test_the_shared_start_of_two_token_lists_is_counted_as_token_by_token() -> None:
+    import random
+
+    from app.engine.generation import _common_prefix
+
+    rng = random.Random(1)
+    for _ in range(2000):
+        a = [rng.randrange(4) for _ in range(rng.randrange(0, 400))]
+        b: Sequence[int] = a[:rng.randrange(0, len(a) + 1)] + [
+            rng.randrange(4) for _ in range(rng.randrange(0, 300))]
+        if rng.random() < 0.3:
+            b = tuple(b)  # a prompt's tokens may come as a tuple
+        expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                        min(len(a), len(b)))
+        assert _common_prefix(a, b) == _common_prefix(b, a) == expected
