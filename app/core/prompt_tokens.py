@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 
 # how many prompts are kept to continue from: a few conversations served in turn
 KEEP = 8
+# prompts in which a marker is looked for before giving up: prompts written without control
+# tokens (raw completions, a template of plain text) have none, and looking costs a pass over
+# their tokens
+MARKER_LOOKS = 4
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class PromptTokens:
         self.reusable = reusable and bool(self._specials)
         self.marker: Special | None = None  # S, chosen from the first prompt
         self._straddlers: list[Special] = []
+        self._looks = 0  # prompts the marker was looked for in
         self._prompts: list[_Prompt] = []  # the most recent last
         self.reused_tokens = 0  # of the last call: tokens taken from an earlier prompt
 
@@ -77,7 +82,8 @@ class PromptTokens:
         found = self._continued(text)
         if found is None:
             tokens = self._tokenize(text, True)
-            if self.marker is None:
+            if self.marker is None and self._looks < MARKER_LOOKS:
+                self._looks += 1
                 self._set_marker(self._choose_marker(tokens))
             self._keep(_Prompt(text, tokens, self._marks(text, tokens)))
             return tokens

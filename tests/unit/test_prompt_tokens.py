@@ -167,3 +167,18 @@ def test_deleting_conversations_forgets_their_prompts(smol_gen: Generator, smoll
     smol_gen.forget()
     assert smol_gen.tokenize_prompt(follow) == smol_gen.tokenize(follow)
     assert smol_gen.prompt_tokens_reused == 0
+
+
+def test_prompts_without_control_tokens_stop_being_searched_for_a_marker(tiny_model: Path
+                                                                         ) -> None:
+    from app.core.prompt_tokens import MARKER_LOOKS
+
+    gen = Generator(LoadSettings(str(tiny_model), n_ctx=512, n_threads=1))
+    try:
+        prompts = gen._prompts
+        for i in range(MARKER_LOOKS + 3):  # raw completions: plain text
+            text = f"Once upon a time, {i} rivers ran to the sea."
+            assert gen.tokenize_prompt(text) == gen.tokenize(text)
+        assert prompts.marker is None and prompts._looks == MARKER_LOOKS
+    finally:
+        gen.close()
