@@ -142,14 +142,14 @@ class PromptTokens:
         """The control token this prompt uses most (the first to appear of those), if the
         reuse can start at it."""
         counts: dict[int, int] = {}
-        for token in tokens:
+        for token in tokens[1:]:  # not the first: a BOS there marks no place to reuse up to
             special = self._by_id.get(token)
             if special is not None and special.control:
                 counts[token] = counts.get(token, 0) + 1
         if not counts:
             return None
         most = max(counts.values())
-        first = next(t for t in tokens if counts.get(t) == most)
+        first = next(t for t in tokens[1:] if counts.get(t) == most)
         return self._by_id[first]
 
     def _marks(self, text: str, tokens: Sequence[int], start: int = 0, first: int = 0
