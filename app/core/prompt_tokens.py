@@ -19,9 +19,10 @@ That holds where llama.cpp sees S at that place in both prompts, which is checke
 - the vocabulary adds no end-of-sequence token after a prompt (the tail would lack it), and is a
   BPE or SentencePiece one (the others are not known to tokenize stretches apart).
 
-Anything else, and the prompt is tokenized whole, as before. S is the vocabulary's control token
-that the first prompt tokenized whole uses most (ChatML's ``<|im_start|>``, Llama 3's
+Anything else, and the prompt is tokenized whole, as before. S is the control token the first
+prompt with any uses most after its first token (ChatML's ``<|im_start|>``, Llama 3's
 ``<|start_header_id|>``): it opens every message, so the shared text of two turns ends at one.
+Prompts without control tokens (raw completions) are tokenized whole.
 """
 
 from __future__ import annotations
