@@ -27,6 +27,7 @@ Prompts without control tokens (raw completions) are tokenized whole.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -68,7 +69,6 @@ class PromptTokens:
         self._tokenize = tokenize
         self._specials = [s for s in specials if s.text]
         self._by_id = {s.id: s for s in self._specials}
-        self._longest = max((len(s.text) for s in self._specials), default=0)
         self.reusable = reusable and bool(self._specials)
         self.marker: Special | None = None  # S, chosen from the first prompt
         self._straddlers: list[Special] = []
@@ -110,27 +110,18 @@ class PromptTokens:
     # --- the parts ------------------------------------------------------------------------
 
     def _continued(self, text: str) -> tuple[_Prompt, tuple[int, int]] | None:
-        """The kept prompt and its last mark up to which ``text`` is the same, reusing the
-        most tokens; None if none is."""
+        """The kept prompt and its last mark up to which ``text`` is the same (the marker's
+        text included), reusing the most tokens; None if none is."""
         best: tuple[_Prompt, tuple[int, int]] | None = None
+        size = len(self.marker.text) if self.marker is not None else 0
         for prompt in self._prompts:
-            marks = prompt.marks
-            # the marks that ``text`` shares its text up to form a leading run: bisect it
-            lo, hi = 0, len(marks)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                at = marks[mid][0]
-                if text.startswith(prompt.text[:at]) and text.startswith(
-                        self._marker_text(), at):
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo and (best is None or marks[lo - 1][1] > best[1][1]):
-                best = (prompt, marks[lo - 1])
+            if not prompt.marks:
+                continue
+            shared = _shared_start(text, prompt.text)
+            i = bisect.bisect_right(prompt.marks, shared - size, key=lambda m: m[0])
+            if i and (best is None or prompt.marks[i - 1][1] > best[1][1]):
+                best = (prompt, prompt.marks[i - 1])
         return best
-
-    def _marker_text(self) -> str:
-        return self.marker.text if self.marker is not None else ""
 
     def _set_marker(self, marker: Special | None) -> None:
         self.marker = marker
@@ -187,3 +178,22 @@ class PromptTokens:
     def _keep(self, prompt: _Prompt) -> None:
         self._prompts = [p for p in self._prompts if p.text != prompt.text][-(KEEP - 1):]
         self._prompts.append(prompt)
+
+
+def _shared_start(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share: compared in halving slices, so
+    about twice the shorter's length is copied (a long conversation's prompts share all but
+    their last messages)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 32:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while lo < hi and a[lo] == b[lo]:
+        lo += 1
+    return lo

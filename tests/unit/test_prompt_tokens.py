@@ -182,3 +182,16 @@ def test_prompts_without_control_tokens_stop_being_searched_for_a_marker(tiny_mo
         assert prompts.marker is None and prompts._looks == MARKER_LOOKS
     finally:
         gen.close()
+
+
+def test_the_shared_start_of_two_prompts_is_counted_as_character_by_character() -> None:
+    from app.core.prompt_tokens import _shared_start
+
+    rng = random.Random(2)
+    for _ in range(2000):
+        a = "".join(rng.choice("ab猫") for _ in range(rng.randrange(0, 300)))
+        b = a[:rng.randrange(0, len(a) + 1)] + "".join(
+            rng.choice("ab猫") for _ in range(rng.randrange(0, 200)))
+        expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                        min(len(a), len(b)))
+        assert _shared_start(a, b) == _shared_start(b, a) == expected
