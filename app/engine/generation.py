@@ -40,7 +40,7 @@ from typing import Any
 
 from app.core import kv_reuse
 from app.core.memory import flash_attention, flash_setting, scores_bytes
-from app.core.prompt_tokens import PromptTokens, Special
+from app.core.prompt_tokens import PromptTokens, Special, shared_start
 from app.core.sampling import Sampling
 from app.engine import kv_shelf, llama_log, load_params, token_loop
 from app.engine.protocol import LoadSettings
@@ -686,23 +686,8 @@ class Generator:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share. Compared in slices (C) rather than
-    token by token (Python): 0.23 ms against 0.83 ms for 30k tokens, asked a few times a
-    turn."""
-    a, b = (x if isinstance(x, list) else list(x) for x in (a, b))  # slices compare alike
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # as a rule: the cache is the start of the next prompt
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 64:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    while lo < hi and a[lo] == b[lo]:
-        lo += 1
-    return lo
+    """How many leading tokens ``a`` and ``b`` share."""
+    return shared_start(*(x if isinstance(x, list) else list(x) for x in (a, b)))
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -185,7 +185,7 @@ def test_prompts_without_control_tokens_stop_being_searched_for_a_marker(tiny_mo
 
 
 def test_the_shared_start_of_two_prompts_is_counted_as_character_by_character() -> None:
-    from app.core.prompt_tokens import _shared_start
+    from app.core.prompt_tokens import shared_start
 
     rng = random.Random(2)
     for _ in range(2000):
@@ -194,4 +194,4 @@ def test_the_shared_start_of_two_prompts_is_counted_as_character_by_character() 
             rng.choice("ab猫") for _ in range(rng.randrange(0, 200)))
         expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                         min(len(a), len(b)))
-        assert _shared_start(a, b) == _shared_start(b, a) == expected
+        assert shared_start(a, b) == shared_start(b, a) == expected
