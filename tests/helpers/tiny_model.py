@@ -12,7 +12,7 @@ same structure: only the tokens it marks as text are ever sampled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +37,18 @@ class Vocabulary:
     text: np.ndarray
 
 
-def byte_vocabulary(chat_template: str | None = CHATML_TEMPLATE) -> Vocabulary:
-    """SentencePiece-style: the control tokens and 256 byte tokens; text is printable ASCII
-    and newlines."""
-    tokens = list(CONTROL_TOKENS) + [f"<0x{i:02X}>" for i in range(256)]
-    types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4 + [gguf.TokenType.BYTE] * 256
-    n_control = len(CONTROL_TOKENS)
+def byte_vocabulary(chat_template: str | None = CHATML_TEMPLATE, *,
+                    extra: Sequence[tuple[str, gguf.TokenType]] = (),
+                    add_eos: bool = False) -> Vocabulary:
+    """SentencePiece-style: the control tokens, ``extra`` tokens (text and type) after them,
+    and 256 byte tokens; text is printable ASCII and newlines. ``add_eos``: llama.cpp ends a
+    tokenized text with EOS."""
+    tokens = list(CONTROL_TOKENS) + [t for t, _ in extra] + [f"<0x{i:02X}>" for i in range(256)]
+    types = ([gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4 + [k for _, k in extra]
+             + [gguf.TokenType.BYTE] * 256)
+    first_byte = len(CONTROL_TOKENS) + len(extra)
     text = np.zeros(len(tokens), dtype=bool)
-    text[[n_control + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]] = True
+    text[[first_byte + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]] = True
 
     def write(writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model("llama")
@@ -56,7 +60,7 @@ def byte_vocabulary(chat_template: str | None = CHATML_TEMPLATE) -> Vocabulary:
         writer.add_bos_token_id(1)
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
+        writer.add_add_eos_token(add_eos)
         if chat_template is not None:
             writer.add_chat_template(chat_template)
 

@@ -10,14 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 
 from app.core import chat_template
 from app.core.gguf_info import read_model_info
 from app.engine.generation import Generator
 from app.engine.protocol import LoadSettings
-from tests.helpers.tiny_model import CHATML_TEMPLATE, CONTROL_TOKENS, Vocabulary, write_tiny_llama
+from tests.helpers.tiny_model import (
+    CHATML_TEMPLATE,
+    Vocabulary,
+    byte_vocabulary,
+    write_tiny_llama,
+)
 
 PIECES = ("the", "sea", "river", "mountain", " ", "  ", "\n", "\n\n", "\t", " \n", "., ", "!",
           "<|im_start|>", "<|im_end|>", "<|im_sta", "|>", "<", "user\n", "assistant",
@@ -97,34 +101,15 @@ def test_the_tiny_models_sentencepiece_prompts_are_the_whole_prompts_tokens(
         gen.close()
 
 
-def _overlapping_vocabulary() -> Vocabulary:
+def _overlapping_vocabulary(add_eos: bool = False) -> Vocabulary:
     """The byte vocabulary with special tokens that overlap ChatML's markers: one reaching
     into a marker, and user-defined ones holding a marker with text on both sides (llama.cpp
     matches longer special tokens first: where a system message follows another message, the
     last one takes the marker's place), and a user-defined word."""
-    extra = ["d|>\n<|im_st", "\n<|im_start|>system", "user\n<|im_start|>ass", "sea"]
-    tokens = list(CONTROL_TOKENS) + extra + [f"<0x{i:02X}>" for i in range(256)]
-    types = ([gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4
-             + [gguf.TokenType.CONTROL] + [gguf.TokenType.USER_DEFINED] * 3
-             + [gguf.TokenType.BYTE] * 256)
-    text = np.zeros(len(tokens), dtype=bool)
-    first_byte = len(CONTROL_TOKENS) + len(extra)
-    text[[first_byte + b for b in range(256) if 0x20 <= b < 0x7F or b == 0x0A]] = True
-
-    def write(writer: gguf.GGUFWriter) -> None:
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores([0.0] * len(tokens))
-        writer.add_token_types([int(t) for t in types])
-        writer.add_unk_token_id(0)
-        writer.add_bos_token_id(1)
-        writer.add_eos_token_id(2)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        writer.add_chat_template(CHATML_TEMPLATE)
-
-    return Vocabulary(write, text)
+    return byte_vocabulary(extra=[("d|>\n<|im_st", gguf.TokenType.CONTROL),
+                                  ("\n<|im_start|>system", gguf.TokenType.USER_DEFINED),
+                                  ("user\n<|im_start|>ass", gguf.TokenType.USER_DEFINED),
+                                  ("sea", gguf.TokenType.USER_DEFINED)], add_eos=add_eos)
 
 
 def test_overlapping_special_tokens_never_change_the_tokens(tmp_path: Path) -> None:
@@ -140,13 +125,8 @@ def test_overlapping_special_tokens_never_change_the_tokens(tmp_path: Path) -> N
 
 
 def test_a_vocabulary_adding_an_end_token_tokenizes_whole(tmp_path: Path) -> None:
-    vocabulary = _overlapping_vocabulary()
-
-    def write(writer: gguf.GGUFWriter) -> None:
-        vocabulary.write(writer)
-        writer.add_add_eos_token(True)  # the tail alone would lack it: no reuse
-
-    model = write_tiny_llama(tmp_path / "eos.gguf", vocabulary=Vocabulary(write, vocabulary.text))
+    # the tail tokenized alone would lack the EOS: no reuse
+    model = write_tiny_llama(tmp_path / "eos.gguf", vocabulary=_overlapping_vocabulary(True))
     gen = Generator(LoadSettings(str(model), n_ctx=512, n_threads=1))
     try:
         assert not gen._prompts.reusable
