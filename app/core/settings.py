@@ -58,6 +58,9 @@ class Settings:
     server_host: str = SERVER_HOST
     server_port: int = SERVER_PORT
     server_parallel: int = 1
+    # The page shown when the window last closed, shown again at the next start; a fresh
+    # install opens on the chat, its model loaded, ready for a message
+    last_page: str = "Chat"
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -81,7 +81,12 @@ class MainWindow(QMainWindow):
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.itemClicked.connect(self._page_clicked)
-        self.sidebar.setCurrentRow(0)
+        try:
+            self.show_page(settings.last_page)
+        except KeyError:  # a page of another version
+            self.show_page("Chat")
+        if self.pages.currentWidget() is self.chat_page:
+            self.chat_page.composer.setFocus()  # type and send
 
         self.resume_banner = ResumeBanner(store)
         self.resume_banner.resume_requested.connect(self._resume_run)
@@ -166,6 +171,7 @@ class MainWindow(QMainWindow):
         self.wizard_page.shutdown()
         self.hardware_page.stop_sharing()  # this machine's RPC server ends with the window
         warm.stop_warm()
+        self.settings.last_page = self.sidebar.currentItem().text()
         if self._save_settings:
             settings_store.save(self.settings)
         super().closeEvent(event)

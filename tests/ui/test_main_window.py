@@ -11,6 +11,10 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from app.core.hardware import HardwareProfile
+from app.core.settings import Settings
+from app.core.storage import Storage
+from app.engine.probe import full_profile
+from app.jobs.engine_client import EngineClient
 from app.ui.compare.page import QuantizeComparePage
 from app.ui.main_window import MainWindow
 
@@ -90,6 +94,32 @@ def test_embedded_model_loads_on_first_start(qtbot: QtBot, smollm2: Path,
     assert window.chat_page.model_bar.current_path() == str(smollm2)
     assert "SmolLM2" in window.chat_page.model_bar.picker.currentText()
     qtbot.waitUntil(lambda: window.hardware_page.profile is not None, timeout=30_000)
+    # ... and the window opens on it: the chat, ready for a message
+    assert window.pages.currentWidget() is window.chat_page
+
+
+def test_the_window_opens_on_the_page_it_closed_on(qtbot: QtBot, smollm2: Path,
+                                                  engines: list[EngineClient]) -> None:
+    settings = Settings()
+
+    def open_window() -> MainWindow:
+        engine = EngineClient()
+        engines.append(engine)
+        window = MainWindow(probe=full_profile, embedded_model=smollm2, store=Storage(),
+                            engine=engine, settings=settings, save_settings=False)
+        qtbot.addWidget(window)
+        return window
+
+    first = open_window()
+    assert first.pages.currentWidget() is first.chat_page  # a fresh install
+    first.show_page("Models")
+    first.close()
+    again = open_window()
+    assert again.pages.currentWidget() is again.models_page
+    again.close()
+    settings.last_page = "A page of another version"
+    third = open_window()
+    assert third.pages.currentWidget() is third.chat_page
 
 
 @pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
