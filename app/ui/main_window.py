@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QCloseEvent, QColor, QIcon, QPainter, QPixmap
+from PySide6.QtGui import QCloseEvent, QColor, QIcon, QPainter, QPixmap, QShowEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
@@ -85,8 +85,7 @@ class MainWindow(QMainWindow):
             self.show_page(settings.last_page)
         except KeyError:  # a page of another version
             self.show_page("Chat")
-        if self.pages.currentWidget() is self.chat_page:
-            self.chat_page.composer.setFocus()  # type and send
+        self._shown = False
 
         self.resume_banner = ResumeBanner(store)
         self.resume_banner.resume_requested.connect(self._resume_run)
@@ -154,6 +153,15 @@ class MainWindow(QMainWindow):
         self.chat_page.load_model(path)
         self.show_page("Chat")
         self.chat_page.composer.setFocus()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        """Opened on the chat, the keys go to its message box: type and send. (Set before the
+        window is shown, the focus went to the sidebar, the first widget Qt finds.)"""
+        super().showEvent(event)
+        if not self._shown:
+            self._shown = True
+            if self.pages.currentWidget() is self.chat_page:
+                self.chat_page.composer.setFocus()
 
     def _page_clicked(self, _item: QListWidgetItem) -> None:
         """Chat opened with the mouse takes the keyboard in its message box: what is typed

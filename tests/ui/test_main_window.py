@@ -130,6 +130,8 @@ def test_clicking_chat_then_typing_writes_the_message(qtbot: QtBot, smollm2: Pat
     with qtbot.waitActive(window):
         window.show()
         window.activateWindow()
+    # it opened on the chat, the keys going to the message box
+    assert QApplication.focusWidget() is window.chat_page.composer
     sidebar = window.sidebar
     chat = sidebar.findItems("Chat", Qt.MatchFlag.MatchExactly)[0]
     qtbot.mouseClick(sidebar.viewport(), Qt.MouseButton.LeftButton,
