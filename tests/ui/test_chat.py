@@ -187,9 +187,11 @@ def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_pag
 def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePage,
                                                 store: Storage) -> None:
     page = make_page(max_tokens=4)
+    assert page.empty_hint.isVisibleTo(page)  # an empty conversation says where to type
     _send(qtbot, page, "about llamas")
+    assert not page.empty_hint.isVisibleTo(page)
     page.new_conversation()
-    assert page.message_widgets() == []
+    assert page.message_widgets() == [] and page.empty_hint.isVisibleTo(page)
     _send(qtbot, page, "about quantization")
     convs = store.conversations()
     assert len(convs) == 2 and page.conversations.ids() == [c.id for c in convs]
@@ -204,6 +206,7 @@ def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePag
     assert page.message_widgets() == []  # the open conversation was the deleted one
     page.open_conversation(convs[1].id)
     assert page.message_widgets()[0].text == "about llamas"
+    assert not page.empty_hint.isVisibleTo(page)
 
 
 def _widgets(widget: MessageWidget) -> list[QWidget]:

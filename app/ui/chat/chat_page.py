@@ -151,6 +151,16 @@ class ChatPage(QWidget):
         self.messages_layout = QVBoxLayout(self.messages_host)
         self.messages_layout.setContentsMargins(16, 12, 16, 12)
         self.messages_layout.setSpacing(10)
+        # what an empty conversation shows: where to type, and where the rest is
+        self.empty_hint = QLabel(
+            "Type a message below and press Enter: the model named above answers here, on "
+            "this machine.\n\nOther models are on the Models page. The Quantize wizard makes "
+            "smaller, faster versions of a model and measures what each one loses.")
+        self.empty_hint.setObjectName("Muted")
+        self.empty_hint.setWordWrap(True)
+        self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_hint.setContentsMargins(40, 80, 40, 0)
+        self.messages_layout.addWidget(self.empty_hint)
         self.messages_layout.addStretch()
         self.message_scroll.setWidget(self.messages_host)
         right.addWidget(self.message_scroll, 1)
@@ -541,6 +551,7 @@ class ChatPage(QWidget):
         widget.edit_requested.connect(self.edit_and_resend)
         widget.regenerate_requested.connect(self.regenerate)
         self.messages_layout.insertWidget(self.messages_layout.count() - 1, widget)
+        self.empty_hint.hide()
         self._show_scroll_bar(True)
         self._scroll_to_end()
         return widget
@@ -556,6 +567,7 @@ class ChatPage(QWidget):
         for widget in self.message_widgets():
             self.messages_layout.removeWidget(widget)
             widget.deleteLater()
+        self.empty_hint.show()
         self._show_scroll_bar(False)
 
     def _scroll_to_end(self) -> None:
