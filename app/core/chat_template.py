@@ -148,11 +148,12 @@ def _renders(file: str) -> bool:
     return file in (_TEMPLATE_FILE, __file__) or file.startswith(_JINJA_DIR)
 
 
+_SIZED = (str, bytes, list, tuple, dict, set, frozenset)  # the values a size is checked of
+
+
 def _size(value: object) -> int:
     """Characters (or items) a value holds; 0 for values without a length."""
-    if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
-        return len(value)
-    return 0
+    return len(value) if isinstance(value, _SIZED) else 0
 
 
 def _check_ints(meter: _Meter, args: Iterable[object]) -> None:
@@ -214,12 +215,15 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
     # The sandbox answers an unsafe attribute with an Undefined that renders as '' and only
     # fails when used: a template that probes for internals would go unnoticed. Any name with a
     # leading underscore is refused at once instead (a dict's own keys stay readable).
+    # (the name is looked at here before calling: a call is also one of the budget's trace)
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _refuse_private(obj, attribute)
+        if isinstance(attribute, str) and attribute.startswith("_"):
+            _refuse_private(obj, attribute)
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        _refuse_private(obj, argument)
+        if isinstance(argument, str) and argument.startswith("_"):
+            _refuse_private(obj, argument)
         return super().getitem(obj, argument)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
@@ -232,14 +236,22 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
         return "".join(texts)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        # Every operator of the template's loops comes here, and each Python call made here is
+        # also a call of the budget's trace function: the sizes are computed inline, and
+        # check_size is called only to raise (7.2 ms to render a 170,000-character
+        # conversation, 5.6 of them the trace function, before).
         meter = self.meter
         meter.check_time()
+        limit = meter.budget.max_chars
+        left_size = len(left) if isinstance(left, _SIZED) else 0
+        right_size = len(right) if isinstance(right, _SIZED) else 0
         if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if _size(seq) and isinstance(count, int):
-                    meter.check_size(_size(seq) * max(count, 0))
+            for size, count in ((left_size, right), (right_size, left)):
+                if size and isinstance(count, int) and size * max(count, 0) > limit:
+                    meter.check_size(size * max(count, 0))
         elif operator == "+":
-            meter.check_size(_size(left) + _size(right))
+            if left_size + right_size > limit:
+                meter.check_size(left_size + right_size)
         elif operator == "%" and isinstance(left, str):
             _check_printf(meter, left, right)
         elif operator == "**" and isinstance(left, (int, float)) \
@@ -249,7 +261,8 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
                 raise _OverBudget(f"the model's chat template computed {left!r} ** {right!r}, a "
                                   "number too large to be part of a prompt, and was stopped.")
         result = super().call_binop(context, operator, left, right)
-        meter.check_size(_size(result))
+        if isinstance(result, _SIZED) and len(result) > limit:
+            meter.check_size(len(result))
         return result
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
