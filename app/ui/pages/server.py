@@ -101,8 +101,7 @@ class ServerPage(QWidget):
         # needs no reload, and serving another would switch the chat's model too.
         self._chosen = False
         if settings.server_model and Path(settings.server_model).is_file():
-            self.add_model(Path(settings.server_model))  # the model served last
-            self.model.setCurrentIndex(self.model.findData(settings.server_model))
+            self._select(Path(settings.server_model))  # the model served last
             self._chosen = True
         self.model.activated.connect(self._model_chosen)
         row.addWidget(text_label("Model", selectable=False))
@@ -186,6 +185,11 @@ class ServerPage(QWidget):
         """Offer ``path`` (a library model) in the list."""
         if self.model.findData(str(path)) < 0:
             self.model.addItem(path.stem, str(path))
+
+    def _select(self, path: Path) -> None:
+        """Offer ``path`` and choose it (found by the same text it is offered under)."""
+        self.add_model(path)
+        self.model.setCurrentIndex(self.model.findData(str(path)))
 
     @property
     def running(self) -> bool:
@@ -286,8 +290,7 @@ class ServerPage(QWidget):
             self._show_serving()
             self._show_address()
         elif pending is None and not self._chosen:
-            self.add_model(Path(loaded.path))
-            self.model.setCurrentIndex(self.model.findData(loaded.path))
+            self._select(Path(loaded.path))
 
     def _show_serving(self) -> None:
         """Which model answers, and where: one engine serves the chat and the clients, so a
