@@ -152,7 +152,7 @@ class MainWindow(QMainWindow):
         self.chat_page.model_bar.select(Path(path))
         self.chat_page.load_model(path)
         self.show_page("Chat")
-        self.chat_page.composer.setFocus()
+        self._keys_to_chat()
 
     def showEvent(self, event: QShowEvent) -> None:
         """Opened on the chat, the keys go to its message box: type and send. (Set before the
@@ -160,14 +160,17 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not self._shown:
             self._shown = True
-            if self.pages.currentWidget() is self.chat_page:
-                self.chat_page.composer.setFocus()
+            self._keys_to_chat()
 
     def _page_clicked(self, _item: QListWidgetItem) -> None:
         """Chat opened with the mouse takes the keyboard in its message box: what is typed
         next is the message. Left in the sidebar, each letter would jump to the page whose
         name starts with it (typing "Say hello" opened Server). Moving through the sidebar
         with the arrow keys leaves the keyboard there."""
+        self._keys_to_chat()
+
+    def _keys_to_chat(self) -> None:
+        """The chat, if it is the page shown, takes the keyboard in its message box."""
         if self.pages.currentWidget() is self.chat_page:
             self.chat_page.composer.setFocus()
 
