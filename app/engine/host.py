@@ -194,10 +194,13 @@ class ModelHost:
         with contextlib.suppress(OSError):  # a dead child: poll() reports how it died
             self._requests.send(request)
 
-    def load(self, settings: LoadSettings) -> None:
-        """Load a model (unloading the current one); events: LoadProgress…, Loaded or Failed."""
-        if self.active:
+    def load(self, settings: LoadSettings, *, stop_running: bool = False) -> None:
+        """Load a model (unloading the current one); events: LoadProgress…, Loaded or Failed.
+        Raises EngineBusy while a reply runs, unless ``stop_running``: then the running replies
+        end as stopped (their ReplyDone comes before the load's events)."""
+        if self.active and not stop_running:
             raise EngineBusy("A reply is being generated; stop it before switching models.")
+        self.stop()
         if self._replace_child:
             self.kill()
         self.start()
@@ -207,16 +210,17 @@ class ModelHost:
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
              prompt: str | None = None, request_id: int | None = None,
-             event_interval: float | None = None) -> int:
+             event_interval: float | None = None, read_ahead: bool = False) -> int:
         """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
         template); returns its request id (``request_id`` when the caller numbers requests
         itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed; text events
-        at least ``event_interval`` seconds apart (the host's own when None)."""
+        at least ``event_interval`` seconds apart (the host's own when None). ``read_ahead``:
+        only decode the prompt into the cache (``Chat.read_ahead``)."""
         request_id = self._begin(request_id)
         self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt,
                         lane=self.active[request_id],
                         event_interval=self.event_interval if event_interval is None
-                        else event_interval))
+                        else event_interval, read_ahead=read_ahead))
         return request_id
 
     def embed(self, texts: Sequence[str], request_id: int | None = None) -> int:

@@ -17,6 +17,10 @@ person (the window, which redraws a reply 25 times a second, and ``quantdesk cha
 ``READING_INTERVAL``, because on a small machine every event wakes the reader on a core
 llama.cpp's threads are using.
 
+A read-ahead (``Chat.read_ahead``: the chat reading the message being typed) decodes its prompt
+and ends; any chat request (or Forget) that comes while it runs ends it first, so it never holds
+a sequence a reply wants.
+
 The chat template is rendered within a ``RenderBudget`` and can be cancelled by Stop, so a
 runaway template ends with a clear error and this process stays usable.
 """
@@ -58,6 +62,7 @@ from app.engine.protocol import (
     LogLine,
     ReplyDone,
     ReplyMetrics,
+    Sampling,
     Shutdown,
     Token,
     Unload,
@@ -65,6 +70,8 @@ from app.engine.protocol import (
 )
 
 log = logging.getLogger(__name__)
+# A read-ahead's reply (Chat.read_ahead): no token is sampled, so the plainest chain
+READ_AHEAD = Sampling(temperature=0.0, max_tokens=0)
 
 class _Sender:
     """Thread-safe event sender (llama.cpp may log from more than one thread)."""
@@ -255,7 +262,9 @@ class _Host:
 
     def forget(self) -> None:
         """Drop every conversation kept but the ones being answered, and every shelf left on
-        disk by earlier loads."""
+        disk by earlier loads. A read-ahead ends first: its message may be the deleted
+        conversation's."""
+        self._end_read_aheads()
         if self.gen is not None:
             self.gen.forget(keep=[r.reply.seq for r in self.running.values()])
         kv_shelf.remove_left(paths.cache_location())
@@ -328,6 +337,7 @@ class _Host:
                              code="no_model"))
             return
         received = time.perf_counter()
+        self._end_read_aheads()  # a reply (or a newer read-ahead) takes their place
 
         def stop_requested_now() -> bool:
             return bool(self.stop[req.lane] == req.request_id)
@@ -354,7 +364,8 @@ class _Host:
                          stop_requested_now, req.event_interval)
         try:
             seq = gen.sequence_for(tokens, (r.reply.seq for r in self.running.values()))
-            reply = gen.begin(tokens, req.sampling, on_text=stream.on_text,
+            reply = gen.begin(tokens, READ_AHEAD if req.read_ahead else req.sampling,
+                              on_text=stream.on_text,
                               should_stop=stop_requested_now, seq=seq)
         except GenerationError as exc:  # a grammar that does not parse, say: this process is fine
             self.send(Failed(req.request_id, str(exc),
@@ -406,6 +417,17 @@ class _Host:
                                    running.request.request_id,
                                    ctypes.addressof(self.consumed) + lane * slot,
                                    self.requests_fd)
+
+    def _end_read_aheads(self) -> None:
+        """End the read-aheads running (``Chat.read_ahead``), as stopped; what they decoded
+        stays in their sequence's cache."""
+        ended = False
+        for running in self.running.values():
+            if running.request.read_ahead and running.reply.outcome is None:
+                running.reply.finish("stopped", held=False)
+                ended = True
+        if ended:
+            self._answer_ended()
 
     def stop_all(self) -> None:
         """End every running reply as stopped (before an unload or a load)."""

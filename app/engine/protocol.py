@@ -62,6 +62,12 @@ class Chat:
     # the least time between two text events (seconds): 0 sends each piece once the reader has
     # read the last; a reader that shows text a few times a second asks for fewer events
     event_interval: float = 0.0
+    # read ahead: decode the prompt into the cache and end there ('length', no text), so that
+    # the reply to these messages, asked for next, starts from the cache. The chat reads the
+    # message being typed this way. A read-ahead gives way to any other reply: one that comes
+    # while it runs ends it first (at the end of the batch being decoded: that batch is the
+    # same prompt's, so kept and not decoded again).
+    read_ahead: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ text); running work is stopped through the host, which takes effect within one t
 ``host_child``). ``Work.events_after_cancel`` records how many text events still arrived
 (at most one by design: the one already on its way).
 
+Reading ahead: while nothing else runs or waits, a client may have the prompt of a reply it
+expects decoded into the cache (``read_ahead``: the chat reads the message being typed, so its
+reply starts from the cache). That work never waits and never delays: any work submitted ends
+it first (at the end of the batch being decoded; what it decoded stays cached, and the work
+waiting for its place starts when it has ended, so on its cache), and a load stops it.
+
 A dead child: the running work receives ``Crashed``, and so does every listener. Work submitted
 with ``recover=True`` (the server's) reloads the last loaded model when its turn comes, so a
 killed engine answers the next request again.
@@ -76,6 +82,7 @@ class Work:
     finished_at: float | None = None
     tokens: int = 0
     events_after_cancel: int = 0
+    read_ahead: bool = False  # only decodes its prompt into the cache (``SharedHost.read_ahead``)
 
 
 def _stopped_before_start(work: Work) -> ReplyDone:
@@ -114,9 +121,10 @@ class SharedHost:
 
     @property
     def running(self) -> Work | None:
-        """The running work that started first, or None when the engine is idle."""
+        """The running work that started first, or None when the engine is idle (a read-ahead
+        is not counted: it gives way to anything)."""
         with self._lock:
-            return next(iter(self.active.values()), None)
+            return next((w for w in self.active.values() if not w.read_ahead), None)
 
     def pending(self, source: str | None = None) -> int:
         """Work queued (not yet running), of ``source`` or in all."""
@@ -128,7 +136,8 @@ class SharedHost:
     def has_work(self, source: str) -> bool:
         """Whether ``source`` has work queued or running."""
         with self._lock:
-            running = any(work.source == source for work in self.active.values())
+            running = any(work.source == source and not work.read_ahead
+                          for work in self.active.values())
             return running or bool(self._queues.get(source))
 
     def add_listener(self, callback: EventCallback) -> None:
@@ -147,11 +156,11 @@ class SharedHost:
         """Load a model (replacing the current one); raises EngineBusy while a reply runs.
         Queued work runs on the new model once it is loaded."""
         with self._lock:
-            if self.active:
+            if any(not work.read_ahead for work in self.active.values()):
                 raise EngineBusy("A reply is being generated; stop it before switching models.")
             if not self.host.alive:
                 self.host.kill()  # clear what a dead child left
-            self.host.load(settings)
+            self.host.load(settings, stop_running=True)  # a read-ahead ends as stopped
             self.settings = settings
             self.loading = True
             self._recovering = False
@@ -212,6 +221,7 @@ class SharedHost:
             work = Work(next(self._ids), source, on_event, tuple(messages), sampling, prompt,
                         tuple(texts) if texts is not None else None, recover, event_interval)
             self._queues.setdefault(source, deque()).append(work)
+            self._end_read_aheads()
             if source not in self._turns:
                 # a newcomer's turn comes before the source served last (at the back)
                 last = len(self._turns) - (self._turns[-1] == self._last_served
@@ -220,6 +230,33 @@ class SharedHost:
             self._dispatch()
         self._wake.set()
         return work
+
+    def read_ahead(self, source: str, on_event: EventCallback,
+                   messages: Sequence[ChatMessage]) -> Work | None:
+        """Have the prompt of a reply to ``messages`` decoded into the cache, when nothing
+        else runs or waits (None otherwise, and when no model is loaded): a reply to them
+        submitted next then starts from the cache. It ends with ReplyDone ('length' when the
+        whole prompt was decoded, 'stopped' when other work came first), or Failed (a prompt
+        longer than the context, say)."""
+        with self._lock:
+            if (self.loading or self.active or any(self._queues.values())
+                    or not self.host.alive or self.host.loaded is None):
+                return None
+            work = Work(next(self._ids), source, on_event, tuple(messages), read_ahead=True)
+            try:
+                self.host.chat(work.messages, request_id=work.id, read_ahead=True)
+            except EngineError:
+                return None
+            work.started_at = time.monotonic()
+            self.active[work.id] = work
+            return work
+
+    def _end_read_aheads(self) -> None:
+        """Stop the read-aheads running (other work came, under the lock)."""
+        for work in self.active.values():
+            if work.read_ahead and work.cancelled_at is None:
+                work.cancelled_at = time.monotonic()
+                self.host.stop(work.id)
 
     def cancel(self, work: Work) -> None:
         """Drop queued work, or stop running work after the current token (no-op when it has
@@ -251,7 +288,11 @@ class SharedHost:
         return None
 
     def _dispatch(self) -> None:
-        """Start the next work while the engine has a free sequence (under the lock)."""
+        """Start the next work while the engine has a free sequence (under the lock). Not
+        while a read-ahead runs: it was stopped when work came, and that work waits to start
+        on the cache it leaves."""
+        if any(work.read_ahead for work in self.active.values()):
+            return
         while not self.loading and (not self.host.alive or self.host.free):
             work = self._next_work()
             if work is None:
