@@ -61,6 +61,10 @@ class Settings:
     # The page shown when the window last closed, shown again at the next start; a fresh
     # install opens on the chat, its model loaded, ready for a message
     last_page: str = "Chat"
+    # The chat reads the message being typed (its prompt decoded while the engine is idle),
+    # so the reply starts sooner: a pasted document is read while the question is typed.
+    # It spends the CPU (or GPU) while typing; off here, nothing runs before Send.
+    read_ahead: bool = True
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,11 @@ engine-wide ones, come back here and are re-emitted as signals.
 stops replies through it and is handed every event through the ``engine_event`` signal, on the UI
 thread. Its own ``busy`` is the engine's view, cleared on the reader thread as soon as a reply
 ends there; whether the *session* has finished with a reply is the session's ``busy``.
+
+Reading ahead (``read_ahead``): the chat has the message being typed decoded while the engine
+is idle, so its reply starts from the cache. At most one read-ahead is in flight; a newer
+message waits for it to end and then goes (the latest only), since each one continues the
+cache the last one left. Its events are the engine's business only: none reaches the session.
 """
 
 from __future__ import annotations
@@ -56,11 +61,17 @@ class EngineClient(QObject):
     crashed = Signal(object)  # Crashed
     unloaded = Signal()
     engine_event = Signal(object)  # every event but log lines and load progress (for sessions)
+    read_ahead_ended = Signal(object)  # a read-ahead's end (ReplyDone, Failed or Crashed)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.shared = SharedHost()
         self._work: Work | None = None
+        self._ahead: Work | None = None  # the read-ahead in flight
+        self._ahead_next: tuple[ChatMessage, ...] | None = None  # to read once it has ended
+        # a read-ahead ends on the reader thread, under the engine's lock: the next one is
+        # asked for here, on the UI thread (a queued signal), not from there
+        self.read_ahead_ended.connect(self._read_next)
         self._lock = threading.Lock()
         self._running = True
         self.shared.add_listener(self._dispatch)
@@ -88,10 +99,45 @@ class EngineClient(QObject):
         with self._lock:
             if self.busy:
                 raise EngineBusy("A reply is already being generated; wait for it or stop it.")
+            self._ahead_next = None  # the message is sent: it is read as the reply's prompt
             self._work = self.shared.submit(APP_SOURCE, self._dispatch, messages=messages,
                                             sampling=sampling,
                                             event_interval=READING_INTERVAL)
             return self._work.id
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        """Have the prompt of a reply to ``messages`` decoded into the cache while the engine
+        has nothing else to do (``SharedHost.read_ahead``); nothing happens while a reply of
+        the chat's runs or when the engine is busy."""
+        with self._lock:
+            if self.busy:
+                return
+            ahead = self._ahead
+            if ahead is not None and ahead.finished_at is None:
+                self._ahead_next = tuple(messages)
+                return
+            self._ahead_next = None
+            self._ahead = self.shared.read_ahead(APP_SOURCE, self._ahead_event, messages)
+
+    @property
+    def reading_ahead(self) -> bool:
+        """A read-ahead is in flight."""
+        ahead = self._ahead
+        return ahead is not None and ahead.finished_at is None
+
+    def _ahead_event(self, event: HostEvent) -> None:
+        if not self._running:
+            return
+        try:
+            self.read_ahead_ended.emit(event)
+        except RuntimeError:  # the QObject was deleted while the app closes
+            self._running = False
+
+    def _read_next(self, _event: object) -> None:
+        with self._lock:
+            following, self._ahead_next = self._ahead_next, None
+        if following is not None:
+            self.read_ahead(following)
 
     def stop(self) -> None:
         """Stop the running reply after the current token (or drop it if still queued)."""

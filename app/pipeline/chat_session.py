@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from app.core import storage
 from app.core.sampling import Sampling
@@ -62,8 +62,8 @@ _SAMPLING_FIELDS = {f.name for f in fields(Sampling)}
 __all__ = [
     "COMPLETE", "PARTIAL", "STOPPED", "ChatEngine", "ChatMessage", "ChatSession", "ChatStore",
     "Crashed", "EngineBusy", "EngineError", "Failed", "LoadSettings", "Loaded", "MemoryStore",
-    "Reply", "ReplyDone", "ReplyEnded", "ReplyMetrics", "ReplyText", "Sampling", "SessionBusy",
-    "SessionError", "SessionState", "Started", "Token", "follow", "status_text",
+    "ReadsAhead", "Reply", "ReplyDone", "ReplyEnded", "ReplyMetrics", "ReplyText", "Sampling",
+    "SessionBusy", "SessionError", "SessionState", "Started", "Token", "follow", "status_text",
 ]
 
 
@@ -79,6 +79,14 @@ class ChatEngine(Protocol):
 
     def stop(self) -> None:
         """Ask the running reply to stop after the current token."""
+
+
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """An engine that can decode a prompt before its reply is asked for (``EngineClient``)."""
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        """Decode the prompt of a reply to ``messages`` into the cache, when idle."""
 
 
 class ChatStore(Protocol):
@@ -246,6 +254,18 @@ class ChatSession:
                           if m.content or m.role != "assistant"]
 
     # --- intent -------------------------------------------------------------------------------
+
+    def read_ahead(self, text: str) -> bool:
+        """The message ``text`` is being typed: have the engine decode the prompt its send
+        would make (the same history, the same message as ``send`` strips it), so that the
+        reply, once sent, starts from the cache. Nothing is saved. False (nothing asked) for
+        empty text, while a reply is in progress, with no model, or an engine that cannot."""
+        text = text.strip()
+        if (not text or self.busy or self.engine.current is None
+                or not isinstance(self.engine, ReadsAhead)):
+            return False
+        self.engine.read_ahead([*self.history(), ChatMessage("user", text)])
+        return True
 
     def send(self, text: str, sampling: Sampling | None = None) -> Started:
         """Send ``text`` and start the reply. Raises SessionBusy while a reply is in progress,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QDialog, QLabel, QWidget
 from pytestqt.qtbot import QtBot
 
 from app.core import hardware, storage
@@ -104,6 +104,48 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot: QtBot, make_page: MakePa
         qtbot.keyClick(page.composer, Qt.Key.Key_Return)
     assert page.composer.toPlainText() == ""
     assert page.message_widgets()[0].text == "first line\nsecond line"
+
+
+def test_a_pause_in_typing_has_the_engine_read_the_message_so_its_reply_starts_from_the_cache(
+        qtbot: QtBot, make_page: MakePage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "Hello")  # a conversation with history
+    with qtbot.waitSignal(page.engine.read_ahead_ended, timeout=60_000) as ahead:
+        qtbot.keyClicks(page.composer, "Tell me about rivers and the valleys they cut")
+        # typing goes on: nothing is read before the pause
+        assert not page.engine.reading_ahead
+    done = ahead.args[0]
+    assert done.finish_reason == "length" and done.text == ""
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
+        qtbot.keyClick(page.composer, Qt.Key.Key_Return)
+    metrics = blocker.args[0].metrics
+    # the whole conversation and the message were read: the reply decoded one token again
+    assert metrics["cached_tokens"] == metrics["prompt_tokens"] - 1
+    assert [w.text for w in page.message_widgets()][2] == (
+        "Tell me about rivers and the valleys they cut")
+
+
+def test_with_reading_ahead_off_nothing_runs_before_send(
+        qtbot: QtBot, make_page: MakePage, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.ui.chat.settings_dialog import ConversationSettingsDialog
+
+    def uncheck_and_accept(dialog: ConversationSettingsDialog) -> int:
+        assert dialog.read_ahead.isChecked()  # on by default
+        dialog.read_ahead.setChecked(False)
+        return QDialog.DialogCode.Accepted.value
+
+    page = make_page(max_tokens=8)
+    monkeypatch.setattr(ConversationSettingsDialog, "exec", uncheck_and_accept)
+    page.edit_conversation_settings()  # the chat's Settings… dialog
+    assert page.settings.read_ahead is False
+    ended: list[object] = []
+    page.engine.read_ahead_ended.connect(ended.append)
+    qtbot.keyClicks(page.composer, "Tell me about rivers")
+    qtbot.wait(3 * chat_page.READ_AHEAD_PAUSE_MS)
+    assert not ended and not page.engine.reading_ahead
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
+        qtbot.keyClick(page.composer, Qt.Key.Key_Return)
+    assert blocker.args[0].metrics["cached_tokens"] == 0
 
 
 def test_regenerate_replaces_the_last_reply(qtbot: QtBot, make_page: MakePage,

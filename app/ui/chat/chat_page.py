@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 # machine), never more than MAX_REDRAW_INTERVAL.
 REDRAW_SHARE = 0.05
 MAX_REDRAW_INTERVAL = 0.25
+# Typing that pauses this long lets the engine read the message so far (ChatSession.read_ahead):
+# short enough that a pause to think, or a paste, starts it; long enough that steady typing
+# (keys 100-250 ms apart) does not start one at every key.
+READ_AHEAD_PAUSE_MS = 400
 
 
 def format_metrics(metrics: dict[str, Any], model: str | None) -> str:
@@ -182,6 +186,12 @@ class ChatPage(QWidget):
         self.composer = Composer()
         self.composer.send_requested.connect(self.send)
         self.composer.stop_requested.connect(self.stop)
+        # a pause in typing lets the engine read the message so far (Settings.read_ahead)
+        self._read_ahead_timer = QTimer(self)
+        self._read_ahead_timer.setSingleShot(True)
+        self._read_ahead_timer.setInterval(READ_AHEAD_PAUSE_MS)
+        self._read_ahead_timer.timeout.connect(self._read_ahead)
+        self.composer.textChanged.connect(self._typed)
         bottom.addWidget(self.composer, 1)
         buttons = QVBoxLayout()
         self.send_button = QPushButton("Send")
@@ -368,9 +378,11 @@ class ChatPage(QWidget):
         """System prompt and sampling for this conversation."""
         system = (self.store.conversation(self.conversation_id).system_prompt
                   if self.conversation_id is not None else "")
-        dialog = ConversationSettingsDialog(system, self.session.sampling(), self)
+        dialog = ConversationSettingsDialog(system, self.session.sampling(),
+                                            self.settings.read_ahead, self)
         if dialog.exec() != QDialog.DialogCode.Accepted:
             return
+        self.settings.read_ahead = dialog.read_ahead.isChecked()
         conv_id = self.conversation_id
         if conv_id is None:
             conv_id = self.store.create_conversation("New chat").id
@@ -390,11 +402,21 @@ class ChatPage(QWidget):
         started = self._ask(lambda: self.session.send(text))
         if started is None:
             return
+        self._read_ahead_timer.stop()
         self.composer.clear()
         if started.user is not None:
             self._add_widget("user", started.user.content, started.user.id)
         self.conversations.reload(select=self.conversation_id)
         self._show_reply(started.reply)
+
+    def _typed(self) -> None:
+        if self.settings.read_ahead and not self.session.busy:
+            self._read_ahead_timer.start()
+
+    def _read_ahead(self) -> None:
+        """Have the engine read the message typed so far (``ChatSession.read_ahead``)."""
+        if self.settings.read_ahead:
+            self.session.read_ahead(self.composer.toPlainText())
 
     def stop(self) -> None:
         """Stop the running reply; what was generated is kept."""
@@ -498,6 +520,8 @@ class ChatPage(QWidget):
             widget.finish(reply.text, format_metrics(metrics, reply.model) if metrics else "",
                           status)
         self._show_state()
+        if self.composer.toPlainText().strip():
+            self._typed()  # a message typed while the reply was written is read after it
         self.conversations.reload(select=self.conversation_id)
         self.reply_ended.emit(reply)
         if reply.message is not None:

@@ -1,8 +1,10 @@
-"""Per-conversation settings: system prompt and sampling."""
+"""Per-conversation settings: system prompt and sampling; and whether the chat reads the message
+being typed (for every conversation)."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -18,7 +20,7 @@ from app.core.sampling import Sampling
 class ConversationSettingsDialog(QDialog):
     """Edit the system prompt and sampling of one conversation."""
 
-    def __init__(self, system_prompt: str, sampling: Sampling,
+    def __init__(self, system_prompt: str, sampling: Sampling, read_ahead: bool = True,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Conversation settings")
@@ -54,6 +56,13 @@ class ConversationSettingsDialog(QDialog):
                               ("Repeat penalty", self.repeat_penalty),
                               ("Max tokens", self.max_tokens), ("Seed", self.seed)):
             form.addRow(label, widget)
+        self.read_ahead = QCheckBox("Read my message while I type (all conversations)")
+        self.read_ahead.setToolTip(
+            "When you pause typing, the model reads the conversation and your message so far, "
+            "so its reply starts sooner: a pasted document is read while you type the "
+            "question. It uses the processor while you type.")
+        self.read_ahead.setChecked(read_ahead)
+        form.addRow(self.read_ahead)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                    | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
