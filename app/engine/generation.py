@@ -17,6 +17,9 @@ and it processes a conversation's history again from the start each turn. Here:
   (``llama_memory_seq_rm`` drops the rest), and the reply says how many tokens it reused;
   where the model wrote its reply in other tokens than the tokenizer gives the stored text,
   the cache's own tokens stand in for them (``Generator._splice``);
+- a prompt whose every token is cached, the last decode having given its last token's logits
+  (a read-ahead of the very message sent, ``Chat.read_ahead``), samples from those logits: no
+  decode before the first token (``Generator._logits``);
 - a sequence another conversation takes is put aside on disk first, and brought back when its
   conversation goes on (``app.engine.kv_shelf``);
 - penalties run on the top candidates only, not on the whole vocabulary (``_sampler``);
@@ -182,6 +185,9 @@ class Generator:
         self._caches: list[list[int]] = [[] for _ in range(n_seq)]
         self._used = [0] * n_seq
         self._clock = itertools.count(1)
+        # per sequence, the logits the context's last decode gave: (the sequence's cached
+        # length then, the batch index to sample them at). Any decode replaces them all.
+        self._logits: dict[int, tuple[int, int]] = {}
         self._eog: list[int] | None = None
         # where sequences are put aside while other conversations use them (set by the host)
         self.shelf: kv_shelf.KvShelf | None = None
@@ -304,6 +310,7 @@ class Generator:
     def _run_batch(self, seqs: Sequence[int]) -> None:
         """``llama_decode`` the batch as filled; on failure the sequences in it lose what the
         batch added to their cache and GenerationError says why."""
+        self._logits.clear()
         status = self._ll.llama_decode(self.ctx, self._batch)
         if status != 0:
             self._decode_failed(status, seqs)
@@ -312,6 +319,7 @@ class Generator:
         """After ``llama_decode`` returned ``status``: drop what it left in ``seqs``' caches
         beyond the tokens known there, and (with ``fail``) raise DecodeError."""
         memory = self._ll.llama_get_memory(self.ctx)
+        self._logits.clear()
         for seq in set(seqs):
             self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
         if not fail:
@@ -428,6 +436,7 @@ class Generator:
         memory = ll.llama_get_memory(self.ctx)
         ll.llama_memory_seq_rm(memory, seq, -1, -1)
         cache.clear()
+        self._logits.pop(seq, None)
         started = time.perf_counter()
         out = (ll.llama_token * len(state.tokens))()
         count = ctypes.c_size_t(0)
@@ -445,11 +454,15 @@ class Generator:
 
     def _reuse(self, tokens: Sequence[int], seq: int = 0) -> int:
         """Keep the cached tokens ``tokens`` starts with in ``seq`` (at least one token is
-        decoded again, for its logits), unless decoding the prompt whole costs less
+        decoded again, for its logits, unless the cache is the whole prompt and the last decode
+        gave its last token's: ``_logits``), unless decoding the prompt whole costs less
         (``kv_reuse.worth_keeping``: a few shared opening tokens before a long prompt); drop
         the rest from the cache. Returns how many are kept."""
         cache = self._caches[seq]
-        keep = min(_common_prefix(cache, tokens), len(tokens) - 1)
+        shared = _common_prefix(cache, tokens)
+        if shared == len(tokens) == len(cache) and self._logits.get(seq, (-1,))[0] == shared:
+            return shared  # the last decode gave the last token's logits: sampled from them
+        keep = min(shared, len(tokens) - 1)
         if keep and not kv_reuse.worth_keeping(keep, len(tokens), **self._shape):
             keep = 0
         memory = self._ll.llama_get_memory(self.ctx)
@@ -457,6 +470,8 @@ class Generator:
             # a cache that cannot drop a tail (recurrent models) starts again
             self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
             keep = 0
+        if keep < len(cache):
+            self._logits.pop(seq, None)
         del cache[keep:]
         return keep
 
@@ -468,6 +483,7 @@ class Generator:
             if seq not in kept and cache:
                 self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
                 cache.clear()
+                self._logits.pop(seq, None)
         if self.shelf is not None:
             self.shelf.close()
         self._prompts.clear()
@@ -475,6 +491,7 @@ class Generator:
     def reset(self) -> None:
         """Forget every sequence's cache (the next prompt is decoded whole)."""
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)
+        self._logits.clear()
         for cache in self._caches:
             cache.clear()
 
@@ -575,8 +592,11 @@ class Generator:
         sampler = self._sampler(sampling)
         reused = self._reuse(tokens, seq)
         self._used[seq] = next(self._clock)
-        return Reply(self, seq, tokens, reused, sampling, sampler, started, on_text,
-                     should_stop)
+        reply = Reply(self, seq, tokens, reused, sampling, sampler, started, on_text,
+                      should_stop)
+        if reused == len(tokens):  # nothing to decode: the first token from the kept logits
+            reply.advance(self._logits[seq][1])
+        return reply
 
     def step(self, replies: Sequence[Reply]) -> None:
         """One ``llama_decode`` for the unfinished ``replies``: each generating reply's last
@@ -605,10 +625,13 @@ class Generator:
             n += take
         self._batch.n_tokens = n
         self._run_batch([r.seq for r, _, _ in taken])
-        for reply, take, _ in taken:
-            self._caches[reply.seq].extend(reply.pending[:take])
+        for reply, take, index in taken:
+            cache = self._caches[reply.seq]
+            cache.extend(reply.pending[:take])
             reply.pos += take
             del reply.pending[:take]
+            if index >= 0:
+                self._logits[reply.seq] = (len(cache), index)
         for reply, _, index in taken:
             if index >= 0:
                 reply.advance(index)
@@ -625,6 +648,7 @@ class Generator:
             self.step([reply])
             return
         token = reply.pending[0]
+        self._logits.clear()  # the loop decodes
         chunk = token_loop.run(self.ctx, reply._sampler, self.vocab, token=token,
                                pos=reply.pos, seq=reply.seq,
                                budget=reply.budget_left, ignore_eog=reply.sampling.ignore_eos,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.host import HostEvent
+from app.engine.host import Crashed, HostEvent
 from app.engine.protocol import ChatMessage, Failed, LoadSettings, ReplyDone, Sampling, Token
 from app.engine.shared_host import SharedHost, Work
 from tests.server.conftest import load
@@ -31,7 +31,7 @@ class Events:
 
     def __call__(self, event: HostEvent) -> None:
         self.seen.append(event)
-        if isinstance(event, (ReplyDone, Failed)):
+        if isinstance(event, (ReplyDone, Failed, Crashed)):
             self.ended.set()
 
     def end(self, timeout: float = 120) -> HostEvent:
@@ -86,8 +86,8 @@ def test_a_reply_after_a_read_ahead_starts_from_its_cache_and_says_the_same(
     assert not [e for e in events.seen if isinstance(e, Token)]
     after = reply(tiny, messages)
     assert after.text == alone.text and alone.metrics.generated_tokens == 24
-    # all of the prompt but its last token, decoded again for its logits
-    assert after.metrics.cached_tokens == after.metrics.prompt_tokens - 1
+    # all of the prompt: the first token came from the logits the read-ahead left
+    assert after.metrics.cached_tokens == after.metrics.prompt_tokens
     assert alone.metrics.cached_tokens == 0
 
 
@@ -157,3 +157,48 @@ def test_a_load_during_a_read_ahead_goes_ahead(smollm2_small_batches: SharedHost
     assert isinstance(ended, ReplyDone) and ended.finish_reason == "stopped"
     assert shared.running is None and not shared.active
     assert reply(shared, [ChatMessage("user", "Hi")]).text
+
+
+def test_a_message_read_whole_needs_no_decode_before_its_first_token(tiny: SharedHost) -> None:
+    """The read-ahead's last decode gave the logits of the prompt's last token: the reply
+    samples from them, and says what it says when its prompt is decoded (greedy, and sampled
+    with a seed)."""
+    messages = [ChatMessage("user", "Paused before Send. " + PASSAGE)]
+    seeded = Sampling(temperature=0.8, seed=7, max_tokens=24)
+    for sampling in (GREEDY, seeded):
+        tiny.forget()
+        events = Events()
+        tiny.submit("app", events, messages=messages, sampling=sampling)
+        alone = events.end()
+        tiny.forget()
+        read(tiny, messages)[1].end()
+        events = Events()
+        tiny.submit("app", events, messages=messages, sampling=sampling)
+        after = events.end()
+        assert isinstance(alone, ReplyDone) and isinstance(after, ReplyDone)
+        assert after.metrics.cached_tokens == after.metrics.prompt_tokens
+        assert after.text == alone.text and after.metrics.generated_tokens == 24
+
+
+def test_logits_another_decode_replaced_are_not_sampled_from(tiny_model: Path) -> None:
+    """Two sequences: after a read-ahead on one, the other decodes (another read-ahead, then
+    a reply); the read message's reply then decodes its last token again, and says the
+    same."""
+    shared = SharedHost()
+    try:
+        load(shared, LoadSettings(str(tiny_model), n_ctx=1024, n_threads=1, n_parallel=2))
+        messages = [ChatMessage("user", "Read, then set aside. " + PASSAGE)]
+        alone = reply(shared, messages)
+        shared.forget()
+        other = [ChatMessage("user", "Another conversation altogether, on its own.")]
+        for decode_elsewhere in (read, reply):
+            shared.forget()
+            read(shared, messages)[1].end()
+            done = decode_elsewhere(shared, other)  # type: ignore[operator]
+            if decode_elsewhere is read:
+                done[1].end()
+            after = reply(shared, messages)
+            assert after.metrics.cached_tokens == after.metrics.prompt_tokens - 1
+            assert after.text == alone.text
+    finally:
+        shared.shutdown()
