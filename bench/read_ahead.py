@@ -11,7 +11,8 @@ the engine the window uses (``SharedHost``; SmolLM2 Q4_K_M or ``--model``):
   later;
 - turn 5 of a conversation with about 2,000 tokens of history (issue 17's multi-turn case) and
   turn 1 of a fresh one, the same message typed: read up to its last word at a pause, then
-  Send a second later. Without reading ahead this is ``bench/multiturn.py``'s measurement.
+  Send a second later; and read whole (a pause before Send, as when the message is read over
+  before sending). Without reading ahead this is ``bench/multiturn.py``'s measurement.
 
 Median of ``--reps`` runs, each with its own opening words so that none reuses another's cache.
 
@@ -112,23 +113,29 @@ def four_turns(bench: Bench, opening: str, passage: int) -> list[ChatMessage]:
 
 
 def history_case(bench: Bench, rep: int, passage: int) -> dict[str, float]:
-    """Turn 1 and turn 5, the same message sent at once and typed (read up to its last word
-    at a pause, Send a second later), each in a conversation of its own."""
+    """Turn 1 and turn 5, the same message sent at once, typed (read up to its last word at a
+    pause, Send a second later) and read whole before Send, each in a conversation of its
+    own."""
     opening = f"{WORDS[rep % len(WORDS)]} {rep + 10}. "
     message = ChatMessage("user", NEW_MESSAGE)
     at_pause = ChatMessage("user", NEW_MESSAGE.rsplit(" ", 1)[0])
-    bench.send([ChatMessage("user", f"{opening}Hello.")])
-    plain1, _ = bench.send([ChatMessage("user", f"{opening}{NEW_MESSAGE}")])
-    bench.send([ChatMessage("user", f"{opening}Hello again.")])
-    ahead1, _ = bench.typed([ChatMessage("user", f"{opening}{NEW_MESSAGE}")],
-                            [ChatMessage("user", f"{opening}{at_pause.content}")], 1.0)
+    first = [ChatMessage("user", f"{opening}{NEW_MESSAGE}")]
+    times: dict[str, float] = {}
+    for name, read in (("plain", None), ("ahead", f"{opening}{at_pause.content}"),
+                       ("whole", first[0].content)):
+        bench.send([ChatMessage("user", f"{opening}Hello, {name}.")])
+        times[f"{name}1"] = (bench.send(first)[0] if read is None else
+                             bench.typed(first, [ChatMessage("user", read)], 1.0)[0])
     history = four_turns(bench, f"{opening}A. ", passage)
-    plain5, done5 = bench.send([*history, message])
+    times["plain5"], done5 = bench.send([*history, message])
     history = four_turns(bench, f"{opening}B. ", passage)
-    ahead5, done_ahead5 = bench.typed([*history, message], [*history, at_pause], 1.0)
-    return {"history": done5.metrics.prompt_tokens, "plain1": plain1, "ahead1": ahead1,
-            "plain5": plain5, "ahead5": ahead5,
-            "decoded5": done_ahead5.metrics.prompt_tokens - done_ahead5.metrics.cached_tokens}
+    times["ahead5"], done_ahead5 = bench.typed([*history, message], [*history, at_pause], 1.0)
+    history = four_turns(bench, f"{opening}C. ", passage)
+    times["whole5"], done_whole5 = bench.typed([*history, message], [*history, message], 1.0)
+    return {"history": done5.metrics.prompt_tokens, **times,
+            "decoded5": done_ahead5.metrics.prompt_tokens - done_ahead5.metrics.cached_tokens,
+            "decoded_whole5": (done_whole5.metrics.prompt_tokens
+                               - done_whole5.metrics.cached_tokens)}
 
 
 def main() -> None:
@@ -165,25 +172,24 @@ def main() -> None:
 
     print(f"{model.name}, threads {args.threads}, median of {args.reps}; time from Send to "
           "the first text\n")
-    print("| case | prompt tokens | without reading ahead | reading ahead | ratio |\n"
-          "|---|---:|---:|---:|---:|")
+    def ms(runs: list[dict[str, float]], key: str) -> str:
+        return f"{med(runs, key) * 1000:.0f} ms"
+
+    print("| case | prompt tokens | sent at once | read up to its last word "
+          "| read whole |\n|---|---:|---:|---:|---:|")
     print(f"| a document pasted, Send {args.typing:g} s later | {med(docs, 'prompt'):.0f} "
-          f"| {med(docs, 'plain') * 1000:.0f} ms | {med(docs, 'ahead') * 1000:.0f} ms "
-          f"| {med(docs, 'ahead') / med(docs, 'plain'):.2f} |")
-    print(f"| turn 1, a short message | – | {med(turns, 'plain1') * 1000:.0f} ms "
-          f"| {med(turns, 'ahead1') * 1000:.0f} ms "
-          f"| {med(turns, 'ahead1') / med(turns, 'plain1'):.2f} |")
-    print(f"| turn 5, {med(turns, 'history'):.0f} tokens of history | "
-          f"{med(turns, 'history'):.0f} | {med(turns, 'plain5') * 1000:.0f} ms "
-          f"| {med(turns, 'ahead5') * 1000:.0f} ms "
-          f"| {med(turns, 'ahead5') / med(turns, 'plain5'):.2f} |")
-    print(f"\nturn 5 against turn 1 (issue 17's target: at most 1.2x): "
-          f"{med(turns, 'plain5') / med(turns, 'plain1'):.2f}x without reading ahead, "
-          f"{med(turns, 'ahead5') / med(turns, 'ahead1'):.2f}x reading ahead; turn 5 read "
-          f"ahead against turn 1 sent at once: "
-          f"{med(turns, 'ahead5') / med(turns, 'plain1'):.2f}x")
-    print(f"tokens Send still decoded: the document {med(docs, 'prompt') - med(docs, 'cached'):.0f}"
-          f", turn 5 {med(turns, 'decoded5'):.0f}")
+          f"| {ms(docs, 'plain')} | {ms(docs, 'ahead')} (the paste only) | – |")
+    print(f"| turn 1, a short message | – | {ms(turns, 'plain1')} | {ms(turns, 'ahead1')} "
+          f"| {ms(turns, 'whole1')} |")
+    print(f"| turn 5, about 2,000 tokens of history | {med(turns, 'history'):.0f} "
+          f"| {ms(turns, 'plain5')} | {ms(turns, 'ahead5')} | {ms(turns, 'whole5')} |")
+    print(f"| turn 5 ÷ turn 1 (issue 17's target: at most 1.2) | | "
+          f"{med(turns, 'plain5') / med(turns, 'plain1'):.2f} "
+          f"| {med(turns, 'ahead5') / med(turns, 'ahead1'):.2f} "
+          f"| {med(turns, 'whole5') / med(turns, 'whole1'):.2f} |")
+    print(f"\ntokens Send still decoded: the document "
+          f"{med(docs, 'prompt') - med(docs, 'cached'):.0f}; turn 5 read up to its last word "
+          f"{med(turns, 'decoded5'):.0f}, read whole {med(turns, 'decoded_whole5'):.0f}")
 
 
 if __name__ == "__main__":
