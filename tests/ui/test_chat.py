@@ -591,3 +591,13 @@ def test_reopening_or_leaving_a_conversation_while_its_reply_streams(
     page.open_conversation(first)
     assert [w.role for w in page.message_widgets()] == ["user", "assistant"] * 2
     assert not any(w.streaming for w in page.message_widgets())
+
+
+def test_reply_metrics_give_a_quick_first_token_in_milliseconds() -> None:
+    quick = chat_page.format_metrics({"generated_tokens": 9, "ttft_seconds": 0.0062,
+                                      "generation_tokens_per_second": 70.0,
+                                      "prompt_tokens": 37, "cached_tokens": 37}, "m.gguf")
+    assert quick == ("9 tokens · first token 6 ms · 70.0 tok/s · 37 of 37 prompt tokens "
+                     "cached · m.gguf")
+    slow = chat_page.format_metrics({"generated_tokens": 9, "ttft_seconds": 6.23}, None)
+    assert slow == "9 tokens · first token 6.23 s · 0.0 tok/s"

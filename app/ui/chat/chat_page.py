@@ -76,10 +76,12 @@ READ_AHEAD_PAUSE_MS = 400
 
 
 def format_metrics(metrics: dict[str, Any], model: str | None) -> str:
-    """'42 tokens · first token 0.20 s · 57.1 tok/s · 480 of 512 prompt tokens cached ·
-    SmolLM2…' under a reply (the cache part when the reply reused any)."""
+    """'42 tokens · first token 200 ms · 57.1 tok/s · 480 of 512 prompt tokens cached ·
+    SmolLM2…' under a reply (the cache part when the reply reused any; the first token's time
+    in seconds from one second: a message read while typed answers in a few milliseconds)."""
+    ttft = float(metrics.get("ttft_seconds", 0.0))
     parts = [f"{metrics.get('generated_tokens', 0)} tokens",
-             f"first token {metrics.get('ttft_seconds', 0.0):.2f} s",
+             f"first token {ttft * 1000:.0f} ms" if ttft < 1 else f"first token {ttft:.2f} s",
              f"{metrics.get('generation_tokens_per_second', 0.0):.1f} tok/s"]
     cached = int(metrics.get("cached_tokens", 0))
     if cached:
