@@ -20,9 +20,10 @@ text); running work is stopped through the host, which takes effect within one t
 
 Reading ahead: while nothing else runs or waits, a client may have the prompt of a reply it
 expects decoded into the cache (``read_ahead``: the chat reads the message being typed, so its
-reply starts from the cache). That work never waits and never delays: any work submitted ends
-it first (at the end of the batch being decoded; what it decoded stays cached, and the work
-waiting for its place starts when it has ended, so on its cache), and a load stops it.
+reply starts from the cache). That work never waits, and delays other work by one batch at
+most: any work submitted ends it first, at the end of the batch being decoded (what it decoded
+stays cached, and the work waiting for its place starts when it has ended, so on its cache),
+and a load stops it.
 
 A dead child: the running work receives ``Crashed``, and so does every listener. Work submitted
 with ``recover=True`` (the server's) reloads the last loaded model when its turn comes, so a
