@@ -601,3 +601,22 @@ def test_reply_metrics_give_a_quick_first_token_in_milliseconds() -> None:
                      "cached · m.gguf")
     slow = chat_page.format_metrics({"generated_tokens": 9, "ttft_seconds": 6.23}, None)
     assert slow == "9 tokens · first token 6.23 s · 0.0 tok/s"
+
+
+def test_a_message_typed_in_one_conversation_is_read_again_in_the_one_opened(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "First conversation")
+    first = page.conversation_id
+    page.new_conversation()
+    _send(qtbot, page, "Second conversation")
+    with qtbot.waitSignal(page.engine.read_ahead_ended, timeout=60_000):
+        qtbot.keyClicks(page.composer, "Which one am I in?")
+    assert first is not None
+    with qtbot.waitSignal(page.engine.read_ahead_ended, timeout=60_000):
+        page.open_conversation(first)  # the text did not change; its conversation did
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
+        qtbot.keyClick(page.composer, Qt.Key.Key_Return)
+    metrics = blocker.args[0].metrics
+    assert metrics["cached_tokens"] == metrics["prompt_tokens"]
+    assert [m.content for m in store.messages(first)][2] == "Which one am I in?"

@@ -310,6 +310,7 @@ class ChatPage(QWidget):
         self.model_bar.show_status(f"{name} · context {loaded.n_ctx:,} · {where} · "
                                    f"loaded in {loaded.load_seconds:.1f} s")
         self.banner.hide()
+        self._read_draft()  # a message typed while the model loaded
         self.model_loaded.emit(loaded)
         self._record_load(loaded)
 
@@ -357,6 +358,7 @@ class ChatPage(QWidget):
         self._clear_messages()
         self.conversations.list.clearSelection()
         self.composer.setFocus()
+        self._read_draft()
 
     def open_conversation(self, conversation_id: int) -> None:
         """Show a stored conversation (a reply being written for another one is stopped and
@@ -364,6 +366,7 @@ class ChatPage(QWidget):
         self.session.open(conversation_id)
         self._redraw()
         self.conversations.reload(select=conversation_id)
+        self._read_draft()
 
     def _conversation_deleted(self, conversation_id: int) -> None:
         # what the engine keeps of conversations (in memory and on disk) holds their text
@@ -414,6 +417,12 @@ class ChatPage(QWidget):
     def _typed(self) -> None:
         if self.settings.read_ahead and not self.session.busy:
             self._read_ahead_timer.start()
+
+    def _read_draft(self) -> None:
+        """The message box holds a message whose conversation or model changed, or that was
+        typed while a reply was written: read it after the usual pause."""
+        if self.composer.toPlainText().strip():
+            self._typed()
 
     def _read_ahead(self) -> None:
         """Have the engine read the message typed so far (``ChatSession.read_ahead``)."""
@@ -522,8 +531,7 @@ class ChatPage(QWidget):
             widget.finish(reply.text, format_metrics(metrics, reply.model) if metrics else "",
                           status)
         self._show_state()
-        if self.composer.toPlainText().strip():
-            self._typed()  # a message typed while the reply was written is read after it
+        self._read_draft()  # a message typed while the reply was written is read after it
         self.conversations.reload(select=self.conversation_id)
         self.reply_ended.emit(reply)
         if reply.message is not None:
