@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -37,6 +38,17 @@ def load(shared: SharedHost, settings: LoadSettings, timeout: float = 120) -> Lo
     return got[0]
 
 
+@contextmanager
+def loaded(settings: LoadSettings) -> Iterator[SharedHost]:
+    """A shared engine with ``settings`` loaded, shut down at the end."""
+    shared = SharedHost()
+    try:
+        load(shared, settings)
+        yield shared
+    finally:
+        shared.shutdown()
+
+
 def serve(shared: SharedHost, **config: object) -> ServerRunner:
     runner = ServerRunner(shared, ServerConfig(port=0, **config))  # type: ignore[arg-type]
     runner.start()
@@ -55,10 +67,8 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_shared(tiny_path: Path) -> Iterator[SharedHost]:
     """The tiny model (context 2048, one thread) in a shared engine."""
-    shared = SharedHost()
-    load(shared, LoadSettings(str(tiny_path), n_ctx=2048, n_threads=1))
-    yield shared
-    shared.shutdown()
+    with loaded(LoadSettings(str(tiny_path), n_ctx=2048, n_threads=1)) as shared:
+        yield shared
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from app.engine.host import Crashed, HostEvent
 from app.engine.protocol import ChatMessage, Failed, LoadSettings, ReplyDone, Sampling, Token
 from app.engine.shared_host import SharedHost, Work
-from tests.server.conftest import load
+from tests.server.conftest import load, loaded
 
 GREEDY = Sampling(temperature=0.0, max_tokens=24)
 PASSAGE = ("Rivers shape the land they cross: they cut valleys, carry silt to the sea and build "
@@ -56,19 +56,15 @@ def read(shared: SharedHost, messages: list[ChatMessage]) -> tuple[Work, Events]
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model: Path) -> Iterator[SharedHost]:
-    shared = SharedHost()
-    load(shared, LoadSettings(str(tiny_model), n_ctx=2048, n_threads=1))
-    yield shared
-    shared.shutdown()
+    with loaded(LoadSettings(str(tiny_model), n_ctx=2048, n_threads=1)) as shared:
+        yield shared
 
 
 @pytest.fixture(scope="module")
 def smollm2_small_batches(smollm2: Path) -> Iterator[SharedHost]:
     """SmolLM2 decoding prompts 64 tokens a batch: a long prompt takes many batches."""
-    shared = SharedHost()
-    load(shared, LoadSettings(str(smollm2), n_ctx=4096, n_batch=64, n_ubatch=64))
-    yield shared
-    shared.shutdown()
+    with loaded(LoadSettings(str(smollm2), n_ctx=4096, n_batch=64, n_ubatch=64)) as shared:
+        yield shared
 
 
 def test_a_reply_after_a_read_ahead_starts_from_its_cache_and_says_the_same(
@@ -184,9 +180,8 @@ def test_logits_another_decode_replaced_are_not_sampled_from(tiny_model: Path) -
     """Two sequences: after a read-ahead on one, the other decodes (another read-ahead, then
     a reply); the read message's reply then decodes its last token again, and says the
     same."""
-    shared = SharedHost()
-    try:
-        load(shared, LoadSettings(str(tiny_model), n_ctx=1024, n_threads=1, n_parallel=2))
+    with loaded(LoadSettings(str(tiny_model), n_ctx=1024, n_threads=1,
+                             n_parallel=2)) as shared:
         messages = [ChatMessage("user", "Read, then set aside. " + PASSAGE)]
         alone = reply(shared, messages)
         shared.forget()
@@ -200,5 +195,3 @@ def test_logits_another_decode_replaced_are_not_sampled_from(tiny_model: Path) -
             after = reply(shared, messages)
             assert after.metrics.cached_tokens == after.metrics.prompt_tokens - 1
             assert after.text == alone.text
-    finally:
-        shared.shutdown()
