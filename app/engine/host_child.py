@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 # A read-ahead's reply (Chat.read_ahead): no token is sampled, so the plainest chain
 READ_AHEAD = Sampling(temperature=0.0, max_tokens=0)
 
+
 class _Sender:
     """Thread-safe event sender (llama.cpp may log from more than one thread)."""
 
