@@ -226,6 +226,33 @@ def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_pag
     assert reply.status == storage.STATUS_COMPLETE
 
 
+def test_an_engine_killed_while_reading_ahead_keeps_the_message_being_typed(
+        qtbot: QtBot, make_page: MakePage, store: Storage) -> None:
+    page = make_page(max_tokens=8)
+    _send(qtbot, page, "before the crash")
+
+    def kill() -> None:  # right after the page asked the engine to read the message
+        pid = page.engine.pid()
+        assert pid is not None and page.engine.reading_ahead
+        os.kill(pid, signal.SIGKILL)
+
+    page._read_ahead_timer.timeout.connect(kill)
+    with qtbot.waitSignal(page.engine_error, timeout=60_000) as blocker:
+        qtbot.keyClicks(page.composer, "a message being typed")
+    assert "SIGKILL" in blocker.args[0]
+    page._read_ahead_timer.timeout.disconnect(kill)
+    assert page.banner.isVisibleTo(page)
+    assert page.composer.toPlainText() == "a message being typed"
+    assert len(store.messages(store.conversations()[0].id)) == 2
+    with qtbot.waitSignal(page.model_loaded, timeout=60_000):
+        page.reload_button.click()
+    with qtbot.waitSignal(page.reply_finished, timeout=60_000) as sent:
+        qtbot.keyClick(page.composer, Qt.Key.Key_Return)
+    assert sent.args[0].status == storage.STATUS_COMPLETE
+    assert [m.content for m in store.messages(store.conversations()[0].id)][2] == (
+        "a message being typed")
+
+
 def test_conversations_new_search_rename_delete(qtbot: QtBot, make_page: MakePage,
                                                 store: Storage) -> None:
     page = make_page(max_tokens=4)
