@@ -186,7 +186,9 @@ class Generator:
         self._used = [0] * n_seq
         self._clock = itertools.count(1)
         # per sequence, the logits the context's last decode gave: (the sequence's cached
-        # length then, the batch index to sample them at). Any decode replaces them all.
+        # length then, the batch index to sample them at). Any decode replaces them all; a
+        # cache is only cut (then decoded) or grown by decoding, so an entry is stale only
+        # where a state brought back from the shelf replaced the cache (_unshelve drops it).
         self._logits: dict[int, tuple[int, int]] = {}
         self._eog: list[int] | None = None
         # where sequences are put aside while other conversations use them (set by the host)
@@ -319,7 +321,6 @@ class Generator:
         """After ``llama_decode`` returned ``status``: drop what it left in ``seqs``' caches
         beyond the tokens known there, and (with ``fail``) raise DecodeError."""
         memory = self._ll.llama_get_memory(self.ctx)
-        self._logits.clear()
         for seq in set(seqs):
             self._ll.llama_memory_seq_rm(memory, seq, len(self._caches[seq]), -1)
         if not fail:
@@ -470,8 +471,6 @@ class Generator:
             # a cache that cannot drop a tail (recurrent models) starts again
             self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
             keep = 0
-        if keep < len(cache):
-            self._logits.pop(seq, None)
         del cache[keep:]
         return keep
 
@@ -483,7 +482,6 @@ class Generator:
             if seq not in kept and cache:
                 self._ll.llama_memory_seq_rm(memory, seq, -1, -1)
                 cache.clear()
-                self._logits.pop(seq, None)
         if self.shelf is not None:
             self.shelf.close()
         self._prompts.clear()
@@ -491,7 +489,6 @@ class Generator:
     def reset(self) -> None:
         """Forget every sequence's cache (the next prompt is decoded whole)."""
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)
-        self._logits.clear()
         for cache in self._caches:
             cache.clear()
 
