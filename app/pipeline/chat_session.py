@@ -253,6 +253,11 @@ class ChatSession:
         return history + [ChatMessage(m.role, m.content) for m in messages
                           if m.content or m.role != "assistant"]
 
+    def _with_message(self, text: str) -> list[ChatMessage]:
+        """What the model is shown when ``text`` is sent: the history, then it. ``send`` and
+        ``read_ahead`` both build it here, so what is read ahead is the prompt Send makes."""
+        return [*self.history(), ChatMessage("user", text)]
+
     # --- intent -------------------------------------------------------------------------------
 
     def read_ahead(self, text: str) -> bool:
@@ -264,7 +269,7 @@ class ChatSession:
         if (not text or self.busy or self.engine.current is None
                 or not isinstance(self.engine, ReadsAhead)):
             return False
-        self.engine.read_ahead([*self.history(), ChatMessage("user", text)])
+        self.engine.read_ahead(self._with_message(text))
         return True
 
     def send(self, text: str, sampling: Sampling | None = None) -> Started:
@@ -275,7 +280,7 @@ class ChatSession:
         if not text:
             raise SessionError("Type a message first.")
         self._check_ready()
-        reply = self._start([*self.history(), ChatMessage("user", text)], sampling)
+        reply = self._start(self._with_message(text), sampling)
         with self._saving():
             if self.conversation_id is None:
                 title = " ".join(text.split())[:48] or "New chat"
