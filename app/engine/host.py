@@ -101,14 +101,16 @@ class ModelHost:
         self._proc: mp.process.BaseProcess | None = None
         self._requests: mp.connection.Connection | None = None
         self._events: mp.connection.Connection | None = None
-        # per lane: the id of the request to stop; the events of its reply read by this side
-        # (only this side writes either)
+        # per lane: the id of the request to stop; the text events of its reply this side took
+        # (read them, or for an ``on_demand`` reply, asked past them: ``more``); only this side
+        # writes either
         self._stop = _CTX.Array("q", [-1] * MAX_PARALLEL, lock=False)
         self._consumed = _CTX.Array("q", MAX_PARALLEL, lock=False)
         self._ids = itertools.count(1)
         self._crash_reported = False
         self._replace_child = False
         self.active: dict[int, int] = {}  # running request id -> its lane
+        self._on_demand: set[int] = set()  # running requests whose reader asks for text
         self.loaded: Loaded | None = None
         self.log_tail: deque[str] = deque(maxlen=40)
         self._rpc_servers: tuple[str, ...] = ()  # of the last load: named if the child dies
@@ -161,6 +163,7 @@ class ModelHost:
         self._crash_reported = False
         self._replace_child = False
         self.active.clear()
+        self._on_demand.clear()
         self.loaded = None
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -185,6 +188,7 @@ class ModelHost:
                 conn.close()
         self._proc = self._requests = self._events = None
         self.active.clear()
+        self._on_demand.clear()
         self.loaded = None
 
     # --- requests -----------------------------------------------------------------------------
@@ -210,13 +214,18 @@ class ModelHost:
 
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling | None = None,
              prompt: str | None = None, request_id: int | None = None,
-             event_interval: float | None = None, read_ahead: bool = False) -> int:
+             event_interval: float | None = None, read_ahead: bool = False,
+             on_demand: bool = False) -> int:
         """Start a reply to ``messages`` (or a continuation of the raw text ``prompt``, no
         template); returns its request id (``request_id`` when the caller numbers requests
         itself: ``SharedHost`` does). Events: Token…, then ReplyDone or Failed; text events
         at least ``event_interval`` seconds apart (the host's own when None). ``read_ahead``:
-        only decode the prompt into the cache (``Chat.read_ahead``)."""
+        only decode the prompt into the cache (``Chat.read_ahead``). ``on_demand``: after the
+        first, a text event goes only when the reader asks for it (``more``), not as soon as
+        the last one is read; the rest of the text goes with the reply's end."""
         request_id = self._begin(request_id)
+        if on_demand:
+            self._on_demand.add(request_id)
         self._send(Chat(request_id, tuple(messages), sampling or Sampling(), prompt,
                         lane=self.active[request_id],
                         event_interval=self.event_interval if event_interval is None
@@ -243,6 +252,13 @@ class ModelHost:
         self._stop[lane] = -1
         self.active[request_id] = lane
         return request_id
+
+    def more(self, request_id: int) -> None:
+        """The reader of an ``on_demand`` reply asks for its next text event (the text since
+        the last one, as soon as there is any); no-op when the reply is not running."""
+        lane = self.active.get(request_id)
+        if lane is not None and request_id in self._on_demand:
+            self._consumed[lane] += 1
 
     def stop(self, request_id: int | None = None) -> None:
         """Stop a running reply (every one when ``request_id`` is None) after the current
@@ -305,6 +321,7 @@ class ModelHost:
                         tuple(self.log_tail))
         log.error("%s Last log lines:\n%s", crash.message, "\n".join(crash.log_tail))
         self.active.clear()
+        self._on_demand.clear()
         self.loaded = None
         return crash
 
@@ -314,18 +331,22 @@ class ModelHost:
             _llama_log.log(event.level, "%s", event.text)
         elif isinstance(event, Token):
             lane = self.active.get(event.request_id)
-            if lane is not None:
+            if lane is not None and event.request_id not in self._on_demand:
                 self._consumed[lane] += 1  # the child sends the next text at once
         elif isinstance(event, Loaded):
             self.loaded = event
         elif isinstance(event, Failed) and (event.request_id is None or event.unusable):
             self._replace_child = True  # the next load gets a fresh child
             if event.request_id is not None:
-                self.active.pop(event.request_id, None)
+                self._ended(event.request_id)
         elif isinstance(event, (ReplyDone, Failed, Embeddings)) and event.request_id is not None:
-            self.active.pop(event.request_id, None)
+            self._ended(event.request_id)
         elif isinstance(event, Unloaded):
             self.loaded = None
+
+    def _ended(self, request_id: int) -> None:
+        self.active.pop(request_id, None)
+        self._on_demand.discard(request_id)
 
     def _next(self, timeout: float) -> HostEvent:
         """Wait for the next event other than a log line; raise EngineCrashed on death."""

@@ -15,7 +15,8 @@ reach it, the one already on its way, however busy the parent was; held text is 
 request may also ask for a least time between events (``Chat.event_interval``): text for a
 person (the window, which redraws a reply 25 times a second, and ``quantdesk chat``) asks for
 ``READING_INTERVAL``, because on a small machine every event wakes the reader on a core
-llama.cpp's threads are using.
+llama.cpp's threads are using. The window also counts an event read only when it asks for the
+next (``ModelHost.more``, at each redraw): the same rule then sends one event per redraw.
 
 A read-ahead (``Chat.read_ahead``: the chat reading the message being typed) decodes its prompt
 and ends; any chat request (or Forget) that comes while it runs ends it first, so it never holds

@@ -84,6 +84,7 @@ class Work:
     tokens: int = 0
     events_after_cancel: int = 0
     read_ahead: bool = False  # only decodes its prompt into the cache (``SharedHost.read_ahead``)
+    on_demand: bool = False  # its reader asks for each text event after the first (``more``)
 
 
 def _stopped_before_start(work: Work) -> ReplyDone:
@@ -211,16 +212,19 @@ class SharedHost:
     def submit(self, source: str, on_event: EventCallback, *,
                messages: Sequence[ChatMessage] = (), sampling: Sampling | None = None,
                prompt: str | None = None, texts: Sequence[str] | None = None,
-               recover: bool = False, event_interval: float = 0.0) -> Work:
+               recover: bool = False, event_interval: float = 0.0,
+               on_demand: bool = False) -> Work:
         """Queue a reply to ``messages`` (or a continuation of ``prompt``), or embeddings of
         ``texts``. Its events go to ``on_event``: Token… (at least ``event_interval`` seconds
-        apart), then ReplyDone, Failed or Crashed (or Embeddings). Raises EngineError when no
-        engine runs and ``recover`` is not asked."""
+        apart; with ``on_demand``, after the first, only when asked for: ``more``), then
+        ReplyDone, Failed or Crashed (or Embeddings). Raises EngineError when no engine runs
+        and ``recover`` is not asked."""
         with self._lock:
             if not recover and not self.host.alive and not self.loading:
                 raise EngineError(NOT_RUNNING)
             work = Work(next(self._ids), source, on_event, tuple(messages), sampling, prompt,
-                        tuple(texts) if texts is not None else None, recover, event_interval)
+                        tuple(texts) if texts is not None else None, recover, event_interval,
+                        on_demand=on_demand)
             self._queues.setdefault(source, deque()).append(work)
             self._end_read_aheads()
             if source not in self._turns:
@@ -231,6 +235,14 @@ class SharedHost:
             self._dispatch()
         self._wake.set()
         return work
+
+    def more(self, work: Work) -> None:
+        """The reader of ``on_demand`` work asks for its next text event: the text since the
+        last one, as soon as there is any. No-op when the work is not running (waiting, or
+        ended)."""
+        with self._lock:
+            if work.on_demand and self.active.get(work.id) is work:
+                self.host.more(work.id)
 
     def read_ahead(self, source: str, on_event: EventCallback,
                    messages: Sequence[ChatMessage]) -> Work | None:
@@ -316,7 +328,8 @@ class SharedHost:
                     self.host.embed(work.texts, request_id=work.id)
                 else:
                     self.host.chat(work.messages, work.sampling, work.prompt,
-                                   request_id=work.id, event_interval=work.event_interval)
+                                   request_id=work.id, event_interval=work.event_interval,
+                                   on_demand=work.on_demand)
             except EngineError as exc:
                 self._end(work, Failed(work.id, str(exc)))
                 continue

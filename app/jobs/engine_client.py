@@ -42,9 +42,11 @@ from app.engine.shared_host import SharedHost, Work
 
 APP_SOURCE = "app"  # the window's chat, in the shared engine's queue
 # The window redraws a streaming reply at most 25 times a second (the chat page's render
-# timer), so its text events need come no faster (READING_INTERVAL). Each event wakes this
-# process on a core that llama.cpp's threads are using: on a 2-core machine, an event per token
-# cost a fast model 40% of its speed (bench/ui_responsiveness.py).
+# timer), so its text events need come no faster (READING_INTERVAL), and it asks for each one
+# (``on_demand``, ``more``) when it has drawn the last, which is less often when drawing is
+# dear. Each event wakes this process on a core that llama.cpp's threads are using: on a 2-core
+# machine, an event per token cost a fast model 40% of its speed, and an event every 40 ms
+# while the window drew every 150 ms cost it 3% (bench/ui_responsiveness.py).
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +95,27 @@ class EngineClient(QObject):
         """Load a model (replacing the current one); raises EngineBusy while generating."""
         self.shared.load(settings)
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
+    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling, *,
+             on_demand: bool = False) -> int:
         """Start a reply (it waits its turn if the server is answering); raises EngineBusy or
-        EngineError."""
+        EngineError. ``on_demand``: after the first, a text event comes only when asked for
+        (``more``): the chat page asks at each redraw."""
         with self._lock:
             if self.busy:
                 raise EngineBusy("A reply is already being generated; wait for it or stop it.")
             self._ahead_next = None  # the message is sent: it is read as the reply's prompt
             self._work = self.shared.submit(APP_SOURCE, self._dispatch, messages=messages,
                                             sampling=sampling,
-                                            event_interval=READING_INTERVAL)
+                                            event_interval=READING_INTERVAL,
+                                            on_demand=on_demand)
             return self._work.id
+
+    def more(self) -> None:
+        """Ask for the running reply's next text event (an ``on_demand`` reply's): the text
+        written since the last one, as soon as there is any."""
+        work = self._work
+        if work is not None:
+            self.shared.more(work)
 
     def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
         """Have the prompt of a reply to ``messages`` decoded into the cache while the engine

@@ -74,8 +74,11 @@ class ChatEngine(Protocol):
     def current(self) -> Loaded | None:
         """The loaded model, if any."""
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
-        """Start a reply; return its request id; raise EngineError if the engine cannot."""
+    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling, *,
+             on_demand: bool = False) -> int:
+        """Start a reply; return its request id; raise EngineError if the engine cannot.
+        ``on_demand``: after the first, a text event comes only when the reader asks for it
+        (the engine's ``more``)."""
 
     def stop(self) -> None:
         """Ask the running reply to stop after the current token."""
@@ -191,8 +194,12 @@ class ChatSession:
     """One conversation at a time, and at most one reply in progress."""
 
     def __init__(self, engine: ChatEngine, store: ChatStore,
-                 default_sampling: Callable[[], Sampling] = Sampling) -> None:
+                 default_sampling: Callable[[], Sampling] = Sampling, *,
+                 on_demand: bool = False) -> None:
+        """``on_demand``: the reader asks the engine for each text event of a reply after the
+        first (the chat page does at each redraw), so none comes that nothing would show."""
         self.engine = engine
+        self.on_demand = on_demand
         self.store = store
         self.default_sampling = default_sampling
         self.state = SessionState.IDLE
@@ -397,7 +404,8 @@ class ChatSession:
     def _start(self, history: list[ChatMessage], sampling: Sampling | None) -> Reply:
         chosen = sampling or self.sampling()
         loaded = self.engine.current
-        request_id = self.engine.chat(history, chosen)  # EngineError: nothing changed yet
+        # EngineError: nothing changed yet
+        request_id = self.engine.chat(history, chosen, on_demand=self.on_demand)
         self.reply = Reply(request_id, self.conversation_id or 0,
                            Path(loaded.path).name if loaded else "?", chosen)
         self.state = SessionState.REPLYING

@@ -437,6 +437,27 @@ def test_a_redraw_of_a_reply_being_written_lays_its_text_out_at_one_width(
         assert list(label._heights) == [label.width()]  # laid out since set: once, as shown
 
 
+def test_the_engine_sends_a_reply_s_text_only_as_often_as_the_page_draws_it(
+        qtbot: QtBot, make_page: MakePage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each text event but the first (and the end's) answers a redraw's ask: with redraws
+    100 ms apart (a dear paragraph), the engine does not send text every READING_INTERVAL
+    that nothing would draw, each event waking the window on a core llama.cpp uses."""
+    page = make_page(max_tokens=1900)
+    monkeypatch.setattr(page, "_pace_redraws", lambda first=False:
+                        page._render_timer.setInterval(100))
+    drawn: list[str] = []
+    show = MessageWidget.show_streaming
+    monkeypatch.setattr(MessageWidget, "show_streaming",
+                        lambda self, text: (drawn.append(text), show(self, text))[1])
+    events: list[str] = []
+    page.engine.token.connect(lambda _rid, text: events.append(text))
+    reply = _send(qtbot, page, "Hello there")
+    assert "".join(events) == reply.content and len(events) >= 2
+    # drawn: the empty reply at the start, then each text that came but the end's
+    assert len(events) <= len(drawn), (len(events), len(drawn))
+    assert drawn[-1] in ("".join(events[:-1]), reply.content)
+
+
 def test_redraws_of_a_reply_being_written_are_spaced_by_what_they_cost(
         make_page: MakePage, monkeypatch: pytest.MonkeyPatch) -> None:
     page = make_page(model=None)
@@ -595,10 +616,14 @@ def test_reopening_or_leaving_a_conversation_while_its_reply_streams(
                     timeout=60_000)
     first = page.conversation_id
     assert first is not None
-    # Opening the same conversation again keeps the reply streaming in place.
+    # Opening the same conversation again keeps the reply streaming in place: its text goes
+    # on coming (the page asks for it at each redraw) into the new view.
     page.open_conversation(first)
     widgets = page.message_widgets()
     assert [w.role for w in widgets] == ["user", "assistant"] and widgets[1].streaming
+    shown = len(widgets[1].text)
+    qtbot.waitUntil(lambda: widgets[1].streaming and len(widgets[1].text) > shown,
+                    timeout=10_000)
     with qtbot.waitSignal(page.reply_finished, timeout=60_000) as blocker:
         page.stop()
     assert blocker.args[0].status == storage.STATUS_STOPPED

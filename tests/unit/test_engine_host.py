@@ -395,3 +395,41 @@ def test_a_reader_that_asks_for_an_interval_gets_events_that_far_apart(
     # times can only bunch by the pipe's scheduling
     assert len(events) >= 3
     assert len(events) <= (arrived[-1] - arrived[0]) / 0.04 + 2, (len(events), arrived)
+
+
+def test_a_reader_on_demand_gets_text_only_when_it_asks(host: ModelHost,
+                                                        tiny_model: Path) -> None:
+    # The window asks for the next text when it redraws (ChatSession's on_demand): no event
+    # comes that nothing would show, none is lost, and the reply is the same.
+    host.load_sync(LoadSettings(str(tiny_model), n_ctx=4096))
+    greedy = Sampling(temperature=0.0, max_tokens=1500, ignore_eos=True)
+    alone = next(e for e in host.chat_stream(HELLO, greedy) if isinstance(e, ReplyDone))
+
+    # never asked: the first text comes at once, the rest with the reply's end
+    host.chat(HELLO, greedy, on_demand=True)
+    events = _wait(host, ReplyDone)
+    texts = [e for e in events if isinstance(e, Token)]
+    done = events[-1]
+    assert isinstance(done, ReplyDone) and done.text == alone.text
+    assert len(texts) == 2 and texts[0].pieces == 1, [t.pieces for t in texts]
+    assert texts[0].text + texts[1].text == done.text
+
+    # asked 30 ms after each event (a redraw): each text event answers an ask, but the end's
+    request = host.chat(HELLO, greedy, on_demand=True)
+    texts: list[Token] = []
+    unasked: list[int] = []  # which events came with no ask waiting
+    asked = False
+    while not isinstance(event := host.poll(0.03), ReplyDone):
+        if isinstance(event, Token):
+            if texts and not asked:
+                unasked.append(len(texts))
+            texts.append(event)
+            asked = False
+        elif event is None and not asked:
+            host.more(request)
+            asked = True
+    assert event.text == alone.text and "".join(t.text for t in texts) == event.text
+    assert len(texts) >= 3
+    assert unasked in ([], [len(texts) - 1]), (unasked, len(texts))
+    host.more(request)  # the reply has ended: nothing to ask for, nothing happens
+    assert not host.active

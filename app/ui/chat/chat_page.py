@@ -110,7 +110,8 @@ class ChatPage(QWidget):
         self.settings = settings
         self.profile: HardwareProfile | None = None
         self.model_info: ModelInfo | None = None
-        self.session = ChatSession(engine, store, self._default_sampling)
+        # text events on demand: one per redraw (_ask_for_text), none that nothing would show
+        self.session = ChatSession(engine, store, self._default_sampling, on_demand=True)
         self._reply_widget: MessageWidget | None = None  # the shown reply being written
         self._requested_model: str | None = None
         self._load_choice = LoadChoice(settings.n_ctx, settings.n_gpu_layers, settings.threads,
@@ -214,12 +215,13 @@ class ChatPage(QWidget):
         self.hint.hide()
         right.addWidget(self.hint)
 
+        # A streaming reply is redrawn when its text comes, and the next text is asked for this
+        # long after (the engine sends none before: ChatSession's on_demand): at most 25 times
+        # a second, less often when redrawing is dear (REDRAW_SHARE).
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
-        # redraw a streaming reply at most 25 times a second (the engine's text events come as
-        # often, no more), less often when redrawing is dear (REDRAW_SHARE)
         self._render_timer.setInterval(round(READING_INTERVAL * 1000))
-        self._render_timer.timeout.connect(self._render_reply)
+        self._render_timer.timeout.connect(self._ask_for_text)
         self._redraw_cpu = 0.0  # the window's CPU time at the last redraw (or reply start)
         self._redraw_cost = 0.0  # its CPU time per redraw (averaged) while a reply streams
 
@@ -481,9 +483,10 @@ class ChatPage(QWidget):
 
     def _engine_event(self, event: object) -> None:
         update = self.session.handle(event)
-        if isinstance(update, ReplyText):
-            if self._reply_widget is not None and not self._render_timer.isActive():
-                self._render_timer.start()
+        if isinstance(update, ReplyText) and not self._render_timer.isActive():
+            # the text asked for (or the reply's first): drawn now, the next asked for later
+            self._render_reply()
+            self._render_timer.start()
         elif isinstance(update, ReplyEnded):
             self._reply_ended(update.reply)
         if isinstance(event, Crashed):
@@ -495,6 +498,13 @@ class ChatPage(QWidget):
                 isinstance(update, ReplyEnded):
             self._show_banner(event.message, reload=False)
             self.engine_error.emit(event.message)
+
+    def _ask_for_text(self) -> None:
+        """Ask the engine for the text written since the last redraw (it comes as an event,
+        drawn at once). Asked for while no view shows the reply too (its conversation being
+        drawn again), so that the session's reply stays current."""
+        if self.session.reply is not None:
+            self.engine.more()
 
     def _render_reply(self) -> None:
         reply = self.session.reply
@@ -596,7 +606,6 @@ class ChatPage(QWidget):
             policy.ScrollBarAlwaysOn if shown else policy.ScrollBarAlwaysOff)
 
     def _clear_messages(self) -> None:
-        self._render_timer.stop()
         self._reply_widget = None
         for widget in self.message_widgets():
             self.messages_layout.removeWidget(widget)
