@@ -12,7 +12,8 @@ side. The ratio shown is the median of the rounds. Run on the tiny model (thousa
 a second: the worst case for the UI) and on SmolLM2 (a real model's pace), each in a fresh
 process. Targets: the maximum stall stays under 50 ms; the tiny model's reply reaches the page
 at 0.9 of llama.cpp's rate (issue 17). Also shown: the GUI process's CPU use while streaming
-(on a small machine it competes with llama.cpp's threads).
+(on a small machine it competes with llama.cpp's threads), and the ratio of each round's request
+sent again to the engine with no page (what the window's work costs, apart from the engine's).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.ui_responsiveness
 """
@@ -43,6 +44,7 @@ from PySide6.QtWidgets import QApplication
 from app.core.embedded import embedded_model_path
 from app.core.settings import Settings
 from app.core.storage import Storage
+from app.engine.protocol import ChatMessage
 from app.jobs.engine_client import EngineClient
 from app.ui.chat.chat_page import ChatPage
 from app.ui.main import apply_style
@@ -50,6 +52,7 @@ from tests.helpers.tiny_model import write_tiny_llama
 
 BEAT_MS = 5
 N_CTX = 4096  # the chat's context in this bench
+MESSAGE = "Write a long essay about rivers, mountains and the sea."
 ROUNDS = 3  # replies timed against llama-bench, each beside its own llama-bench run
 
 
@@ -87,11 +90,14 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, Any]:
     timer.stop()
     gaps = [(b - a) * 1000 - BEAT_MS for a, b in itertools.pairwise(beats)]
     rounds: list[dict[str, float]] = []
+    alone: list[float] = []
     llamas: list[float] = []
     for _ in range(ROUNDS):  # alone: the speed, each beside llama.cpp's
         llama = llama_decode_rate(model, max_tokens, 48, repetitions=1)
         page.new_conversation()
         rounds.append(stream(page))
+        # the same request with no page: the engine and its events alone, in this process
+        alone.append(engine_alone(page))
         if llama is not None:
             llamas.append(llama)
     page.shutdown()
@@ -99,8 +105,10 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, Any]:
     result: dict[str, Any] = {key: statistics.median(r[key] for r in rounds)
                               for key in ("tokens", "events", "tok/s", "decode", "gui_cpu")}
     ratios = [r["tok/s"] / llama for r, llama in zip(rounds, llamas, strict=False)]
+    unseen = [rate / llama for rate, llama in zip(alone, llamas, strict=False)]
     return result | {"llama": statistics.median(llamas) if llamas else None,
                      "ratio": statistics.median(ratios) if ratios else None,
+                     "ratio_alone": statistics.median(unseen) if unseen else None,
                      "ratios": ratios,
                      "max_stall_ms": max(gaps),
                      "p99_stall_ms": statistics.quantiles(gaps, n=100)[98],
@@ -113,7 +121,7 @@ def stream(page: ChatPage) -> dict[str, float]:
     count = page.engine.token.connect(lambda *_: events.append(1))
     cpu_before = psutil.Process().cpu_times()
     start = time.perf_counter()
-    page.send("Write a long essay about rivers, mountains and the sea.")
+    page.send(MESSAGE)
     reply = run_until(page.reply_finished, 300)[0]
     elapsed = time.perf_counter() - start
     cpu_after = psutil.Process().cpu_times()
@@ -127,6 +135,17 @@ def stream(page: ChatPage) -> dict[str, float]:
             "decode": metrics.get("generation_tokens_per_second", 0.0),
             "gui_cpu": (cpu_after.user + cpu_after.system - cpu_before.user
                         - cpu_before.system) / elapsed}
+
+
+def engine_alone(page: ChatPage) -> float:
+    """The rate of the page's request (its model, message and sampling, a new conversation)
+    sent to the engine with no page to draw it: what the window's work costs, apart."""
+    engine = page.engine
+    message = ChatMessage("user", MESSAGE)
+    start = time.perf_counter()
+    engine.chat([message], page.session.sampling())
+    done = run_until(engine.reply_done, 300)[0]
+    return done.metrics.generated_tokens / (time.perf_counter() - start)  # type: ignore[attr-defined]
 
 
 def child(model: str, max_tokens: int) -> None:
@@ -173,14 +192,16 @@ def main() -> None:
           "llama-bench run of the same length (ratio: the median of each reply's against its "
           "run)")
     print("| model | tokens (events) | tok/s seen by the UI | llama-bench tg (same length) "
-          "| ratio (rounds) | engine decode tok/s | GUI CPU | median stall ms | p99 stall ms "
-          "| max stall ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ratio (rounds) | ratio, engine alone | engine decode tok/s | GUI CPU "
+          "| median stall ms | p99 stall ms | max stall ms |"
+          "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         base = r["llama"]
         ratio = (f"**{r['ratio']:.2f}** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
                  if base else "–")
+        alone = f"{r['ratio_alone']:.2f}" if base else "–"
         print(f"| {name} | {r['tokens']:.0f} ({r['events']:.0f}) | {r['tok/s']:.0f} | "
-              f"{f'{base:.0f}' if base else '–'} | {ratio} | {r['decode']:.0f} "
+              f"{f'{base:.0f}' if base else '–'} | {ratio} | {alone} | {r['decode']:.0f} "
               f"| {r['gui_cpu']:.0%} | {r['median_stall_ms']:.1f} | {r['p99_stall_ms']:.1f} "
               f"| {r['max_stall_ms']:.1f} |")
 

@@ -215,9 +215,9 @@ class ChatPage(QWidget):
         self.hint.hide()
         right.addWidget(self.hint)
 
-        # A streaming reply is redrawn when its text comes, and the next text is asked for this
-        # long after (the engine sends none before: ChatSession's on_demand): at most 25 times
-        # a second, less often when redrawing is dear (REDRAW_SHARE).
+        # A streaming reply is redrawn when its text comes, and the next text is asked for at
+        # once, or this long after when redrawing is dear (REDRAW_SHARE; the engine sends none
+        # before: ChatSession's on_demand): at most 25 times a second, less often when dear.
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(round(READING_INTERVAL * 1000))
@@ -484,9 +484,9 @@ class ChatPage(QWidget):
     def _engine_event(self, event: object) -> None:
         update = self.session.handle(event)
         if isinstance(update, ReplyText) and not self._render_timer.isActive():
-            # the text asked for (or the reply's first): drawn now, the next asked for later
+            # the text asked for (or the reply's first): drawn now, the next asked for
             self._render_reply()
-            self._render_timer.start()
+            self._ask_for_next_text()
         elif isinstance(update, ReplyEnded):
             self._reply_ended(update.reply)
         if isinstance(event, Crashed):
@@ -498,6 +498,15 @@ class ChatPage(QWidget):
                 isinstance(update, ReplyEnded):
             self._show_banner(event.message, reload=False)
             self.engine_error.emit(event.message)
+
+    def _ask_for_next_text(self) -> None:
+        """While redrawing is cheap, ask for the next text at once: the engine sends it
+        READING_INTERVAL after the last, as soon as there is any. When it is dear, ask after
+        the interval the redraws are spaced by (``_pace_redraws``)."""
+        if self._render_timer.interval() <= round(READING_INTERVAL * 1000):
+            self._ask_for_text()
+        else:
+            self._render_timer.start()
 
     def _ask_for_text(self) -> None:
         """Ask the engine for the text written since the last redraw (it comes as an event,
