@@ -24,13 +24,16 @@ class Column:
     key: str
     title: str
     better: str  # "low", "high" or "" (not ranked)
-    fmt: str
+    fmt: str  # a format for the value, or SIZE: a size in GiB, shown in MiB below one GiB
+
+
+SIZE = "size"
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("name", "Variant", "", "{}"),
     Column("quant", "Type", "", "{}"),
-    Column("size_gib", "Size (GiB)", "low", "{:.3f}"),
+    Column("size_gib", "Size", "low", SIZE),
     Column("bpw", "Bits/weight", "low", "{:.2f}"),
     Column("ppl", "Perplexity", "low", "{:.3f}"),
     Column("kld", "KLD mean", "low", "{:.5f}"),
@@ -39,7 +42,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("rms_dp", "RMS Δp", "low", "{:.2%}"),
     Column("pp", "Prompt tok/s", "high", "{:.1f}"),
     Column("tg", "Generation tok/s", "high", "{:.1f}"),
-    Column("rss_gib", "Peak memory (GiB)", "low", "{:.3f}"),
+    Column("rss_gib", "Peak memory", "low", SIZE),
     Column("load_s", "Load (s)", "low", "{:.2f}"),
 )
 
@@ -169,6 +172,10 @@ def cell_text(col: Column, value: Any) -> str:
     """A value as the table and the report show it ("–" when there is none)."""
     if value is None:
         return "–"
+    if col.fmt == SIZE:
+        # a 135M model's quantizations differ by MiBs ("0.087 GiB" hid them), a 7B model's by
+        # hundredths of a GiB
+        return f"{value * 1024:.1f} MiB" if value < 1 else f"{value:.2f} GiB"
     return col.fmt.format(value)
 
 

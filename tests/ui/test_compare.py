@@ -57,6 +57,13 @@ def test_stored_comparison_shows_rows_charts_and_recommendation(
     panel.table.sortItems(kld_col)
     order = [panel.table.item(i, 1).text() for i in range(3)]
     assert order == ["Q8_0", "Q2_K", "F32"]
+    # sizes read in MiB for models this small, and sort by their values
+    size_col = [c.key for c in report.COLUMNS].index("size_gib")
+    panel.table.sortItems(size_col)
+    sizes = [panel.table.item(i, size_col).text() for i in range(3)]
+    variants = [tiny_evaluation.candidates[1], tiny_evaluation.candidates[0],
+                tiny_evaluation.reference]  # Q2_K, Q8_0, F32: smallest first
+    assert sizes == [f"{v.size / 2**20:.1f} MiB" for v in variants]
     points = panel.quality_chart.chart().series()[1]
     assert points.count() == 2  # the two candidates (the reference has no KLD)
     front = panel.quality_chart.chart().series()[0]
