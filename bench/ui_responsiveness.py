@@ -53,7 +53,7 @@ from tests.helpers.tiny_model import write_tiny_llama
 BEAT_MS = 5
 N_CTX = 4096  # the chat's context in this bench
 MESSAGE = "Write a long essay about rivers, mountains and the sea."
-ROUNDS = 3  # replies timed against llama-bench, each beside its own llama-bench run
+ROUNDS = 5  # replies timed against llama-bench, each beside its own llama-bench run
 
 
 def run_until(signal: object, timeout: float) -> list[object]:
