@@ -12,7 +12,7 @@ import csv
 import html
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,25 +24,34 @@ class Column:
     key: str
     title: str
     better: str  # "low", "high" or "" (not ranked)
-    fmt: str  # a format for the value, or SIZE: a size in GiB, shown in MiB below one GiB
+    fmt: str | Callable[[Any], str]  # a format for the value, or what writes it
 
 
-SIZE = "size"
+def size_text(gib: float) -> str:
+    """A size given in GiB as a person reads it: a 135M model's quantizations differ by MiBs
+    ("0.087 GiB" hid them), a 7B model's by hundredths of a GiB."""
+    return f"{gib * 1024:.1f} MiB" if gib < 1 else f"{gib:.2f} GiB"
+
+
+def _perplexity_text(ppl: float) -> str:
+    """Three decimals, as llama-perplexity prints it; a model gone wrong (random weights, a
+    ruined quantization) can reach 10^40, written as such instead of a 40-digit number."""
+    return f"{ppl:.3f}" if ppl < 1e5 else f"{ppl:.3g}"
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("name", "Variant", "", "{}"),
     Column("quant", "Type", "", "{}"),
-    Column("size_gib", "Size", "low", SIZE),
+    Column("size_gib", "Size", "low", size_text),
     Column("bpw", "Bits/weight", "low", "{:.2f}"),
-    Column("ppl", "Perplexity", "low", "{:.3f}"),
+    Column("ppl", "Perplexity", "low", _perplexity_text),
     Column("kld", "KLD mean", "low", "{:.5f}"),
     Column("kld_p99", "KLD p99", "low", "{:.4f}"),
     Column("same_top", "Same top token", "high", "{:.1%}"),
     Column("rms_dp", "RMS Δp", "low", "{:.2%}"),
     Column("pp", "Prompt tok/s", "high", "{:.1f}"),
     Column("tg", "Generation tok/s", "high", "{:.1f}"),
-    Column("rss_gib", "Peak memory", "low", SIZE),
+    Column("rss_gib", "Peak memory", "low", size_text),
     Column("load_s", "Load (s)", "low", "{:.2f}"),
 )
 
@@ -102,7 +111,7 @@ def recommendation(table: Sequence[Mapping[str, Any]], kld_budget: float = DEFAU
     if within:
         small = min(within, key=lambda r: r["size_gib"])
         parts.append(f"Smallest within KLD ≤ {kld_budget:g}: {small['name']} "
-                     f"({small['size_gib']:.2f} GiB, KLD {small['kld']:.4f}).")
+                     f"({size_text(small['size_gib'])}, KLD {small['kld']:.4f}).")
     else:
         closest = min(cands, key=lambda r: r["kld"])
         parts.append(f"No variant is within KLD ≤ {kld_budget:g}; the closest is "
@@ -172,11 +181,7 @@ def cell_text(col: Column, value: Any) -> str:
     """A value as the table and the report show it ("–" when there is none)."""
     if value is None:
         return "–"
-    if col.fmt == SIZE:
-        # a 135M model's quantizations differ by MiBs ("0.087 GiB" hid them), a 7B model's by
-        # hundredths of a GiB
-        return f"{value * 1024:.1f} MiB" if value < 1 else f"{value:.2f} GiB"
-    return col.fmt.format(value)
+    return col.fmt(value) if callable(col.fmt) else col.fmt.format(value)
 
 
 def to_html(evaluation: Mapping[str, Any], charts: Mapping[str, bytes],

@@ -80,7 +80,7 @@ class QualityChart(QChartView):
         key = (round(point.x(), 6), round(point.y(), 9))
         name = self.names.get(key, "")
         self.hover_text = name if state else ""
-        self.setToolTip(f"{name}: {point.y():.4f} at {point.x():.3f} GiB"
+        self.setToolTip(f"{name}: {point.y():.4f} at {report.size_text(point.x())}"
                         if state and name else "")
 
 
