@@ -61,7 +61,7 @@ class MainWindow(QMainWindow):
         self.hardware_page.profile_ready.connect(self.chat_page.set_hardware)
         self.hardware_page.profile_ready.connect(self.models_page.set_hardware)
         self.models_page.open_in_chat.connect(self._open_in_chat)
-        self.compare_page = QuantizeComparePage(store)
+        self.compare_page = QuantizeComparePage(store, settings)
         self.hardware_page.profile_ready.connect(self.compare_page.set_hardware)
         self.wizard_page = WizardPage(store, settings, embedded_model is not None)
         self.hardware_page.profile_ready.connect(self.wizard_page.set_hardware)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from app.core.memory import RAM_RESERVE
 from app.core.storage import Storage
 from app.engine.evaluate import Evaluation, evaluate
 from app.engine.probe import full_profile
+from app.ui.chat.chat_page import READ_AHEAD_PAUSE_MS
 from app.ui.compare.ab_chat import TIE, ABChat
 from app.ui.compare.page import QuantizeComparePage
 
@@ -249,6 +251,45 @@ def test_ab_chat_answers_side_by_side_and_keeps_the_vote(
         page.shutdown()
 
 
+def _cached(side_metrics: str) -> tuple[int, int] | None:
+    """(cached, prompt tokens) from a side's metrics line, or None when it names none."""
+    match = re.search(r"([\d,]+) of ([\d,]+) prompt tokens cached", side_metrics)
+    return (int(match[1].replace(",", "")), int(match[2].replace(",", ""))) if match else None
+
+
+@pytest.mark.parametrize("read_ahead", [True, False], ids=["reading ahead", "setting off"])
+def test_ab_chat_reads_the_next_prompt_ahead_on_both_sides_while_it_is_typed(
+        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation, read_ahead: bool) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    ab = page.compare.ab_chat
+    ab.settings.read_ahead = read_ahead
+    try:
+        page.set_hardware(full_profile())  # both loaded together
+        ab.max_tokens = 8
+        _round(qtbot, ab, "Hello there")  # the first round loads both engines
+        ended: list[object] = []
+        for client in ab.clients:
+            client.read_ahead_ended.connect(ended.append)
+        qtbot.keyClicks(ab.prompt, "Tell me about rivers and the valleys they cut")
+        if read_ahead:  # after the pause, each engine reads the prompt
+            qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
+            assert all(e.finish_reason == "length" and e.text == "" for e in ended)
+        else:
+            qtbot.wait(3 * READ_AHEAD_PAUSE_MS)
+            assert not ended and not any(c.reading_ahead for c in ab.clients)
+        _round(qtbot, ab, ab.prompt.text())
+        for side in ab.sides:
+            assert side.state == "done" and len(side.history) == 4
+            cached = _cached(side.metrics.text())
+            assert cached is not None  # the first round's turn is kept either way
+            if read_ahead:  # the whole prompt was read: the round decoded nothing more
+                assert cached[0] == cached[1]
+            else:
+                assert cached[0] < cached[1]
+    finally:
+        page.shutdown()
+
+
 def test_ab_chat_takes_turns_when_both_do_not_fit(
         qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
     page = _show(qtbot, store, tiny_evaluation)
@@ -264,9 +305,19 @@ def test_ab_chat_takes_turns_when_both_do_not_fit(
                                                   f"B: {ab.sides[1].name}"]
         loads: list[str] = []
         ab.clients[0].loaded.connect(lambda loaded: loads.append(loaded.path))
+        # a pause in typing reads nothing ahead: only the variant loaded (B) could
+        ended: list[object] = []
+        ab.clients[0].read_ahead_ended.connect(ended.append)
+        qtbot.keyClicks(ab.prompt, "Again")
+        qtbot.wait(3 * READ_AHEAD_PAUSE_MS)
+        assert not ended and not ab.clients[0].reading_ahead
         _round(qtbot, ab, "Again")
         # the variant still loaded (B) answered first, so only A was loaded again
         assert loads == [ab.sides[0].path]
         assert all(s.state == "done" and len(s.history) == 4 for s in ab.sides)
+        # what each side's first token had to read is shown: B kept the first round, A not
+        cached = _cached(ab.sides[1].metrics.text())
+        assert cached is not None and 0 < cached[0] < cached[1]
+        assert _cached(ab.sides[0].metrics.text()) is None
     finally:
         page.shutdown()

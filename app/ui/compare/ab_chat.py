@@ -5,6 +5,13 @@ at the same time, each on half the CPU threads. Otherwise one engine loads them 
 other, the one already loaded answering first. Each side keeps its own conversation. Both get
 the same sampling seed per prompt, so differences come from the weights, not the dice.
 
+When both models are loaded together, a pause in typing the next prompt has each read it
+ahead, as on the Chat page (``ChatSession.read_ahead``, the Settings' "Read my message while I
+type"): the round then starts from the cache on both sides alike. One after the other, only the
+model still loaded could read ahead and its first token would come sooner for that alone, so
+neither does. The first round has no engine yet. Each side's metrics say how much of its
+prompt came from the cache (one after the other, the model loaded again has none).
+
 Blind by default: the columns are "A" and "B", assigned at random, and the names appear after
 the vote (people favour the bigger file when they know which one it is). Votes go to the stored
 comparison (``Storage.add_vote``), where the Compare tab and the exports show the tally.
@@ -22,7 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -39,6 +46,7 @@ from PySide6.QtWidgets import (
 from app.core import memory
 from app.core.gguf_info import GGUFError, read_model_info
 from app.core.hardware import HardwareProfile
+from app.core.settings import Settings
 from app.core.storage import Storage
 from app.jobs.engine_client import EngineClient
 from app.pipeline.chat_session import (
@@ -56,6 +64,7 @@ from app.pipeline.chat_session import (
     Sampling,
     SessionError,
 )
+from app.ui.chat.chat_page import READ_AHEAD_PAUSE_MS
 from app.ui.widgets import name_combo, text_label
 
 N_CTX = 2048
@@ -87,9 +96,11 @@ class ABChat(QWidget):
 
     voted = Signal(dict)  # the comparison's tally after a vote
 
-    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Storage, settings: Settings | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.store = store
+        self.settings = settings if settings is not None else Settings()
         self.evaluation_id: int | None = None
         self.profile: HardwareProfile | None = None
         self.max_tokens = 512
@@ -146,6 +157,11 @@ class ABChat(QWidget):
         self.prompt = QLineEdit()
         self.prompt.setPlaceholderText("A prompt for both…")
         self.prompt.returnPressed.connect(self.send)
+        self.prompt.textEdited.connect(self._typed)
+        self._read_ahead_timer = QTimer(self)
+        self._read_ahead_timer.setSingleShot(True)
+        self._read_ahead_timer.setInterval(READ_AHEAD_PAUSE_MS)
+        self._read_ahead_timer.timeout.connect(self._read_ahead)
         self.send_button = QPushButton("Send")
         self.send_button.setObjectName("Primary")
         self.send_button.clicked.connect(self.send)
@@ -195,6 +211,7 @@ class ABChat(QWidget):
 
     def shutdown(self) -> None:
         """End the engines (a reply in progress is dropped: A/B rounds are not saved)."""
+        self._read_ahead_timer.stop()
         for side in self.sides:
             side.session.close()
         for client in self.clients:
@@ -258,6 +275,7 @@ class ABChat(QWidget):
             return
         if not self.sides and not self._prepare():
             return
+        self._read_ahead_timer.stop()
         self.prompt.clear()
         self.seed = random.randrange(2**31)
         self._enable_votes(False)
@@ -276,6 +294,24 @@ class ABChat(QWidget):
             first = 1 if loaded is not None and loaded.path == self.sides[1].path else 0
             self.queue = [first, 1 - first]
             self._run(self.queue.pop(0))
+
+    @property
+    def _reads_ahead(self) -> bool:
+        """Both models are loaded together and idle, and reading ahead is on."""
+        return self.settings.read_ahead and len(self.clients) == 2 and not self.busy
+
+    def _typed(self) -> None:
+        if self._reads_ahead:
+            self._read_ahead_timer.start()
+
+    def _read_ahead(self) -> None:
+        """Have each side's model read the prompt typed so far (both loaded together)."""
+        if not self._reads_ahead:
+            return
+        for side in self.sides:
+            loaded = side.client.current
+            if loaded is not None and loaded.path == side.path:
+                side.session.read_ahead(self.prompt.text())
 
     def _settings(self, side: _Side) -> LoadSettings:
         threads = self.pair.threads_each if self.pair and self.pair.together else None
@@ -340,9 +376,12 @@ class ABChat(QWidget):
         note = {"length": ", cut at the token limit", "stopped": ", stopped"}.get(
             reply.finish_reason or "", "")
         m = reply.metrics
+        cached = (f", {m.cached_tokens:,} of {m.prompt_tokens:,} prompt tokens cached"
+                  if m and m.cached_tokens else "")
         side.metrics.setText(
             f"{m.generated_tokens} tokens, {m.generation_tokens_per_second:.1f} tokens/s, "
-            f"first token after {m.ttft_seconds:.2f} s{note}" if m else f"stopped{note}")
+            f"first token after {m.ttft_seconds:.2f} s{cached}{note}" if m
+            else f"stopped{note}")
         self._next()
 
     def _failed_on(self, client: EngineClient, message: str) -> None:

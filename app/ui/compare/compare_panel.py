@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core import report
+from app.core.settings import Settings
 from app.core.storage import Storage
 from app.core.units import format_duration
 from app.jobs.pipeline_job import PipelineJob
@@ -35,9 +36,12 @@ from app.ui.widgets import Card, name_combo, text_label
 
 
 class ComparePanel(QWidget):
-    """New evaluation form, stored evaluations, and the comparison of the chosen one."""
+    """New evaluation form, stored evaluations, and the comparison of the chosen one.
+    ``settings``: the app's (the A/B chat reads ahead as the Chat page does); the defaults
+    without."""
 
-    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Storage, settings: Settings | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.store = store
         self.job: PipelineJob | None = None
@@ -136,7 +140,7 @@ class ComparePanel(QWidget):
         self.tabs.addTab(self.memory_chart, "Memory")
         self.layer_view = LayerView()
         self.tabs.addTab(self.layer_view, "Layers")
-        self.ab_chat = ABChat(store)
+        self.ab_chat = ABChat(store, settings)
         self.ab_chat.voted.connect(lambda tally: self.votes.setText(tally_text(tally)))
         self.tabs.addTab(self.ab_chat, "A/B chat")
         layout.addWidget(self.tabs, 1)

@@ -6,6 +6,7 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from app.core.hardware import HardwareProfile
+from app.core.settings import Settings
 from app.core.storage import Storage
 from app.jobs import warm
 from app.ui.compare.compare_panel import ComparePanel
@@ -14,7 +15,8 @@ from app.ui.widgets import page_title
 
 
 class QuantizeComparePage(QWidget):
-    def __init__(self, store: Storage, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Storage, settings: Settings | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(24, 20, 24, 20)
@@ -24,7 +26,7 @@ class QuantizeComparePage(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.quantize)
-        self.compare = ComparePanel(store)
+        self.compare = ComparePanel(store, settings)
         self.tabs.addTab(scroll, "Quantize")
         self.tabs.addTab(self.compare, "Compare")
         layout.addWidget(self.tabs, 1)
