@@ -232,7 +232,7 @@ def test_ab_chat_answers_side_by_side_and_keeps_the_vote(
             assert side.state == "done" and side.reply
             assert "Hello there" in side.view.toPlainText()
             assert side.view.toPlainText().endswith(side.reply)
-            assert "tokens/s" in side.metrics.text()
+            assert "tok/s" in side.metrics.text()
         assert [h.text() for h in ab.headers] == ["A", "B"]  # blind until the vote
         assert all(b.isEnabled() for b in ab.vote_buttons.values())
         winner = ab.sides[0].name

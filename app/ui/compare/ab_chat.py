@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import html
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QTimer, Signal
@@ -64,7 +64,7 @@ from app.pipeline.chat_session import (
     Sampling,
     SessionError,
 )
-from app.ui.chat.chat_page import READ_AHEAD_PAUSE_MS
+from app.ui.chat.chat_page import READ_AHEAD_PAUSE_MS, format_metrics
 from app.ui.widgets import name_combo, text_label
 
 N_CTX = 2048
@@ -373,15 +373,11 @@ class ABChat(QWidget):
             return
         side.state = "done"
         side.reply = reply.text
-        note = {"length": ", cut at the token limit", "stopped": ", stopped"}.get(
+        note = {"length": " · cut at the token limit", "stopped": " · stopped"}.get(
             reply.finish_reason or "", "")
         m = reply.metrics
-        cached = (f", {m.cached_tokens:,} of {m.prompt_tokens:,} prompt tokens cached"
-                  if m and m.cached_tokens else "")
-        side.metrics.setText(
-            f"{m.generated_tokens} tokens, {m.generation_tokens_per_second:.1f} tokens/s, "
-            f"first token after {m.ttft_seconds:.2f} s{cached}{note}" if m
-            else f"stopped{note}")
+        # as under a Chat page reply: the prompt tokens cached too, when any
+        side.metrics.setText(format_metrics(asdict(m), None) + note if m else f"stopped{note}")
         self._next()
 
     def _failed_on(self, client: EngineClient, message: str) -> None:
