@@ -19,6 +19,7 @@ from app.core.memory import RAM_RESERVE
 from app.core.storage import Storage
 from app.engine.evaluate import Evaluation, evaluate
 from app.engine.probe import full_profile
+from app.engine.protocol import ReplyDone
 from app.ui.chat.chat_page import READ_AHEAD_PAUSE_MS
 from app.ui.compare.ab_chat import TIE, ABChat
 from app.ui.compare.page import QuantizeComparePage
@@ -267,7 +268,7 @@ def test_ab_chat_reads_the_next_prompt_ahead_on_both_sides_while_it_is_typed(
         page.set_hardware(full_profile())  # both loaded together
         ab.max_tokens = 8
         _round(qtbot, ab, "Hello there")  # the first round loads both engines
-        ended: list[object] = []
+        ended: list[ReplyDone] = []  # what a read-ahead ends with, when it reads
         for client in ab.clients:
             client.read_ahead_ended.connect(ended.append)
         qtbot.keyClicks(ab.prompt, "Tell me about rivers and the valleys they cut")
@@ -286,6 +287,28 @@ def test_ab_chat_reads_the_next_prompt_ahead_on_both_sides_while_it_is_typed(
                 assert cached[0] == cached[1]
             else:
                 assert cached[0] < cached[1]
+    finally:
+        page.shutdown()
+
+
+def test_ab_chat_reads_a_prompt_typed_during_a_round_once_the_round_is_over(
+        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
+    page = _show(qtbot, store, tiny_evaluation)
+    ab = page.compare.ab_chat
+    try:
+        page.set_hardware(full_profile())  # both loaded together
+        ab.max_tokens = 8
+        _round(qtbot, ab, "Hello there")
+        ended: list[ReplyDone] = []  # what a read-ahead ends with, when it reads
+        for client in ab.clients:
+            client.read_ahead_ended.connect(ended.append)
+        ab.prompt.setText("And then?")
+        ab.send()
+        qtbot.keyClicks(ab.prompt, "What is a delta")  # no engine event handled yet
+        assert ab.busy and not ab._read_ahead_timer.isActive()  # nothing read meanwhile
+        qtbot.waitUntil(lambda: ab.send_button.isEnabled(), timeout=120_000)
+        qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
+        assert all(e.finish_reason == "length" for e in ended)
     finally:
         page.shutdown()
 

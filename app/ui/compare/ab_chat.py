@@ -404,6 +404,8 @@ class ABChat(QWidget):
         self.stop_button.setEnabled(False)
         both = all(s.state == "done" for s in self.sides)
         self._enable_votes(both and self.evaluation_id is not None)
+        if self.prompt.text().strip():  # the next prompt, typed while this round ran
+            self._typed()
 
     def stop(self) -> None:
         """Stop both replies (what was written stays)."""
