@@ -9,6 +9,11 @@ reply before, in the same run. Target: a redraw stays well under the 40 ms betwe
 however long the reply gets (a redraw that costs more is a stall, and on a small machine its
 time is taken from llama.cpp's threads).
 
+Also measured: the reply's end, when the message is laid out as a finished one
+(``MessageWidget.finish``: one label per block of prose, so that a selection can run across its
+paragraphs): one stall, growing with the reply. The UI's target for any stall is 50 ms
+(``bench/ui_responsiveness.py``).
+
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.redraw
 """
 
@@ -99,6 +104,27 @@ def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str
     return [statistics.median(took[i - 3:i]) for i in at]
 
 
+def finish_ms(app: QApplication, steps: list[str]) -> float:
+    """Milliseconds the end of a reply takes (``finish``, laid out and shown) after it streamed
+    to ``steps[-1]``."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    widget = MessageWidget("assistant")
+    area.setWidget(widget)
+    area.resize(900, 700)
+    area.show()
+    app.processEvents()
+    for text in [*steps[::3], steps[-1]]:
+        widget.show_streaming(text)
+        app.processEvents()
+    start = time.perf_counter()
+    widget.finish(steps[-1], "512 tokens · first token 40 ms · 70.1 tok/s")
+    app.processEvents()
+    took = (time.perf_counter() - start) * 1000
+    area.close()
+    return took
+
+
 def main() -> None:
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
@@ -117,6 +143,12 @@ def main() -> None:
         now = redraw_ms(app, message_widget, steps, at)
         for (_, name), b, n in zip(marks, before, now, strict=True):
             print(f"| {name} | {b:.1f} | {n:.1f} | {n / b:.2f} |")
+    print("\nthe reply's end (finish: laid out as a finished message), ms, median of 3\n")
+    print("| reply | characters | finish |\n|---|---:|---:|")
+    for steps, name in ((prose(60), "60 paragraphs"), (code(400), "400 code lines"),
+                        (paragraph(15000), "one paragraph of 15,000 characters")):
+        took = statistics.median(finish_ms(app, steps) for _ in range(3))
+        print(f"| {name} | {len(steps[-1]):,} | {took:.1f} |")
 
 if __name__ == "__main__":
     main()

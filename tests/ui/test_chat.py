@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QDialog, QLabel, QWidget
+from PySide6.QtWidgets import QDialog, QLabel, QScrollArea, QWidget
 from pytestqt.qtbot import QtBot
 
 from app.core import hardware, storage
@@ -370,6 +370,38 @@ def test_a_reply_being_written_is_as_narrow_as_the_finished_reply(qtbot: QtBot, 
         label = _labels(streaming)[-1]
         assert label.text().endswith("▍")
         assert label.sizeHint() == QSize(label.width(), label.heightForWidth(label.width()))
+
+
+@pytest.mark.parametrize("code", [False, True], ids=["prose", "code"])
+@pytest.mark.qt_log_ignore("does not support propagateSizeHints")  # shown offscreen
+def test_a_long_finished_text_hints_the_size_qlabel_would_and_is_laid_out_whole(
+        qtbot: QtBot, code: bool) -> None:
+    """A finished message's long text gives its own size hints (its widest word, its height
+    at its width), not QLabel's, which lay it all out again: they must come to what QLabel's
+    would, and the text must get the height QLabel needs for it at its width."""
+    from app.ui.chat.message_widget import OWN_HINTS_CHARS
+
+    words = "the river " + "x" * 40 + " carries silt to the sea, " * 120
+    text = f"```python\n{words}\n```" if code else words
+    area = QScrollArea()  # as in the conversation view: as tall as its text needs
+    area.setWidgetResizable(True)
+    qtbot.addWidget(area)
+    widget = MessageWidget("assistant")
+    area.setWidget(widget)
+    area.resize(600, 400)
+    area.show()
+    widget.finish(text)
+    label = widget.code_blocks[0].labels()[-1] if code else _labels(widget)[-1]
+    assert len(label.text()) >= OWN_HINTS_CHARS
+    qt = QLabel()  # QLabel's own hints for the same text, as the label shows it
+    qt.setTextFormat(label.textFormat())
+    qt.setFont(label.font())
+    qt.setWordWrap(True)
+    qt.setText(label.text())
+    assert qt.minimumSizeHint().width() * 0.9 <= label.minimumSizeHint().width() <= (
+        qt.minimumSizeHint().width() + 2)
+    qtbot.waitUntil(lambda: label.height() == qt.heightForWidth(label.width()))
+    assert label.sizeHint() == QSize(label.width(), label.heightForWidth(label.width()))
 
 
 def test_a_label_lays_out_its_new_text_for_its_height(qtbot: QtBot) -> None:

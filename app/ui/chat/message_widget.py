@@ -19,6 +19,7 @@ from app.core.markdown_blocks import Block, settled_end, split_blocks
 
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
 CODE_CHUNK_LINES = 20  # a streaming code block's lines are laid out this many at a time
+OWN_HINTS_CHARS = 2000  # a label of this many characters or more computes its size hints
 STREAMING_CURSOR = " ▍"  # at the end of a reply being written
 _LINK_TARGET = re.compile(r"\]\([^)\s]*\)?")  # the "(address)" of a Markdown link
 
@@ -68,7 +69,13 @@ class _Label(QLabel):
     # out three more times for them (24 ms a redraw for a 15,000-character paragraph, most of
     # the window's time while a fast model writes one). For a word-wrapped paragraph they come
     # down to its widest word (the least width it wraps to) and its height at its width,
-    # which heightForWidth keeps: measured as the text grows, only its new words.
+    # which heightForWidth keeps: measured as the text grows, only its new words. A long
+    # text's hints come from the same two (QLabel's took 18-31 ms for 11,000-27,000
+    # characters, most of the stall at the end of a long reply, when it is laid out again as
+    # a finished message); a short one's stay QLabel's own.
+
+    def _own_hints(self) -> bool:
+        return self._growing or len(self.text()) >= OWN_HINTS_CHARS
 
     def _widest_word(self) -> int:
         text = self.text()
@@ -78,23 +85,33 @@ class _Label(QLabel):
         start = max(text.rfind(" ", 0, self._measured), text.rfind("\n", 0, self._measured)) + 1
         metrics = self.fontMetrics()
         # a link shows its text, not its address (which may still be being written)
-        for word in _LINK_TARGET.sub("]", text[start:]).split():
+        for word in set(_LINK_TARGET.sub("]", text[start:]).split()):
             self._widest = max(self._widest, metrics.horizontalAdvance(word))
         self._measured = len(text)
         return self._widest
 
     def minimumSizeHint(self) -> QSize:
-        if not self._growing:
+        if not self._own_hints():
             return super().minimumSizeHint()
         return QSize(self._widest_word(), self.fontMetrics().height())
 
     def sizeHint(self) -> QSize:
-        if not self._growing:
+        if not self._own_hints():
             return super().sizeHint()
-        # its present width once it has one: the layout asks the height at the width hinted
-        shown = self.width() if self.isVisible() else 80 * self.fontMetrics().averageCharWidth()
-        width = max(self._widest_word(), shown)
+        # the width it has, or will have in its parent (a label just added): the layout then
+        # asks the height at the width hinted, laid out once
+        width = max(self._widest_word(), self._width_to_come())
         return QSize(width, self.heightForWidth(width))
+
+    def _width_to_come(self) -> int:
+        if self.isVisible():
+            return self.width()
+        parent = self.parentWidget()
+        layout = parent.layout() if parent is not None else None
+        if parent is None or layout is None or not parent.isVisible():
+            return 80 * self.fontMetrics().averageCharWidth()
+        margins = layout.contentsMargins()
+        return parent.contentsRect().width() - margins.left() - margins.right()
 
 
 def _copy(text: str) -> None:
