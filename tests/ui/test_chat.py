@@ -218,6 +218,12 @@ def test_killed_engine_keeps_the_window_and_every_message(qtbot: QtBot, make_pag
     assert msgs[-1].role == "assistant" and msgs[-1].status == storage.STATUS_PARTIAL
     assert "SIGKILL" in (msgs[-1].error or "")
     assert "Incomplete" in page.message_widgets()[-1].status_label.text()
+    # opened again, the cut reply has no metrics to show: no line of zeros under it
+    assert msgs[-1].metrics is None
+    page.open_conversation(conv_id)
+    cut = page.message_widgets()[-1]
+    assert "Incomplete" in cut.status_label.text()
+    assert "tokens" not in cut.meta_label.text() and "tok/s" not in cut.meta_label.text()
     # Reload brings the engine back and the chat goes on.
     with qtbot.waitSignal(page.model_loaded, timeout=60_000):
         page.reload_button.click()

@@ -568,7 +568,9 @@ class ChatPage(QWidget):
         for msg in self.session.messages():
             widget = self._add_widget(msg.role, msg.content, msg.id)
             if msg.role == "assistant":
-                widget.set_meta(format_metrics(msg.metrics or {}, msg.model))
+                # no metrics (a reply cut short by a crash): no line of zeros, as when it ended
+                widget.set_meta(format_metrics(msg.metrics, msg.model) if msg.metrics
+                                else msg.model or "")
                 widget.set_status(status_text(msg.status, msg.error))
         reply = self.session.reply
         if reply is not None and reply.conversation_id == self.conversation_id:
