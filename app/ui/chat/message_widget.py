@@ -104,14 +104,21 @@ class _Label(QLabel):
         return QSize(width, self.heightForWidth(width))
 
     def _width_to_come(self) -> int:
+        """Its width, or the width its layout will give it: its first shown ancestor's less
+        the margins and frames between (80 characters without one)."""
         if self.isVisible():
             return self.width()
-        parent = self.parentWidget()
-        layout = parent.layout() if parent is not None else None
-        if parent is None or layout is None or not parent.isVisible():
-            return 80 * self.fontMetrics().averageCharWidth()
-        margins = layout.contentsMargins()
-        return parent.contentsRect().width() - margins.left() - margins.right()
+        inset = 0
+        widget: QWidget = self
+        while (parent := widget.parentWidget()) is not None and (
+                layout := parent.layout()) is not None:
+            margins = layout.contentsMargins()
+            inset += margins.left() + margins.right()
+            if parent.isVisible():
+                return parent.contentsRect().width() - inset
+            inset += parent.width() - parent.contentsRect().width()  # its frame
+            widget = parent
+        return 80 * self.fontMetrics().averageCharWidth()
 
 
 def _copy(text: str) -> None:
