@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,59 +259,58 @@ def _cached(side_metrics: str) -> tuple[int, int] | None:
     return (int(match[1].replace(",", "")), int(match[2].replace(",", ""))) if match else None
 
 
-@pytest.mark.parametrize("read_ahead", [True, False], ids=["reading ahead", "setting off"])
-def test_ab_chat_reads_the_next_prompt_ahead_on_both_sides_while_it_is_typed(
-        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation, read_ahead: bool) -> None:
+@pytest.fixture
+def ab_together(qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation
+                ) -> Iterator[tuple[ABChat, list[ReplyDone]]]:
+    """The A/B chat after a first round with both models loaded together, and the ends of
+    the read-aheads that come after it (as their engines report them)."""
     page = _show(qtbot, store, tiny_evaluation)
     ab = page.compare.ab_chat
-    ab.settings.read_ahead = read_ahead
     try:
         page.set_hardware(full_profile())  # both loaded together
         ab.max_tokens = 8
         _round(qtbot, ab, "Hello there")  # the first round loads both engines
-        ended: list[ReplyDone] = []  # what a read-ahead ends with, when it reads
+        ended: list[ReplyDone] = []
         for client in ab.clients:
             client.read_ahead_ended.connect(ended.append)
-        qtbot.keyClicks(ab.prompt, "Tell me about rivers and the valleys they cut")
-        if read_ahead:  # after the pause, each engine reads the prompt
-            qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
-            assert all(e.finish_reason == "length" and e.text == "" for e in ended)
-        else:
-            qtbot.wait(3 * READ_AHEAD_PAUSE_MS)
-            assert not ended and not any(c.reading_ahead for c in ab.clients)
-        _round(qtbot, ab, ab.prompt.text())
-        for side in ab.sides:
-            assert side.state == "done" and len(side.history) == 4
-            cached = _cached(side.metrics.text())
-            assert cached is not None  # the first round's turn is kept either way
-            if read_ahead:  # the whole prompt was read: the round decoded nothing more
-                assert cached[0] == cached[1]
-            else:
-                assert cached[0] < cached[1]
+        yield ab, ended
     finally:
         page.shutdown()
+
+
+@pytest.mark.parametrize("read_ahead", [True, False], ids=["reading ahead", "setting off"])
+def test_ab_chat_reads_the_next_prompt_ahead_on_both_sides_while_it_is_typed(
+        qtbot: QtBot, ab_together: tuple[ABChat, list[ReplyDone]], read_ahead: bool) -> None:
+    ab, ended = ab_together
+    ab.settings.read_ahead = read_ahead
+    qtbot.keyClicks(ab.prompt, "Tell me about rivers and the valleys they cut")
+    if read_ahead:  # after the pause, each engine reads the prompt
+        qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
+        assert all(e.finish_reason == "length" and e.text == "" for e in ended)
+    else:
+        qtbot.wait(3 * READ_AHEAD_PAUSE_MS)
+        assert not ended and not any(c.reading_ahead for c in ab.clients)
+    _round(qtbot, ab, ab.prompt.text())
+    for side in ab.sides:
+        assert side.state == "done" and len(side.history) == 4
+        cached = _cached(side.metrics.text())
+        assert cached is not None  # the first round's turn is kept either way
+        if read_ahead:  # the whole prompt was read: the round decoded nothing more
+            assert cached[0] == cached[1]
+        else:
+            assert cached[0] < cached[1]
 
 
 def test_ab_chat_reads_a_prompt_typed_during_a_round_once_the_round_is_over(
-        qtbot: QtBot, store: Storage, tiny_evaluation: Evaluation) -> None:
-    page = _show(qtbot, store, tiny_evaluation)
-    ab = page.compare.ab_chat
-    try:
-        page.set_hardware(full_profile())  # both loaded together
-        ab.max_tokens = 8
-        _round(qtbot, ab, "Hello there")
-        ended: list[ReplyDone] = []  # what a read-ahead ends with, when it reads
-        for client in ab.clients:
-            client.read_ahead_ended.connect(ended.append)
-        ab.prompt.setText("And then?")
-        ab.send()
-        qtbot.keyClicks(ab.prompt, "What is a delta")  # no engine event handled yet
-        assert ab.busy and not ab._read_ahead_timer.isActive()  # nothing read meanwhile
-        qtbot.waitUntil(lambda: ab.send_button.isEnabled(), timeout=120_000)
-        qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
-        assert all(e.finish_reason == "length" for e in ended)
-    finally:
-        page.shutdown()
+        qtbot: QtBot, ab_together: tuple[ABChat, list[ReplyDone]]) -> None:
+    ab, ended = ab_together
+    ab.prompt.setText("And then?")
+    ab.send()
+    qtbot.keyClicks(ab.prompt, "What is a delta")  # no engine event handled yet
+    assert ab.busy and not ab._read_ahead_timer.isActive()  # nothing read meanwhile
+    qtbot.waitUntil(lambda: ab.send_button.isEnabled(), timeout=120_000)
+    qtbot.waitUntil(lambda: len(ended) == 2, timeout=60_000)
+    assert all(e.finish_reason == "length" for e in ended)
 
 
 def test_ab_chat_takes_turns_when_both_do_not_fit(
