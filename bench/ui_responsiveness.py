@@ -12,8 +12,10 @@ side. The ratio shown is the median of the rounds. Run on the tiny model (thousa
 a second: the worst case for the UI) and on SmolLM2 (a real model's pace), each in a fresh
 process. Targets: the maximum stall stays under 50 ms; the tiny model's reply reaches the page
 at 0.9 of llama.cpp's rate (issue 17). Also shown: the GUI process's CPU use while streaming
-(on a small machine it competes with llama.cpp's threads), and the ratio of each round's request
-sent again to the engine with no page (what the window's work costs, apart from the engine's).
+(on a small machine it competes with llama.cpp's threads), the ratio of each round's reply
+streamed again with the page hidden (the window's work but drawing it: the message saved, the
+list of conversations, its events), and of its request sent again to the engine with no page
+(what the window's work costs, apart from the engine's).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.ui_responsiveness
 """
@@ -90,12 +92,18 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, Any]:
     timer.stop()
     gaps = [(b - a) * 1000 - BEAT_MS for a, b in itertools.pairwise(beats)]
     rounds: list[dict[str, float]] = []
+    hidden: list[float] = []
     alone: list[float] = []
     llamas: list[float] = []
     for _ in range(ROUNDS):  # alone: the speed, each beside llama.cpp's
         llama = llama_decode_rate(model, max_tokens, 48, repetitions=1)
         page.new_conversation()
         rounds.append(stream(page))
+        # the same with the page hidden: the window's work but drawing (the reply, its end)
+        page.hide()
+        page.new_conversation()
+        hidden.append(stream(page)["tok/s"])
+        page.show()
         # the same request with no page: the engine and its events alone, in this process
         alone.append(engine_alone(page))
         if llama is not None:
@@ -105,9 +113,11 @@ def measure(app: QApplication, model: Path, max_tokens: int) -> dict[str, Any]:
     result: dict[str, Any] = {key: statistics.median(r[key] for r in rounds)
                               for key in ("tokens", "events", "tok/s", "decode", "gui_cpu")}
     ratios = [r["tok/s"] / llama for r, llama in zip(rounds, llamas, strict=False)]
+    undrawn = [rate / llama for rate, llama in zip(hidden, llamas, strict=False)]
     unseen = [rate / llama for rate, llama in zip(alone, llamas, strict=False)]
     return result | {"llama": statistics.median(llamas) if llamas else None,
                      "ratio": statistics.median(ratios) if ratios else None,
+                     "ratio_hidden": statistics.median(undrawn) if undrawn else None,
                      "ratio_alone": statistics.median(unseen) if unseen else None,
                      "ratios": ratios,
                      "max_stall_ms": max(gaps),
@@ -192,16 +202,18 @@ def main() -> None:
           "llama-bench run of the same length (ratio: the median of each reply's against its "
           "run)")
     print("| model | tokens (events) | tok/s seen by the UI | llama-bench tg (same length) "
-          "| ratio (rounds) | ratio, engine alone | engine decode tok/s | GUI CPU "
-          "| median stall ms | p99 stall ms | max stall ms |"
-          "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ratio (rounds) | ratio, page hidden | ratio, engine alone | engine decode tok/s "
+          "| GUI CPU | median stall ms | p99 stall ms | max stall ms |"
+          "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         base = r["llama"]
         ratio = (f"**{r['ratio']:.2f}** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
                  if base else "–")
         alone = f"{r['ratio_alone']:.2f}" if base else "–"
+        undrawn = f"{r['ratio_hidden']:.2f}" if base else "–"
         print(f"| {name} | {r['tokens']:.0f} ({r['events']:.0f}) | {r['tok/s']:.0f} | "
-              f"{f'{base:.0f}' if base else '–'} | {ratio} | {alone} | {r['decode']:.0f} "
+              f"{f'{base:.0f}' if base else '–'} | {ratio} | {undrawn} | {alone} "
+              f"| {r['decode']:.0f} "
               f"| {r['gui_cpu']:.0%} | {r['median_stall_ms']:.1f} | {r['p99_stall_ms']:.1f} "
               f"| {r['max_stall_ms']:.1f} |")
 
