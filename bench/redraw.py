@@ -84,16 +84,22 @@ def message_widget() -> tuple[QWidget, Callable[[str], None]]:
     return widget, widget.show_streaming
 
 
-def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str], None]]],
-              steps: list[str], at: list[int]) -> list[float]:
-    """Milliseconds one step takes at the steps ``at`` (median of the 3 steps there)."""
+def shown(app: QApplication, widget: QWidget) -> QScrollArea:
+    """``widget`` shown in a scroll area as the conversation view shows a message."""
     area = QScrollArea()
     area.setWidgetResizable(True)
-    widget, show = make()
     area.setWidget(widget)
     area.resize(900, 700)
     area.show()
     app.processEvents()
+    return area
+
+
+def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str], None]]],
+              steps: list[str], at: list[int]) -> list[float]:
+    """Milliseconds one step takes at the steps ``at`` (median of the 3 steps there)."""
+    widget, show = make()
+    area = shown(app, widget)
     took: list[float] = []
     for text in steps:
         start = time.perf_counter()
@@ -107,13 +113,8 @@ def redraw_ms(app: QApplication, make: Callable[[], tuple[QWidget, Callable[[str
 def finish_ms(app: QApplication, steps: list[str]) -> float:
     """Milliseconds the end of a reply takes (``finish``, laid out and shown) after it streamed
     to ``steps[-1]``."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
     widget = MessageWidget("assistant")
-    area.setWidget(widget)
-    area.resize(900, 700)
-    area.show()
-    app.processEvents()
+    area = shown(app, widget)
     for text in [*steps[::3], steps[-1]]:
         widget.show_streaming(text)
         app.processEvents()
